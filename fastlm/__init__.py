@@ -1,0 +1,36 @@
+"""fastlm: train, compile, export and serve small language models.
+
+Re-exports only. Heavy modules (torch) load on first use, so `fastlm.runtime` (ONNX Runtime
+only) and `fastlm.tokenizer` stay importable on machines without torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": ("fastlm.engine", "load"),
+    "Index": ("fastlm.engine", "Index"),
+    "LanguageModel": ("fastlm.engine", "LanguageModel"),
+    "models": ("fastlm.hub", "available_models"),
+    "available_models": ("fastlm.hub", "available_models"),
+    "Tokenizer": ("fastlm.tokenizer", "Tokenizer"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["__version__", *_LAZY]

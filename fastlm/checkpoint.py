@@ -1,0 +1,172 @@
+"""Checkpoint directories: safetensors + JSON only, never pickle, written atomically.
+
+Layout of a checkpoint directory:
+    model.safetensors   weights
+    config.json         model config (architecture + sizes)
+    tokenizer.json      the tokenizer the model was trained with
+    manifest.json       sha256 of every file above (+ optional training facts)
+    optimizer.safetensors, trainer_state.json   only in training checkpoints (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fastlm.io import atomic_write_dir, sha256_file
+from fastlm.models import ModelConfig, build_model, config_from_dict
+from fastlm.models.config import config_to_json
+from fastlm.tokenizer import Tokenizer
+
+MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
+MANIFEST_FILE, OPTIM_FILE, STATE_FILE = "manifest.json", "optimizer.safetensors", "trainer_state.json"
+REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing a file, fails its sha256 check, or cannot be parsed."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    manifest: dict[str, Any]
+    path: Path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
+    """Write a complete checkpoint directory atomically; returns its path."""
+
+    def fill(tmp: Path) -> None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(config_to_json(model.config), encoding="utf-8")
+        (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / OPTIM_FILE), metadata={"param_groups": meta})
+        if trainer_state is not None:
+            (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        files = sorted(f.name for f in tmp.iterdir())
+        manifest = {
+            "format": "fastlm-checkpoint/1",
+            "architecture": model.config.architecture,
+            "files": {name: sha256_file(tmp / name) for name in files},
+            **(extra_manifest or {}),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    atomic_write_dir(path, fill, force=force)
+    return Path(path)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file named in the manifest exists and matches its sha256; return the manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {name}")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / MANIFEST_FILE} is corrupt: {err}") from None
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file missing: {f}")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
+    return manifest
+
+
+def load_checkpoint(
+    path: str | os.PathLike, expect_architecture: str | None = None, device="cpu"
+) -> Checkpoint:
+    """Verify and load a checkpoint directory into a model in eval mode."""
+    path = Path(path)
+    manifest = verify_checkpoint(path)
+    try:
+        config = config_from_dict(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path / CONFIG_FILE} is invalid: {err}") from None
+    if expect_architecture is not None and config.architecture != expect_architecture:
+        raise CheckpointError(
+            f"{path} holds a {config.architecture} model, not a {expect_architecture} model"
+        )
+    try:
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    model = build_model(config)
+    model.load_state_dict(_load_tensors(path / MODEL_FILE, device="cpu"))
+    return Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path)
+
+
+def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
+    f = Path(path) / OPTIM_FILE
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint file missing: {f}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{f} is corrupt: {err}") from None
+    tensors = _load_tensors(f)
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["param_groups"])))
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    f = Path(path) / STATE_FILE
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file missing: {f}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{f} is corrupt: {err}") from None
+
+
+def _load_tensors(f: Path, device="cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(f), device=device)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{f} is corrupt or truncated: {err}") from None
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = t
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,16 @@
+"""Inference engine: one model object, several backends."""
+
+from fastlm.engine.backends import Backend, backend_names, register_backend
+from fastlm.engine.index import Index
+from fastlm.engine.loading import load
+from fastlm.engine.model import LanguageModel, ScoreResult
+
+__all__ = [
+    "Backend",
+    "Index",
+    "LanguageModel",
+    "ScoreResult",
+    "backend_names",
+    "load",
+    "register_backend",
+]

@@ -1,0 +1,126 @@
+"""The backend seam: every way of running a model implements `Backend`.
+
+A backend takes padded numpy batches and returns numpy results, so the user-facing
+`LanguageModel` (batching, sorting, validation, sampling loop) is written once for all of them.
+Backends are registered by name; "onnx" and "triton" register themselves from their modules.
+
+Padding note: both models are causal and batches are right-padded, so pad tokens never influence
+the states of real tokens; backends need no key-padding mask, only masked pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastlm.checkpoint import Checkpoint
+from fastlm.models.layers import mean_pool
+
+
+class Decoder(Protocol):
+    """Incremental decoding for one sequence (batch 1). Logits are float32 torch (V,) on CPU."""
+
+    def prefill(self, ids: list[int]) -> torch.Tensor: ...
+
+    def step(self, token: int) -> torch.Tensor: ...
+
+
+class Backend:
+    """Runs one loaded checkpoint. Subclasses override the three methods below."""
+
+    name = "base"
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, threads: int | None):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.device = device
+
+    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids + mask -> (B, D) float32 mean of top-layer states over real tokens."""
+        raise NotImplementedError
+
+    def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) -> (B,) float64 summed NLL (nats) of tokens 1..len-1 given their prefixes."""
+        raise NotImplementedError
+
+    def new_decoder(self, max_seq: int) -> Decoder:
+        """A decoder able to hold `max_seq` tokens (prompt + generated)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": str(self.device)}
+
+
+class TorchBackend(Backend):
+    """Eager PyTorch under inference_mode: the reference every other backend is tested against."""
+
+    name = "eager"
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, threads: int | None):
+        super().__init__(checkpoint, device, threads)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = checkpoint.model.to(device).eval()
+        self._hidden: Callable = self.model.hidden_states
+        self._cells = None
+
+    def _states(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self._hidden(ids)
+        return out[0] if isinstance(out, tuple) else out  # LSTM returns (states, (h, c))
+
+    def embed_batch(self, input_ids, attention_mask):
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self.device)
+            mask = torch.from_numpy(attention_mask).to(self.device)
+            pooled = mean_pool(self._states(ids), mask)
+            return pooled.cpu().numpy()  # one host copy per batch
+
+    def nll_batch(self, input_ids, attention_mask):
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self.device)
+            mask = torch.from_numpy(attention_mask).to(self.device)
+            logits = self.model.fc(self._states(ids[:, :-1])).float()  # (B, T-1, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            return (nll * mask[:, 1:]).sum(dim=1).double().cpu().numpy()
+
+    def new_decoder(self, max_seq: int) -> Decoder:
+        from fastlm.engine.decoding import LSTMCellStack, make_torch_decoder
+
+        step = None
+        if self.config.architecture == "lstm":
+            if self._cells is None:  # built once: copies of the weights in step layout
+                self._cells = LSTMCellStack(self.model.lstm).to(self.device)
+            step = self._cells
+        return make_torch_decoder(self.model, max_seq, self.device, step)
+
+
+_REGISTRY: dict[str, type[Backend]] = {"eager": TorchBackend}
+
+
+def register_backend(name: str, cls: type[Backend]) -> None:
+    _REGISTRY[name] = cls
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    _import_optional_backends()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; available: {backend_names() + ['auto']}")
+    return _REGISTRY[name]
+
+
+def _import_optional_backends() -> None:
+    """Optional backends register on import; a missing dependency simply leaves them out."""
+    for module in ("fastlm.engine.compiled", "fastlm.engine.onnx_backend",
+                   "fastlm.engine.triton_backend"):
+        try:
+            __import__(module)
+        except ImportError:
+            pass

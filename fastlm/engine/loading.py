@@ -1,0 +1,58 @@
+"""`load(name_or_path, backend=..., device=..., threads=...)`: one entry point for all backends."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastlm.checkpoint import load_checkpoint
+from fastlm.engine.backends import backend_names, get_backend_class
+from fastlm.engine.model import LanguageModel
+from fastlm.hub import resolve_checkpoint
+
+
+def pick_auto_backend(device: torch.device) -> str:
+    """'triton' on CUDA when its kernels are importable, else 'eager'.
+
+    On CPU "auto" is eager: torch.compile measured no faster than eager for these small models on
+    2 cores once length-sorted batching removes padding (see bench/), and it costs seconds of
+    compilation per new shape on first use.
+    """
+    if device.type == "cuda":
+        try:
+            get_backend_class("triton")
+            return "triton"
+        except ValueError:
+            return "eager"
+    return "eager"
+
+
+def load(
+    name_or_path: str | os.PathLike = "transformer",
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    **backend_options,
+) -> LanguageModel:
+    """Load a shipped model by name ("transformer", "lstm") or a checkpoint/run directory.
+
+    backend: "auto" | "eager" | "compile" | "onnx" | "triton". device: "cpu", "cuda", ... (default:
+    CUDA when available). threads: intra-op threads for this process (None leaves the default).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    name = backend if backend != "auto" else pick_auto_backend(dev)
+    cls = get_backend_class(name)
+    ckpt = load_checkpoint(resolve_checkpoint(name_or_path), device=dev)
+    label = os.fspath(name_or_path)
+    return LanguageModel(label, cls(ckpt, dev, threads, **backend_options))
+
+
+__all__ = ["backend_names", "load", "pick_auto_backend"]

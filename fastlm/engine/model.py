@@ -1,0 +1,297 @@
+"""`LanguageModel`: what `fastlm.load` returns, the same object whatever the backend.
+
+It owns everything backends share: input validation, tokenisation, length-sorted batching,
+the sampling loop and streaming. Backends only run padded numpy batches (engine/backends.py).
+
+Documented behaviour for edge cases:
+- embed: [] -> (0, D) array; "" (no tokens) -> zero vector (stays zero when normalised);
+  whitespace-only text is ordinary text (it has tokens). Texts longer than the context
+  (`max_length`, default the model's position table, 5000 tokens) are truncated with a warning.
+- score: "" -> log_likelihood 0, perplexity 1, bits_per_byte 0, tokens 0. Every token is scored,
+  the first one given <|endoftext|> as context. Too-long text is a ValueError (truncating would
+  silently change the score).
+- generate: text prompts are preceded by <|endoftext|> (the document separator the models were
+  trained with); generation stops at <|endoftext|>, at a stop string, or after max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastlm.engine.backends import Backend
+from fastlm.models.layers import check_sampling, make_generator, sample_next
+from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
+
+PROGRESS_MIN_TEXTS = 1000  # progress bar on by default only from this many texts
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    log_likelihood: float  # natural log, summed over the text's tokens
+    perplexity: float  # token perplexity
+    bits_per_byte: float  # -log2 likelihood / UTF-8 bytes
+    tokens: int
+    bytes: int
+
+
+class LanguageModel:
+    """A trained fastlm model behind one backend: embed, generate, score, rank."""
+
+    def __init__(self, name: str, backend: Backend):
+        self.name = name
+        self.backend = backend
+        self.config = backend.config
+        self.tokenizer = backend.checkpoint.tokenizer
+
+    def __repr__(self) -> str:
+        return f"LanguageModel({self.name!r}, architecture={self.architecture!r}, " \
+               f"backend={self.backend.name!r})"
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest token sequence the model takes (None: unbounded, the LSTM)."""
+        return self.config.max_len
+
+    # ------------------------------------------------------------------ embed
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 64,
+        normalize: bool = True,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
+        single = isinstance(texts, str)
+        items = _check_texts([texts] if single else texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        seqs = self._truncate(self.tokenizer.encode_many(items), max_length)
+        out = np.zeros((len(seqs), self.embedding_dim), dtype=np.float32)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # little padding per batch
+        if show_progress_bar is None:
+            show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(batches, desc="embed", disable=not show_progress_bar):
+            idx = [i for i in order[start : start + batch_size] if seqs[i]]
+            if not idx:
+                continue  # only empty texts left: their rows stay zero
+            batch = pad_batch([seqs[i] for i in idx])
+            out[idx] = self.backend.embed_batch(batch.input_ids, batch.attention_mask)
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out = out / np.maximum(norms, 1e-12)
+        result = out[0] if single else out
+        return torch.from_numpy(result) if convert_to_tensor else result
+
+    def _truncate(self, seqs: list[list[int]], max_length: int | None) -> list[list[int]]:
+        limit = self.context_length
+        if max_length is not None:
+            if not isinstance(max_length, int) or max_length < 1:
+                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+            limit = max_length if limit is None else min(limit, max_length)
+        if limit is None:
+            return seqs
+        long = [i for i, s in enumerate(seqs) if len(s) > limit]
+        if long and (max_length is None or max_length > limit):
+            warnings.warn(
+                f"{len(long)} text(s) longer than {limit} tokens were truncated "
+                f"(first: index {long[0]}, {len(seqs[long[0]])} tokens)", stacklevel=3)
+        return [s[:limit] for s in seqs]
+
+    # ------------------------------------------------------------------ score
+    def score(self, texts: str | Sequence[str], batch_size: int = 32):
+        """Log-likelihood, perplexity and bits per byte of each text (a list, or one result)."""
+        single = isinstance(texts, str)
+        items = _check_texts([texts] if single else texts)
+        seqs = [[EOT_ID] + s for s in self.tokenizer.encode_many(items)]
+        limit = self.context_length
+        for i, s in enumerate(seqs):
+            if limit is not None and len(s) > limit:
+                raise ValueError(
+                    f"texts[{i}] has {len(s) - 1} tokens; the model scores at most {limit - 1}")
+        nll = np.zeros(len(seqs))
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        for start in range(0, len(order), batch_size):
+            idx = [i for i in order[start : start + batch_size] if len(seqs[i]) > 1]
+            if idx:
+                batch = pad_batch([seqs[i] for i in idx])
+                nll[idx] = self.backend.nll_batch(batch.input_ids, batch.attention_mask)
+        results = [_score_result(n, len(s) - 1, len(t.encode("utf-8")))
+                   for n, s, t in zip(nll, seqs, items)]
+        return results[0] if single else results
+
+    # ------------------------------------------------------------------ rank
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+             batch_size: int = 64) -> list[dict]:
+        """Documents by cosine similarity to the query: [{"corpus_id", "score", "text"}], best
+        first (top_k of them)."""
+        _check_text(query, "query")
+        docs = _check_texts(documents)
+        if not docs:
+            return []
+        q = self.embed(query)
+        d = self.embed(docs, batch_size=batch_size)
+        return _top_hits(d @ q, top_k, docs)
+
+    # ------------------------------------------------------------------ generate
+    def generate(
+        self,
+        prompt_or_ids: str | Sequence[int] | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        *,
+        start_tokens: Sequence[int] | None = None,
+        max_length: int | None = None,
+    ):
+        """Sample a continuation.
+
+        - `generate("text", max_new_tokens=50)` -> the generated text (str), prompt excluded.
+        - `generate([ids], max_new_tokens=50)` -> the generated ids (list[int]).
+        - `generate(start_tokens=[ids], max_length=100)` -> start tokens + generated ids, at most
+          max_length in all (the seed API).
+        - `stream=True` returns an iterator of text pieces (str prompt) or ids instead.
+        temperature 0 = greedy. `seed` makes sampling reproducible.
+        """
+        ids, as_text, new, keep_prompt = self._generation_request(
+            prompt_or_ids, max_new_tokens, start_tokens, max_length)
+        check_sampling(temperature, top_k, top_p)
+        stops = _check_stop(stop)
+        tokens = self._sample(ids, new, temperature, top_k, top_p, seed)
+        if as_text:
+            pieces = self._text_pieces(tokens, stops)
+            return pieces if stream else "".join(pieces)
+        if stream:
+            return tokens
+        out = list(tokens)
+        return (ids + out) if keep_prompt else out
+
+    def _generation_request(self, prompt, max_new_tokens, start_tokens, max_length):
+        if start_tokens is not None:
+            if prompt is not None:
+                raise TypeError("give either prompt_or_ids or start_tokens, not both")
+            ids = _check_ids(start_tokens, self.config.vocab_size)
+            if max_length is None:
+                max_length = len(ids) + (max_new_tokens or 100)
+            if not isinstance(max_length, int) or max_length < 1:
+                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+            return ids, False, max(0, max_length - len(ids)), True
+        if prompt is None:
+            raise TypeError("generate() needs a prompt (str or token ids) or start_tokens")
+        if max_new_tokens is None:
+            max_new_tokens = 50
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if isinstance(prompt, str):
+            return [EOT_ID] + self.tokenizer.encode(prompt), True, max_new_tokens, False
+        return _check_ids(prompt, self.config.vocab_size), False, max_new_tokens, False
+
+    def _sample(self, ids: list[int], new: int, temperature, top_k, top_p, seed) -> Iterator[int]:
+        limit = self.context_length
+        if limit is not None and len(ids) + new > limit:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + {new} new tokens exceeds the context ({limit})")
+        decoder = self.backend.new_decoder(len(ids) + new)  # checks run before the first yield
+        gen = make_generator(seed)
+
+        def run() -> Iterator[int]:
+            if new == 0:
+                return
+            logits = decoder.prefill(ids)
+            for i in range(new):
+                token = int(sample_next(logits.unsqueeze(0), temperature, top_k, top_p, gen))
+                if token == EOT_ID:
+                    return
+                yield token
+                if i + 1 < new:
+                    logits = decoder.step(token)
+
+        return run()
+
+    def _text_pieces(self, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
+        """Decode incrementally: emit text once it is complete UTF-8, cut at a stop string."""
+        produced, emitted = [], ""
+        hold = max((len(s) for s in stops), default=1) - 1
+        for token in tokens:
+            produced.append(token)
+            text = self.tokenizer.decode(produced)
+            cut = _first_stop(text, stops)
+            if cut is not None:
+                if cut > len(emitted):
+                    yield text[len(emitted):cut]
+                return
+            ready = len(text) - hold if not text.endswith("\ufffd") else len(text) - hold - 1
+            if ready > len(emitted):
+                yield text[len(emitted):ready]
+                emitted = text[:ready]
+        text = self.tokenizer.decode(produced)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+
+
+# ---------------------------------------------------------------------- helpers
+def _score_result(nll: float, tokens: int, n_bytes: int) -> ScoreResult:
+    if tokens == 0:
+        return ScoreResult(0.0, 1.0, 0.0, 0, n_bytes)
+    ppl = math.exp(min(nll / tokens, 700.0))
+    return ScoreResult(-float(nll), ppl, float(nll) / math.log(2) / max(n_bytes, 1), tokens, n_bytes)
+
+
+def _top_hits(scores: np.ndarray, top_k: int | None, docs: Sequence[str]) -> list[dict]:
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    order = np.argsort(-scores, kind="stable")[: top_k or len(scores)]
+    return [{"corpus_id": int(i), "score": float(scores[i]), "text": docs[i]} for i in order]
+
+
+def _check_ids(ids, vocab_size: int) -> list[int]:
+    if isinstance(ids, torch.Tensor | np.ndarray):
+        ids = ids.reshape(-1).tolist()
+    if not isinstance(ids, Sequence) or isinstance(ids, str | bytes):
+        raise TypeError(f"token ids must be a list of int, got {type(ids).__name__}")
+    out = []
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int | np.integer):
+            raise TypeError(f"token ids[{i}] must be int, got {type(t).__name__}")
+        if not 0 <= t < vocab_size:
+            raise ValueError(f"token ids[{i}] = {t} is outside the vocabulary [0, {vocab_size})")
+        out.append(int(t))
+    if not out:
+        raise ValueError("token ids are empty: give at least one token")
+    return out
+
+
+def _check_stop(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for i, s in enumerate(stops):
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop[{i}] must be a non-empty str")
+    return stops
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None

@@ -1,0 +1,34 @@
+"""Find models: shipped ones by name (fastlm/weights/<name>/), or checkpoint/run directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A shipped name, a checkpoint directory, or a run directory (its `latest` checkpoint)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
+    text = os.fspath(name_or_path)
+    if text in available_models():
+        return WEIGHTS_DIR / text
+    path = Path(text)
+    if path.is_dir():
+        pointer = path / "latest"
+        if pointer.is_file():
+            return path / pointer.read_text(encoding="utf-8").strip()
+        return path
+    raise ValueError(
+        f"unknown model {text!r}: not a shipped model (available: {available_models() or 'none'}) "
+        "and not a checkpoint directory"
+    )

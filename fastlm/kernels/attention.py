@@ -1,0 +1,220 @@
+"""Causal flash attention forward (no backward): the inference path of the Transformer LM.
+
+Structure follows Triton's fused-attention tutorial. The grid is (cdiv(T, BLOCK_M), B * NH);
+a program owns BLOCK_M query rows of one (batch, head) and streams the keys/values in
+BLOCK_N blocks with an online softmax (running max m_i, running sum l_i, fp32 accumulator):
+
+    stage 1: key blocks entirely left of the query block -> fully visible, no causal mask
+    stage 2: key blocks on the diagonal                   -> causal mask (key <= query)
+    key blocks right of the diagonal                      -> never loaded
+
+BLOCK_M is a multiple of BLOCK_N, so stage 1 ends exactly where the query block starts.
+An optional key_padding_mask (B, T) hides padding keys in both stages. A query row that
+sees no real key at all (a pad position before the first real token) gets zeros, never
+NaN: the running max stays -inf, so the exponent uses 0 in its place, and l_i = 0 at the
+end divides by 1 instead.
+
+q, k and v may be strided views (e.g. heads split off a fused qkv projection) as long as
+their last dimension is contiguous (stride 1); the output is a new contiguous tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e))
+
+
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kn, stride_vn,
+    offs_m, offs_d, lo, hi, T, qk_scale,
+    DIAGONAL: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Fold key/value blocks [lo, hi) into the online softmax state (acc, l_i, m_i)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]  # (D, BLOCK_N)
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]  # (BLOCK_N, D)
+        if DIAGONAL:  # the last block may run past T
+            k = tl.load(k_ptrs, mask=(offs_n < T)[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=(offs_n < T)[:, None], other=0.0)
+        else:  # stage 1 blocks end at or before the query block start, always < T
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if DIAGONAL:
+            qk = tl.where(offs_m[:, None] >= offs_n[None, :], qk, float("-inf"))
+        if HAS_MASK:
+            keep = tl.load(mask_base + offs_n, mask=offs_n < T, other=0)
+            qk = tl.where((keep != 0)[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # rows with nothing visible yet keep m = -inf; use 0 so exp2 gives 0, never NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(qk - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    NH, T, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // NH).to(tl.int64)  # int64: offsets of large batches overflow int32
+    off_h = (off_bh % NH).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = q_ptr + off_b * stride_qb + off_h * stride_qh
+    k_base = k_ptr + off_b * stride_kb + off_h * stride_kh
+    v_base = v_ptr + off_b * stride_vb + off_h * stride_vh
+    mask_base = mask_ptr + off_b * T
+    row_ok = (offs_m < T)[:, None]
+    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok, other=0.0)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+    # stage 1: fully visible key blocks [0, start_m)
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt,
+        offs_m, offs_d, 0, start_m, T, qk_scale,
+        False, HAS_MASK, BLOCK_N, DOT_PRECISION,
+    )  # fmt: skip
+    # stage 2: diagonal key blocks [start_m, min(start_m + BLOCK_M, T))
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt,
+        offs_m, offs_d, start_m, tl.minimum(start_m + BLOCK_M, T), T, qk_scale,
+        True, HAS_MASK, BLOCK_N, DOT_PRECISION,
+    )  # fmt: skip
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # l_i == 0: no visible key -> zeros
+    o_ptrs = out_ptr + off_b * stride_ob + off_h * stride_oh
+    o_ptrs += offs_m[:, None] * stride_ot + offs_d[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise a ValueError/TypeError naming the offending tensor."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, NH, T, D), got {tuple(t.shape)}")
+        if t.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must have a contiguous last dimension (stride 1), got strides "
+                f"{t.stride()}; call .contiguous() on it first"
+            )
+    interpreted = isinstance(_attn_fwd_kernel, InterpretedFunction)
+    if not (q.is_cuda or interpreted):
+        raise ValueError(
+            f"q is on {q.device}: the Triton attention kernel needs a CUDA device "
+            "(or TRITON_INTERPRET=1 set before importing fastlm.kernels.attention, for tests)"
+        )
+    if interpreted and q.dtype == torch.bfloat16:
+        # triton 3.6's interpreter computes tl.dot on the raw bf16 bits: a wrong answer
+        raise NotImplementedError(
+            "q is bfloat16, which the Triton interpreter cannot run correctly; "
+            "use float32/float16 on CPU or run on a CUDA device"
+        )
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"q, k, v head_dim (last dimension) must be one of {SUPPORTED_HEAD_DIMS}, "
+            f"got {q.shape[-1]}"
+        )
+
+
+def _key_mask_as_int8(key_padding_mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """key_padding_mask (B, T) bool/int -> contiguous int8 (1 = real key), checked against q."""
+    B, _, T, _ = q.shape
+    if not isinstance(key_padding_mask, torch.Tensor):
+        raise TypeError(f"key_padding_mask must be a torch.Tensor, got {type(key_padding_mask)}")
+    if tuple(key_padding_mask.shape) != (B, T):
+        raise ValueError(
+            f"key_padding_mask must have shape (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}"
+        )
+    if key_padding_mask.dtype.is_floating_point or key_padding_mask.dtype.is_complex:
+        raise TypeError(f"key_padding_mask must be bool or integer, got {key_padding_mask.dtype}")
+    if key_padding_mask.device != q.device:
+        raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but q is on {q.device}")
+    keep = key_padding_mask if key_padding_mask.dtype == torch.bool else key_padding_mask.ne(0)
+    return keep.contiguous().view(torch.int8)  # bool and int8 share one byte: no copy
+
+
+def _block_sizes(dtype: torch.dtype, T: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is a multiple of BLOCK_N."""
+    if dtype == torch.float32:  # parity checks only: small tiles keep fp32 in shared memory
+        return 64, 32, 4, 2
+    if T <= 64:
+        return 64, 64, 4, 2
+    return 128, 64, 8, 3
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Causal attention forward; returns out (B, NH, T, D), contiguous, in q's dtype.
+
+    q, k, v: (B, NH, T, D), one dtype (fp32/fp16/bf16) and device, D in 16/32/64/128, last
+    dimension contiguous (other strides are free). key_padding_mask: (B, T) bool or integer,
+    True/non-zero = real token; None = all real. scale: default 1 / sqrt(D).
+    See reference.causal_attention for the exact semantics.
+    """
+    _check_inputs(q, k, v)
+    B, NH, T, D = q.shape
+    out = torch.empty(B, NH, T, D, dtype=q.dtype, device=q.device)
+    if B * NH * T == 0:
+        return out
+    has_mask = key_padding_mask is not None
+    # unused when HAS_MASK is False; any pointer will do
+    keep = _key_mask_as_int8(key_padding_mask, q) if has_mask else q
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    BLOCK_M, BLOCK_N, num_warps, num_stages = _block_sizes(q.dtype, T)
+    grid = (triton.cdiv(T, BLOCK_M), B * NH)
+    _attn_fwd_kernel[grid](
+        q, k, v, keep, out,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        NH, T, scale * LOG2_E,
+        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_MASK=has_mask,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,252 @@
+"""The training loop: AdamW, warm-up + cosine LR, clipping, eval, atomic checkpoints, resume, DDP.
+
+Run directory (`--out`):
+    tokenizer.json        trained here when no --tokenizer is given
+    log.jsonl             one JSON object per log/eval event
+    checkpoints/step_N/   complete checkpoints (see fastlm.checkpoint)
+    latest                name of the newest complete checkpoint, replaced atomically
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastlm.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_optimizer_state,
+    load_trainer_state,
+    save_checkpoint,
+)
+from fastlm.io import atomic_write_text
+from fastlm.models import CONFIGS_BY_NAME, build_model
+from fastlm.tokenizer import Tokenizer
+from fastlm.training.data import WindowSampler, _mix, resolve_text_files, token_stream
+from fastlm.training.distributed import DistInfo, barrier, setup_distributed, wrap_ddp
+from fastlm.training.evaluate import prepare_eval_stream, stream_nll
+
+
+@dataclass
+class TrainConfig:
+    model: str = "transformer"  # "lstm" | "transformer"
+    data: list[str] = field(default_factory=list)  # text files or directories
+    out: str = "runs/default"
+    valid: str | None = None  # valid text file; default: valid.txt beside the data
+    tokenizer: str | None = None  # tokenizer.json; trained on the data when absent
+    vocab_size: int = 2000
+    batch_size: int = 32  # per rank
+    seq_len: int = 128
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    dropout: float | None = None  # None keeps the SPEC's 0.2
+    tokens: int | None = None  # token budget (all ranks); converted to steps
+    steps: int | None = None  # step budget; one of tokens/steps is required
+    eval_every: int = 200
+    eval_tokens: int = 65_536  # valid tokens scored per evaluation
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    threads: int | None = None
+    cache_dir: str | None = None  # token cache; default ~/.cache/fastlm/tokens
+    device: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.model not in CONFIGS_BY_NAME:
+            raise ValueError(f"--model must be one of {sorted(CONFIGS_BY_NAME)}, got {self.model!r}")
+        if self.seq_len <= 1:
+            raise ValueError(f"seq_len must be > 1, got {self.seq_len}")
+        if self.tokens is None and self.steps is None:
+            raise ValueError("give a budget: --tokens or --steps")
+        for name in ("batch_size", "eval_every", "ckpt_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at `total`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    cos = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train per `cfg`; returns the path of the final checkpoint."""
+    dist = setup_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(dist)
+    resume_dir = _find_resume(out) if cfg.resume else None
+    tok = _get_tokenizer(cfg, out, dist, resume_dir)
+    files = resolve_text_files(cfg.data)
+    cache = cfg.cache_dir or os.path.join(Path.home(), ".cache", "fastlm", "tokens")
+    if dist.is_main:
+        stream = token_stream(files, tok, cache)
+    barrier(dist)
+    stream = token_stream(files, tok, cache)  # now a cache hit on every rank
+    sampler = WindowSampler(stream, cfg.seq_len, cfg.batch_size, cfg.seed, dist.rank, dist.world)
+    valid_stream, valid_bytes_per_token = _valid_stream(cfg, files, tok)
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = CONFIGS_BY_NAME[cfg.model](vocab_size=tok.vocab_size)
+    if cfg.dropout is not None:
+        model_cfg.dropout = cfg.dropout
+    model = build_model(model_cfg).to(dist.device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
+    )
+    step, tokens_seen, elapsed = 0, 0, 0.0
+    if resume_dir is not None:
+        step, tokens_seen, elapsed = _restore(resume_dir, model, optimizer, cfg)
+    ddp_model = wrap_ddp(model, dist)
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len * dist.world
+    total = cfg.steps if cfg.steps is not None else max(1, cfg.tokens // tokens_per_step)
+    log = _Logger(out / "log.jsonl", dist.is_main, truncate_after=step if resume_dir else None)
+    if dist.is_main and resume_dir is None:
+        atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
+    autocast = dist.device.type == "cuda"
+    bar = tqdm(total=total, initial=step, disable=not (dist.is_main and cfg.progress),
+               desc=f"train {cfg.model}", dynamic_ncols=True)
+    model.train()
+    t_last, tok_last = time.perf_counter(), 0
+    while step < total:
+        lr = lr_at(step, total, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_mix(cfg.seed, dist.rank, step))  # dropout: a function of the step
+        inputs, targets = (t.to(dist.device, non_blocking=True) for t in sampler.batch(step))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            logits = ddp_model(inputs)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        tokens_seen += tokens_per_step
+        tok_last += tokens_per_step
+        if step % cfg.log_every == 0 or step == total:
+            now = time.perf_counter()
+            tps = tok_last / (now - t_last)
+            elapsed += now - t_last
+            t_last, tok_last = now, 0
+            rec = {"event": "train", "step": step, "tokens": tokens_seen, "loss": loss.item(),
+                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps, "time": elapsed}
+            log.write(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        bar.update(1)
+        if valid_stream is not None and (step % cfg.eval_every == 0 or step == total):
+            nll, n = stream_nll(model, valid_stream, cfg.seq_len, cfg.eval_tokens, dist.device)
+            log.write({"event": "eval", "step": step, "tokens": tokens_seen,
+                       "valid_loss": nll / n, "valid_ppl": math.exp(nll / n),
+                       "valid_bits_per_byte": nll / n / math.log(2) / valid_bytes_per_token})
+        if step % cfg.ckpt_every == 0 or step == total:
+            state = {"step": step, "tokens_seen": tokens_seen, "time": elapsed,
+                     "seq_len": cfg.seq_len, "world_size": dist.world, "config": asdict(cfg)}
+            if dist.is_main:
+                _save(out, model, tok, optimizer, state, cfg.keep_checkpoints)
+            barrier(dist)
+        if step % cfg.log_every == 0:
+            t_last = time.perf_counter()  # tokens/s and time count training work only
+    bar.close()
+    return out / "checkpoints" / f"step_{total:07d}"
+
+
+# ---------------------------------------------------------------------- helpers
+def _get_tokenizer(cfg: TrainConfig, out: Path, dist: DistInfo, resume_dir) -> Tokenizer:
+    if resume_dir is not None:
+        return load_checkpoint(resume_dir).tokenizer
+    if cfg.tokenizer:
+        return Tokenizer.load(cfg.tokenizer)
+    path = out / "tokenizer.json"
+    if dist.is_main and not path.is_file():
+        Tokenizer.train(resolve_text_files(cfg.data), cfg.vocab_size).save(path)
+    barrier(dist)
+    return Tokenizer.load(path)
+
+
+def _valid_stream(cfg: TrainConfig, files: list[Path], tok: Tokenizer):
+    valid = Path(cfg.valid) if cfg.valid else files[0].parent / "valid.txt"
+    if not valid.is_file():
+        if cfg.valid:
+            raise FileNotFoundError(f"valid file not found: {valid}")
+        return None, 0.0
+    stream, n_bytes = prepare_eval_stream(tok, valid)
+    return stream, n_bytes / max(1, len(stream) - 1)
+
+
+def _find_resume(out: Path) -> Path:
+    pointer = out / "latest"
+    if not pointer.is_file():
+        raise CheckpointError(f"--resume: no checkpoint in {out} (missing {pointer})")
+    ckpt = out / pointer.read_text(encoding="utf-8").strip()
+    if not ckpt.is_dir():
+        raise CheckpointError(f"--resume: {pointer} names {ckpt}, which does not exist")
+    return ckpt
+
+
+def _restore(ckpt: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, int, float]:
+    loaded = load_checkpoint(ckpt, expect_architecture=cfg.model)
+    model.load_state_dict(loaded.model.state_dict())
+    load_optimizer_state(ckpt, optimizer)
+    state = load_trainer_state(ckpt)
+    return int(state["step"]), int(state["tokens_seen"]), float(state.get("time", 0.0))
+
+
+def _save(out: Path, model, tok, optimizer, state: dict, keep: int) -> None:
+    ckpt_root = out / "checkpoints"
+    name = f"step_{state['step']:07d}"
+    save_checkpoint(ckpt_root / name, model, tok, optimizer, state,
+                    extra_manifest={"seq_len": state["seq_len"]}, force=True)
+    atomic_write_text(out / "latest", f"checkpoints/{name}\n")
+    old = sorted(p for p in ckpt_root.glob("step_*") if p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+class _Logger:
+    """JSONL log on the main rank. On resume, drops entries newer than the checkpoint step so
+    the log reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, enabled: bool, truncate_after: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and truncate_after is not None and path.is_file():
+            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _step_of(line) <= truncate_after]
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, ValueError):
+        return 1 << 62  # a torn last line from a kill: drop it

@@ -1,0 +1,58 @@
+"""Shared test fixtures.
+
+Triton kernels run under the CPU interpreter when no CUDA device is present. Triton reads
+TRITON_INTERPRET when a kernel is decorated, so it must be set before anything imports
+fastlm.kernels: conftest.py is the first code pytest runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _fallback_corpus(tmp: Path) -> Path:
+    """A small corpus built from Python's own docstrings, for clones without ../shared."""
+    import pydoc  # noqa: F401  (imported for its docstrings below)
+    import inspect
+    import json
+    import collections
+
+    texts = []
+    for mod in (inspect, json, collections, pydoc, os):
+        for name in dir(mod):
+            doc = getattr(getattr(mod, name, None), "__doc__", None)
+            if isinstance(doc, str) and len(doc) > 40:
+                texts.append(doc.strip())
+    body = "\n\n".join(texts)
+    out = tmp / "docs_corpus"
+    out.mkdir()
+    n = len(body)
+    (out / "train.txt").write_text(body[: int(n * 0.8)], encoding="utf-8")
+    (out / "valid.txt").write_text(body[int(n * 0.8) : int(n * 0.9)], encoding="utf-8")
+    (out / "test.txt").write_text(body[int(n * 0.9) :], encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Directory with train.txt / valid.txt / test.txt: ../shared/data/tiny, or a fallback."""
+    tiny = SHARED_DATA / "tiny"
+    if (tiny / "train.txt").is_file():
+        return tiny
+    return _fallback_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_data):
+    from fastlm.tokenizer import Tokenizer
+
+    return Tokenizer.train([tiny_data / "train.txt"], vocab_size=2000)

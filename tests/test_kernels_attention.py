@@ -1,0 +1,192 @@
+"""Parity of the Triton causal attention kernel with fastlm.kernels.reference, and input checks.
+
+Without CUDA the kernel runs under the Triton interpreter (conftest.py sets
+TRITON_INTERPRET=1), at ~10 ms per program instance: shapes stay small and odd.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+
+from fastlm.kernels import attention as attention_kernels  # noqa: E402
+from fastlm.kernels import reference  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+DTYPE_TOLERANCES = [  # (dtype, atol, rtol)
+    pytest.param(torch.float32, 3e-4, 1e-3, id="fp32"),
+    pytest.param(torch.float16, 5e-3, 1e-2, id="fp16"),
+    pytest.param(torch.bfloat16, 1e-2, 5e-2, id="bf16"),
+]
+
+
+def _fix_interpreter_for_numpy_2_4() -> None:
+    """Let `range()` over a kernel argument run in triton 3.6's interpreter on numpy >= 2.4.
+
+    The interpreter holds scalars as 1-element arrays and calls int() on them, which numpy
+    2.4 rejects (triton-lang/triton#9171). This applies the upstream fix (#9172).
+    """
+    from triton.runtime import interpreter
+
+    try:
+        int(np.ones(1))
+        return  # numpy < 2.4
+    except TypeError:
+        pass
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "fixed_for_numpy_2_4", False):
+        return
+
+    def patch_lang_tensor(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.fixed_for_numpy_2_4 = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if not ON_GPU:
+    _fix_interpreter_for_numpy_2_4()
+
+
+def skip_unless_runnable(dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("needs CUDA: triton 3.6's interpreter computes tl.dot on raw bf16 bits")
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol, rtol) -> None:
+    """Like torch.testing.assert_close, but report the worst element and where it is."""
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    diff = (actual.float() - expected.float()).abs()
+    allowed = atol + rtol * expected.float().abs()
+    if not bool((diff <= allowed).all()):  # NaN also fails here
+        worst = diff.nan_to_num(float("inf")).argmax()
+        idx = tuple(int(i) for i in torch.unravel_index(worst, diff.shape))
+        pytest.fail(
+            f"{name}: max abs error {diff.max().item():.3e} at index {idx} "
+            f"(got {actual[idx].item():.6f}, expected {expected[idx].item():.6f}; "
+            f"atol={atol}, rtol={rtol})"
+        )
+
+
+def make_qkv(B: int, NH: int, T: int, D: int, dtype: torch.dtype, seed: int = 0):
+    """q, k, v (B, NH, T, D) with unit-normal entries."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, NH, T, D, generator=gen).to(DEVICE, dtype) for _ in range(3))
+
+
+def make_padding_mask(B: int, T: int, side: str | None, seed: int = 0) -> torch.Tensor | None:
+    """(B, T) bool, True = real token; row 0 keeps every token, the others 1..T-1 of them."""
+    if side is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max(T, 2), (B,), generator=gen).clamp(max=T)
+    lengths[0] = T
+    positions = torch.arange(T)[None, :]  # (1, T)
+    if side == "right":
+        mask = positions < lengths[:, None]
+    else:  # left padding: pad queries at the start see no real key at all
+        mask = positions >= (T - lengths)[:, None]
+    return mask.to(DEVICE)
+
+
+def test_reference_matches_sdpa() -> None:
+    q, k, v = (t.float().cpu() for t in make_qkv(2, 3, 9, 16, torch.float32))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert_close("out", reference.causal_attention(q, k, v), expected, 1e-5, 1e-5)
+    mask = make_padding_mask(2, 9, "right").cpu()
+    visible = torch.ones(9, 9, dtype=torch.bool).tril() & mask[:, None, None, :]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    assert_close("out (masked)", reference.causal_attention(q, k, v, mask), expected, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPE_TOLERANCES)
+@pytest.mark.parametrize("padding", [None, "right", "left"])
+@pytest.mark.parametrize(
+    "B, NH, T, D", [(1, 1, 1, 16), (3, 2, 17, 32), (1, 2, 130, 64), (2, 1, 33, 128)]
+)
+def test_attention_matches_reference(B, NH, T, D, padding, dtype, atol, rtol) -> None:
+    skip_unless_runnable(dtype)
+    q, k, v = make_qkv(B, NH, T, D, dtype, seed=T)
+    mask = make_padding_mask(B, T, padding, seed=T)
+    out = attention_kernels.causal_attention(q, k, v, key_padding_mask=mask)
+    assert_close("out", out, reference.causal_attention(q, k, v, mask), atol, rtol)
+
+
+def test_pad_queries_that_see_no_key_give_zeros() -> None:
+    q, k, v = make_qkv(1, 2, 17, 16, torch.float32)
+    mask = torch.zeros(1, 17, dtype=torch.int64, device=DEVICE)
+    mask[:, 5:] = 7  # any non-zero integer means "real token"
+    out = attention_kernels.causal_attention(q, k, v, key_padding_mask=mask)
+    assert not out.isnan().any()
+    assert out[:, :, :5].eq(0).all()
+    assert_close("out", out, reference.causal_attention(q, k, v, mask), 3e-4, 1e-3)
+
+
+def test_custom_scale() -> None:
+    q, k, v = make_qkv(1, 1, 20, 32, torch.float32)
+    out = attention_kernels.causal_attention(q, k, v, scale=0.3)
+    assert_close("out", out, reference.causal_attention(q, k, v, scale=0.3), 3e-4, 1e-3)
+
+
+def test_strided_heads_are_accepted() -> None:
+    """Heads split off a (B, T, NH, D) projection: only the last dimension is contiguous."""
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in make_qkv(2, 3, 19, 16, torch.float16))
+    assert not q.is_contiguous()
+    out = attention_kernels.causal_attention(q, k, v)
+    assert out.is_contiguous()
+    assert_close("out", out, reference.causal_attention(q, k, v), 5e-3, 1e-2)
+
+
+def _qkv_with(**changes: torch.Tensor) -> dict:
+    q, k, v = make_qkv(2, 1, 8, 16, torch.float32)
+    args = {"q": q, "k": k, "v": v}
+    args.update({name: t.to(DEVICE) for name, t in changes.items()})
+    return args
+
+
+BAD_INPUTS = [  # (changed inputs, exception, message fragment)
+    pytest.param({"k": torch.randn(2, 1, 16, 8).transpose(-1, -2)}, ValueError,
+                 "k must have a contiguous last dimension", id="k-last-dim-strided"),
+    pytest.param({"v": torch.randn(2, 1, 8, 16).half()}, TypeError, "v has dtype", id="v-dtype"),
+    pytest.param({"k": torch.randn(2, 1, 9, 16)}, ValueError, "k has shape", id="k-shape"),
+    pytest.param({"q": torch.randn(2, 8, 16)}, ValueError, r"q must have shape \(B, NH, T, D\)",
+                 id="q-3d"),
+    pytest.param({"q": torch.randn(2, 1, 8, 16).long()}, TypeError, "q must be float32",
+                 id="q-int"),
+    pytest.param({name: torch.randn(2, 1, 8, 24) for name in "qkv"}, ValueError, "head_dim",
+                 id="head-dim-24"),
+    pytest.param({name: torch.randn(2, 1, 8, 8) for name in "qkv"}, ValueError, "head_dim",
+                 id="head-dim-8"),
+    pytest.param({"key_padding_mask": torch.ones(2, 9, dtype=torch.bool)}, ValueError,
+                 r"key_padding_mask must have shape \(B, T\)", id="mask-shape"),
+    pytest.param({"key_padding_mask": torch.ones(2, 8)}, TypeError,
+                 "key_padding_mask must be bool or integer", id="mask-float"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("changes, error, match", BAD_INPUTS)
+def test_attention_rejects_bad_input(changes: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        attention_kernels.causal_attention(**_qkv_with(**changes))
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the interpreter's refusal of bf16")
+def test_interpreter_refuses_bf16() -> None:
+    q, k, v = (t.bfloat16() for t in make_qkv(1, 1, 8, 16, torch.float32))
+    with pytest.raises(NotImplementedError, match="bfloat16"):
+        attention_kernels.causal_attention(q, k, v)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA: on CPU the interpreter accepts CPU tensors")
+def test_compiled_kernel_refuses_cpu_tensors() -> None:
+    q, k, v = (t.cpu() for t in make_qkv(1, 1, 8, 16, torch.float16))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        attention_kernels.causal_attention(q, k, v)
