@@ -18,7 +18,6 @@ parity check fails, 2 without CUDA.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -50,7 +49,9 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 # ----------------------------------------------------------------------------- helpers
 
 
-def max_error(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> tuple[float, bool]:
+def max_error(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype
+) -> tuple[float, bool]:
     """(max abs error, within the dtype's atol/rtol)."""
     atol, rtol = TOLERANCES[dtype]
     diff = (actual.float() - expected.float()).abs()
@@ -140,11 +141,15 @@ def parity_section() -> tuple[list[str], bool]:
     rows, all_ok = [], True
     gen = torch.Generator(device="cuda").manual_seed(0)
 
-    def check(name: str, dtype: torch.dtype, actual, expected) -> None:
+    def check(name: str, dtype: torch.dtype, actual, expected, strict: bool = True) -> None:
+        """strict=False: against another fast kernel (cuDNN, SDPA), reported but never failing."""
         nonlocal all_ok
         err, ok = max_error(actual, expected, dtype)
-        all_ok &= ok
-        rows.append(f"| {name} | {DTYPE_NAMES[dtype]} | {err:.2e} | {'ok' if ok else 'FAIL'} |")
+        all_ok &= ok or not strict
+        verdict = "ok" if ok else ("FAIL" if strict else "outside tolerance (info)")
+        rows.append(f"| {name} | {DTYPE_NAMES[dtype]} | {err:.2e} | {verdict} |")
+
+    torch.backends.cudnn.allow_tf32 = False  # fp32 cuDNN LSTM in full precision for the check
 
     for dtype in TOLERANCES:
         rnn, layers = make_lstm(dtype)
@@ -162,20 +167,38 @@ def parity_section() -> tuple[list[str], bool]:
         check("lstm_sequence h_T", dtype, h_t, h_ref)
         check("lstm_sequence c_T", dtype, c_t, c_ref)
         with torch.inference_mode():
-            check("2-layer persistent vs cuDNN", dtype, triton_layers(layers, x), rnn(x)[0])
+            # cuDNN keeps c in fp32 between steps, the kernel in the input dtype: strict in fp32
+            strict = dtype == torch.float32
+            check("2-layer persistent vs cuDNN", dtype, triton_layers(layers, x), rnn(x)[0], strict)
 
-        q, k, v = (torch.randn(3, 4, 300, 64, device="cuda", dtype=dtype, generator=gen) for _ in "qkv")
-        mask = torch.arange(300, device="cuda")[None, :] < torch.tensor([[300], [171], [5]], device="cuda")
-        check("attention T=300 d=64", dtype, causal_attention(q, k, v), reference.causal_attention(q, k, v))
+        q, k, v = (
+            torch.randn(3, 4, 300, 64, device="cuda", dtype=dtype, generator=gen) for _ in "qkv"
+        )
+        mask = torch.arange(300, device="cuda")[None, :] < torch.tensor(
+            [[300], [171], [5]], device="cuda"
+        )
+        check(
+            "attention T=300 d=64",
+            dtype,
+            causal_attention(q, k, v),
+            reference.causal_attention(q, k, v),
+        )
         check("attention T=300 padded", dtype, causal_attention(q, k, v, mask),
               reference.causal_attention(q, k, v, mask))  # fmt: skip
         if dtype != torch.float32:
             for T in (128, 512, 2048):
                 q, k, v = (torch.randn(32, 4, T, 64, device="cuda", dtype=dtype) for _ in "qkv")
                 want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                check(f"attention vs SDPA T={T}", dtype, causal_attention(q, k, v), want)
+                check(f"attention vs SDPA T={T}", dtype, causal_attention(q, k, v), want, False)
 
-    lines = ["## Parity", "", "| check | dtype | max abs err | result |", "|---|---|---|---|", *rows]
+    torch.backends.cudnn.allow_tf32 = True
+    lines = [
+        "## Parity",
+        "",
+        "| check | dtype | max abs err | result |",
+        "|---|---|---|---|",
+        *rows,
+    ]
     test_line, tests_ok = run_kernel_tests()
     lines += ["", test_line]
     return lines, all_ok and tests_ok
@@ -199,7 +222,7 @@ def run_kernel_tests() -> tuple[str, bool]:
 
 def decode_section(dtype: torch.dtype = torch.float16) -> list[str]:
     lines = [f"## LSTM decode step ({LAYERS} layers, H={HIDDEN}, {DTYPE_NAMES[dtype]})", "",
-             "| batch | cuDNN | cuDNN + graph | Triton | Triton + graph | graph speedup vs cuDNN + graph |",
+             "| batch | cuDNN | cuDNN + graph | Triton | Triton + graph | speedup, both graphed |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     rnn, layers = make_lstm(dtype)
     for B in (1, 8, 64):
@@ -208,10 +231,10 @@ def decode_section(dtype: torch.dtype = torch.float16) -> list[str]:
         c = torch.randn(LAYERS, B, HIDDEN, device="cuda", dtype=dtype)
         with torch.inference_mode():
 
-            def cudnn_step():
+            def cudnn_step(x=x, h=h, c=c):
                 return rnn(x[:, None, :], (h, c))
 
-            def triton_step():
+            def triton_step(x=x, h=h, c=c):
                 return triton_decode_step(layers, x, h, c)
 
             times = {}
@@ -253,8 +276,10 @@ def attention_section(B: int = 32, NH: int = 4, D: int = 64) -> list[str]:
     for dtype in (torch.float16, torch.bfloat16):
         for T in (128, 512, 2048):
             q, k, v = (torch.randn(B, NH, T, D, device="cuda", dtype=dtype) for _ in "qkv")
-            sdpa = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-            ours = bench(lambda: causal_attention(q, k, v))
+            sdpa = bench(
+                lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            )
+            ours = bench(lambda q=q, k=k, v=v: causal_attention(q, k, v))
             flops = 4 * B * NH * T * T * D * 0.5  # two matmuls, half the scores are causal-masked
             tflops = [flops / t[0] * 1e-9 for t in (sdpa, ours)]
             lines.append(
@@ -299,7 +324,8 @@ def environment() -> list[str]:
     return [
         "# fastlm Triton kernel report", "",
         f"- device: {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}",
-        f"- torch {torch.__version__}, triton {triton.__version__}, python {sys.version.split()[0]}",
+        f"- torch {torch.__version__}, triton {triton.__version__}, "
+        f"python {sys.version.split()[0]}",
         "- times: median ms of triton.testing.do_bench (p20-p80), L2 flushed between calls", "",
     ]  # fmt: skip
 

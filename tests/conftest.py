@@ -56,3 +56,21 @@ def tiny_tokenizer(tiny_data):
     from fastlm.tokenizer import Tokenizer
 
     return Tokenizer.train([tiny_data / "train.txt"], vocab_size=2000)
+
+
+def _train_small(arch: str, data: Path, out: Path, steps: int = 40) -> Path:
+    from fastlm.training import TrainConfig, train
+
+    cfg = TrainConfig(model=arch, data=[str(data / "train.txt")], out=str(out), steps=steps,
+                      batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, dropout=0.0,
+                      eval_every=10_000, ckpt_every=10_000, progress=False,
+                      cache_dir=str(out.parent / "token-cache"))
+    return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
+    """{"lstm": dir, "transformer": dir}: SPEC-sized models trained 40 steps on the tiny corpus
+    (enough for peaked, non-random logits; seconds on a CPU)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return {arch: _train_small(arch, tiny_data, root / arch) for arch in ("lstm", "transformer")}

@@ -138,7 +138,10 @@ def test_custom_scale() -> None:
 
 def test_strided_heads_are_accepted() -> None:
     """Heads split off a (B, T, NH, D) projection: only the last dimension is contiguous."""
-    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in make_qkv(2, 3, 19, 16, torch.float16))
+    q, k, v = (
+        t.transpose(1, 2).contiguous().transpose(1, 2)
+        for t in make_qkv(2, 3, 19, 16, torch.float16)
+    )
     assert not q.is_contiguous()
     out = attention_kernels.causal_attention(q, k, v)
     assert out.is_contiguous()

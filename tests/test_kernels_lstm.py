@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
-from fastlm.kernels import reference  # noqa: E402
 from fastlm.kernels import lstm as lstm_kernels  # noqa: E402
+from fastlm.kernels import reference  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -146,11 +146,16 @@ BAD_STEP_INPUTS = [  # (changed inputs, exception, message fragment)
     pytest.param({"h": torch.randn(40, 3).t()}, ValueError, "h must be contiguous", id="h-strided"),
     pytest.param({"c": torch.randn(3, 40).half()}, TypeError, "c must have dtype", id="c-dtype"),
     pytest.param({"h": torch.randn(3, 40).long()}, TypeError, "h must be float32", id="h-int"),
-    pytest.param({"w_hh": torch.randn(160, 41)}, ValueError, r"w_hh must have shape \(4H, H\)",
-                 id="w_hh-shape"),  # fmt: skip
+    pytest.param(
+        {"w_hh": torch.randn(160, 41)},
+        ValueError,
+        r"w_hh must have shape \(4H, H\)",
+        id="w_hh-shape",
+    ),  # fmt: skip
     pytest.param({"bias": torch.randn(161)}, ValueError, "bias must have shape", id="bias-shape"),
-    pytest.param({"x_proj_t": torch.randn(3, 40)}, ValueError, "x_proj_t must have shape",
-                 id="x-shape"),  # fmt: skip
+    pytest.param(
+        {"x_proj_t": torch.randn(3, 40)}, ValueError, "x_proj_t must have shape", id="x-shape"
+    ),  # fmt: skip
     pytest.param({"c": torch.randn(2, 40)}, ValueError, "c must have shape", id="c-batch"),
 ]
 

@@ -66,7 +66,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(threads)
         self.model = checkpoint.model.to(device).eval()
         self._hidden: Callable = self.model.hidden_states
-        self._cells = None
+        self._step = None
 
     def _states(self, ids: torch.Tensor) -> torch.Tensor:
         out = self._hidden(ids)
@@ -88,14 +88,11 @@ class TorchBackend(Backend):
             return (nll * mask[:, 1:]).sum(dim=1).double().cpu().numpy()
 
     def new_decoder(self, max_seq: int) -> Decoder:
-        from fastlm.engine.decoding import LSTMCellStack, make_torch_decoder
+        from fastlm.engine.decoding import build_step, make_decoder
 
-        step = None
-        if self.config.architecture == "lstm":
-            if self._cells is None:  # built once: copies of the weights in step layout
-                self._cells = LSTMCellStack(self.model.lstm).to(self.device)
-            step = self._cells
-        return make_torch_decoder(self.model, max_seq, self.device, step)
+        if self._step is None:  # built once: the weights copied in step layout
+            self._step = build_step(self.model)
+        return make_decoder(self.model, self._step, max_seq, self.device)
 
 
 _REGISTRY: dict[str, type[Backend]] = {"eager": TorchBackend}

@@ -29,5 +29,5 @@ def triton_available() -> bool:
 
 
 def cuda_kernels_available() -> bool:
-    """True when the Triton kernels can run compiled: triton importable and a CUDA device present."""
+    """True when the Triton kernels can run compiled: triton importable and a CUDA device."""
     return triton_available() and torch.cuda.is_available()

@@ -161,9 +161,8 @@ def _key_mask_as_int8(key_padding_mask: torch.Tensor, q: torch.Tensor) -> torch.
     if not isinstance(key_padding_mask, torch.Tensor):
         raise TypeError(f"key_padding_mask must be a torch.Tensor, got {type(key_padding_mask)}")
     if tuple(key_padding_mask.shape) != (B, T):
-        raise ValueError(
-            f"key_padding_mask must have shape (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}"
-        )
+        got = tuple(key_padding_mask.shape)
+        raise ValueError(f"key_padding_mask must have shape (B, T) = {(B, T)}, got {got}")
     if key_padding_mask.dtype.is_floating_point or key_padding_mask.dtype.is_complex:
         raise TypeError(f"key_padding_mask must be bool or integer, got {key_padding_mask.dtype}")
     if key_padding_mask.device != q.device:

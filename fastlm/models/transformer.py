@@ -8,6 +8,7 @@ decode path can use a static KV cache. Parameter count matches nn.TransformerEnc
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +24,13 @@ from fastlm.models.layers import (
 )
 
 
-class KVCache(nn.Module):
-    """Static cache for one layer: k, v (B, NH, max_seq, head_dim), sized once (gpt-fast style)."""
+class KVCache(NamedTuple):
+    """Static cache for one layer: k, v (B, NH, max_seq, head_dim), sized once (gpt-fast style).
 
-    def __init__(self, batch: int, nhead: int, max_seq: int, head_dim: int, device, dtype):
-        super().__init__()
-        shape = (batch, nhead, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+    A tuple of tensors (not a module) so torch.compile treats it as plain inputs."""
+
+    k: torch.Tensor
+    v: torch.Tensor
 
     def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, NH, T, D) at positions pos (T,); return the whole cache."""
@@ -140,10 +140,9 @@ class SimpleTransformer_LM(nn.Module):
             raise ValueError(f"max_seq={max_seq} exceeds the position table ({self.config.max_len})")
         p = self.fc.weight
         head_dim = self.config.d_model // self.config.nhead
-        return [
-            KVCache(batch, self.config.nhead, max_seq, head_dim, device or p.device, dtype or p.dtype)
-            for _ in self.layers
-        ]
+        shape = (batch, self.config.nhead, max_seq, head_dim)
+        kw = {"device": device or p.device, "dtype": dtype or p.dtype}
+        return [KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw)) for _ in self.layers]
 
     def forward_cached(self, input_ids: torch.Tensor, pos: torch.Tensor, caches) -> torch.Tensor:
         """Logits (B, T, V) for input_ids (B, T) at absolute positions pos (T,), reading and

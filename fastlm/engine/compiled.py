@@ -1,0 +1,108 @@
+"""The "compile" backend: torch.compile for the embedding forward and for the decode step.
+
+- Embedding/scoring forward: compiled once with dynamic shapes. Dynamo specialises sizes 0 and
+  1, so batches are padded to >= 2 rows and sequence lengths to a multiple of `bucket`; after
+  the first call no new shape recompiles (tests count compiled frames). Right-padding is exact
+  here: the models are causal, so pad rows/columns never touch real tokens' states.
+- Decode step: `build_step(..., static=True)` compiled with fullgraph=True on fixed shapes; the
+  KV cache length is rounded up to a multiple of 256 so generations of different lengths share
+  one graph.
+- The LSTM's embedding path stays eager: torch.compile leaves nn.LSTM as one opaque op (no gain,
+  measured); its decode step, written out, is compiled.
+
+Compile time is measured apart (`compile_seconds`) and reported by describe().
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastlm.engine.backends import TorchBackend, register_backend
+from fastlm.engine.decoding import build_step, make_decoder
+from fastlm.models.layers import mean_pool
+
+CACHE_BUCKET = 256
+
+
+class CompileBackend(TorchBackend):
+    name = "compile"
+
+    def __init__(self, checkpoint, device, threads, compile_backend="inductor", bucket: int = 16):
+        super().__init__(checkpoint, device, threads)
+        self.bucket = bucket
+        self.compile_seconds: dict[str, float] = {}
+        self._seen: set = set()
+        transformer = self.config.architecture == "transformer"
+        self._pool = torch.compile(self._pool_eager, dynamic=True, backend=compile_backend) \
+            if transformer else self._pool_eager
+        self._nll = torch.compile(self._nll_eager, dynamic=True, backend=compile_backend) \
+            if transformer else self._nll_eager
+        step = build_step(self.model, static=True)
+        self._step_eager = step
+        self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=compile_backend)
+
+    # eager bodies that torch.compile traces
+    def _pool_eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mean_pool(self._states(ids), mask)
+
+    def _nll_eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.model.fc(self._states(ids[:, :-1])).float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        return (nll * mask[:, 1:]).sum(dim=1)
+
+    def _padded(self, input_ids: np.ndarray, mask: np.ndarray, extra: int = 0):
+        """Pad to >= 2 rows and a length of (multiple of bucket) + extra."""
+        B, T = input_ids.shape
+        rows = max(B, 2)
+        width = -(-(T - extra) // self.bucket) * self.bucket + extra
+        ids = np.zeros((rows, width), np.int64)
+        m = np.zeros((rows, width), np.int64)
+        ids[:B, :T], m[:B, :T] = input_ids, mask
+        return torch.from_numpy(ids).to(self.device), torch.from_numpy(m).to(self.device), B
+
+    def _timed(self, key: str, fn, *args):
+        if key in self._seen:
+            return fn(*args)
+        start = time.perf_counter()
+        out = fn(*args)
+        self.compile_seconds[key] = time.perf_counter() - start
+        self._seen.add(key)
+        return out
+
+    def embed_batch(self, input_ids, attention_mask):
+        with torch.inference_mode():
+            ids, mask, B = self._padded(input_ids, attention_mask)
+            return self._timed("embed", self._pool, ids, mask)[:B].cpu().numpy()
+
+    def nll_batch(self, input_ids, attention_mask):
+        with torch.inference_mode():
+            # +1 so the shifted (T-1) length is the bucketed one
+            ids, mask, B = self._padded(input_ids, attention_mask, extra=1)
+            return self._timed("score", self._nll, ids, mask)[:B].double().cpu().numpy()
+
+    def new_decoder(self, max_seq: int):
+        limit = self.config.max_len or max_seq
+        cache_len = min(limit, -(-max_seq // CACHE_BUCKET) * CACHE_BUCKET)
+        key = f"decode-{cache_len}" if self.config.architecture == "transformer" else "decode"
+        step = _TimedStep(self, key)
+        return make_decoder(self.model, step, cache_len, self.device)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "compile_seconds": dict(self.compile_seconds)}
+
+
+class _TimedStep:
+    """Calls the compiled step, timing the first call per cache size as compile time."""
+
+    def __init__(self, backend: CompileBackend, key: str):
+        self.backend, self.key = backend, key
+
+    def __call__(self, *args):
+        return self.backend._timed(self.key, self.backend._step, *args)
+
+
+register_backend("compile", CompileBackend)
