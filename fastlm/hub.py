@@ -32,3 +32,18 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         f"unknown model {text!r}: not a shipped model (available: {available_models() or 'none'}) "
         "and not a checkpoint directory"
     )
+
+
+def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):
+    """The bare nn.Module of a shipped model or checkpoint, checked to be of `model_class`.
+
+    >>> load_pretrained(SimpleTransformer_LM, "transformer")
+    Passing a checkpoint of the other architecture raises CheckpointError.
+    """
+    from fastlm.checkpoint import load_checkpoint
+
+    arch = model_class.__name__
+    expected = {"SimpleLSTM_LM": "lstm", "SimpleTransformer_LM": "transformer"}.get(arch)
+    if expected is None:
+        raise TypeError(f"model_class must be SimpleLSTM_LM or SimpleTransformer_LM, got {arch}")
+    return load_checkpoint(resolve_checkpoint(name_or_path), expected, device).model

@@ -2,7 +2,8 @@
 
 Triton kernels run under the CPU interpreter when no CUDA device is present. Triton reads
 TRITON_INTERPRET when a kernel is decorated, so it must be set before anything imports
-fastlm.kernels: conftest.py is the first code pytest runs.
+fastlm.kernels: conftest.py is the first code pytest runs. It also patches triton 3.6's
+interpreter for numpy >= 2.4 there (one copy, for every test module that runs kernels).
 """
 
 from __future__ import annotations
@@ -15,6 +16,39 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _fix_interpreter_for_numpy_2_4() -> None:
+    """Let `range()` over a kernel argument run in triton 3.6's interpreter on numpy >= 2.4.
+
+    The interpreter holds scalars as 1-element arrays and calls int() on them, which numpy
+    2.4 rejects (triton-lang/triton#9171). This applies the upstream fix (#9172).
+    """
+    import numpy as np
+
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return  # no triton: the kernel tests skip themselves
+    try:
+        int(np.ones(1))
+        return  # numpy < 2.4
+    except TypeError:
+        pass
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "fixed_for_numpy_2_4", False):
+        return
+
+    def patch_lang_tensor(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.fixed_for_numpy_2_4 = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if not torch.cuda.is_available():
+    _fix_interpreter_for_numpy_2_4()  # before any test module imports fastlm.kernels
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

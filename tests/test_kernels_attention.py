@@ -6,7 +6,6 @@ TRITON_INTERPRET=1), at ~10 ms per program instance: shapes stay small and odd.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,35 +23,6 @@ DTYPE_TOLERANCES = [  # (dtype, atol, rtol)
     pytest.param(torch.float16, 5e-3, 1e-2, id="fp16"),
     pytest.param(torch.bfloat16, 1e-2, 5e-2, id="bf16"),
 ]
-
-
-def _fix_interpreter_for_numpy_2_4() -> None:
-    """Let `range()` over a kernel argument run in triton 3.6's interpreter on numpy >= 2.4.
-
-    The interpreter holds scalars as 1-element arrays and calls int() on them, which numpy
-    2.4 rejects (triton-lang/triton#9171). This applies the upstream fix (#9172).
-    """
-    from triton.runtime import interpreter
-
-    try:
-        int(np.ones(1))
-        return  # numpy < 2.4
-    except TypeError:
-        pass
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "fixed_for_numpy_2_4", False):
-        return
-
-    def patch_lang_tensor(tensor, scope) -> None:
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patch_lang_tensor.fixed_for_numpy_2_4 = True
-    interpreter._patch_lang_tensor = patch_lang_tensor
-
-
-if not ON_GPU:
-    _fix_interpreter_for_numpy_2_4()
 
 
 def skip_unless_runnable(dtype: torch.dtype) -> None:

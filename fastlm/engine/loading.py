@@ -10,16 +10,17 @@ from fastlm.checkpoint import load_checkpoint
 from fastlm.engine.backends import backend_names, get_backend_class
 from fastlm.engine.model import LanguageModel
 from fastlm.hub import resolve_checkpoint
+from fastlm.kernels import cuda_kernels_available
 
 
 def pick_auto_backend(device: torch.device) -> str:
-    """'triton' on CUDA when its kernels are importable, else 'eager'.
+    """'triton' on CUDA when that backend is registered and its kernels can run, else 'eager'.
 
     On CPU "auto" is eager: torch.compile measured no faster than eager for these small models on
     2 cores once length-sorted batching removes padding (see bench/), and it costs seconds of
     compilation per new shape on first use.
     """
-    if device.type == "cuda":
+    if device.type == "cuda" and cuda_kernels_available():
         try:
             get_backend_class("triton")
             return "triton"

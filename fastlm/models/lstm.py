@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from fastlm.models.config import LSTMConfig
-from fastlm.models.layers import check_input_ids, check_sampling, make_generator, sample_next
+from fastlm.models.layers import (
+    check_input_ids,
+    check_sampling,
+    eval_mode,
+    make_generator,
+    sample_next,
+)
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_dim)
 
@@ -92,16 +98,18 @@ class SimpleLSTM_LM(nn.Module):
         """Sample until the sequence holds `max_length` tokens (start tokens included).
 
         The (h, c) state is carried, so each new token costs one step. temperature 0 = greedy.
+        Runs with dropout off (eval mode) and restores the model's mode afterwards.
         """
         check_sampling(temperature, top_k, None)
         ids = _check_start_tokens(start_tokens, max_length)
         device = self.fc.weight.device
         gen = make_generator(seed, device)
-        logits, state = self(torch.tensor([ids], device=device))
-        while len(ids) < max_length:
-            nxt = sample_next(logits[:, -1], temperature, top_k, None, gen)
-            ids.append(int(nxt))
-            logits, state = self(nxt.view(1, 1), state)
+        with eval_mode(self):
+            logits, state = self(torch.tensor([ids], device=device))
+            while len(ids) < max_length:
+                nxt = sample_next(logits[:, -1], temperature, top_k, None, gen)
+                ids.append(int(nxt))
+                logits, state = self(nxt.view(1, 1), state)
         return ids
 
 

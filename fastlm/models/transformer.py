@@ -18,6 +18,7 @@ from fastlm.models.config import TransformerConfig
 from fastlm.models.layers import (
     check_input_ids,
     check_sampling,
+    eval_mode,
     make_generator,
     sample_next,
     sinusoidal_table,
@@ -164,7 +165,8 @@ class SimpleTransformer_LM(nn.Module):
         """Sample until the sequence holds `max_length` tokens (start tokens included).
 
         Naive full recompute each step: the reference the fast engine is tested against.
-        temperature 0 = greedy. max_length may not exceed the position table.
+        temperature 0 = greedy. max_length may not exceed the position table. Runs with dropout
+        off (eval mode) and restores the model's mode afterwards.
         """
         from fastlm.models.lstm import _check_start_tokens
 
@@ -174,7 +176,8 @@ class SimpleTransformer_LM(nn.Module):
             raise ValueError(f"max_length={max_length} exceeds the context ({self.config.max_len})")
         device = self.fc.weight.device
         gen = make_generator(seed, device)
-        while len(ids) < max_length:
-            logits = self(torch.tensor([ids], device=device))
-            ids.append(int(sample_next(logits[:, -1], temperature, top_k, None, gen)))
+        with eval_mode(self):
+            while len(ids) < max_length:
+                logits = self(torch.tensor([ids], device=device))
+                ids.append(int(sample_next(logits[:, -1], temperature, top_k, None, gen)))
         return ids

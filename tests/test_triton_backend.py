@@ -1,0 +1,182 @@
+"""The "triton" backend: its refusal without CUDA, its forward paths on small random models, and
+(on a CUDA machine) parity with the eager backend on trained checkpoints.
+
+Without CUDA the forward paths run under the Triton interpreter (conftest.py sets
+TRITON_INTERPRET=1), at ~10 ms per program instance: the models stay tiny.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastlm
+from fastlm.engine.backends import backend_names, get_backend_class
+from fastlm.engine.loading import pick_auto_backend
+from fastlm.engine.triton_backend import (
+    LSTMKernelDecoder,
+    LSTMKernelWeights,
+    lstm_hidden_states,
+    transformer_hidden_states,
+)
+from fastlm.kernels import triton_available
+from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+TEXTS = ["a", "the cat sat on the mat", "word " * 70, "", "Ünïcödé 🤖 text", "x y z " * 9]
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="needs the triton package")
+needs_gpu = pytest.mark.skipif(
+    not ON_GPU, reason="needs CUDA: the triton backend refuses to start without a CUDA GPU"
+)
+
+
+def small_transformer() -> SimpleTransformer_LM:
+    torch.manual_seed(0)
+    model = SimpleTransformer_LM(
+        vocab_size=50, d_model=32, nhead=2, num_layers=1, dim_feedforward=64, max_len=64
+    )
+    return model.to(DEVICE).eval()
+
+
+def small_lstm() -> SimpleLSTM_LM:
+    torch.manual_seed(0)
+    return SimpleLSTM_LM(vocab_size=50, embedding_dim=16, hidden_dim=24, num_layers=2).to(
+        DEVICE).eval()  # fmt: skip
+
+
+def random_ids(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 50, (B, T), generator=gen).to(DEVICE)
+
+
+# ----------------------------------------------------------------------------- any machine
+
+
+def test_backend_is_registered() -> None:
+    assert get_backend_class("triton").name == "triton"
+    assert "triton" in backend_names()
+
+
+@pytest.mark.skipif(ON_GPU, reason="checks the refusal on a machine without CUDA")
+def test_refuses_without_cuda(small_checkpoints) -> None:
+    with pytest.raises(ValueError, match="needs a CUDA GPU") as info:
+        fastlm.load(small_checkpoints["transformer"], backend="triton")
+    for name in backend_names() + ["auto"]:
+        assert repr(name) in str(info.value), f"{name!r} missing from: {info.value}"
+    assert pick_auto_backend(torch.device("cpu")) == "eager"
+
+
+# (compute dtype, atol): fp16 runs the linears under autocast; bf16 needs CUDA (see kernels tests)
+COMPUTE_DTYPES = [
+    pytest.param(torch.float32, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 5e-3, id="fp16"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, atol", COMPUTE_DTYPES)
+@torch.inference_mode()
+def test_transformer_forward_matches_eager(dtype: torch.dtype, atol: float) -> None:
+    """Triton attention in the model's own layers == model.hidden_states (fp32 SDPA)."""
+    model = small_transformer()
+    ids = random_ids(2, 17)
+    got = transformer_hidden_states(model, ids, dtype)
+    want = model.hidden_states(ids)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=atol, rtol=atol)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype, atol", COMPUTE_DTYPES)
+@torch.inference_mode()
+def test_lstm_forward_matches_nn_lstm(dtype: torch.dtype, atol: float) -> None:
+    """Input projection + lstm_sequence per layer == nn.LSTM: output and final (h, c)."""
+    model = small_lstm()
+    ids = random_ids(2, 5, seed=1)
+    out, (h, c) = lstm_hidden_states(LSTMKernelWeights.from_model(model, dtype), ids)
+    assert out.dtype == h.dtype == c.dtype == dtype
+    want_out, (want_h, want_c) = model.hidden_states(ids)
+    for name, got, want in (("out", out, want_out), ("h", h, want_h), ("c", c, want_c)):
+        torch.testing.assert_close(
+            got.float(), want, atol=atol, rtol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
+@needs_triton
+@torch.inference_mode()
+def test_lstm_decoder_matches_full_forward() -> None:
+    """Prefill (lstm_sequence) then lstm_step per token: the logits of a full forward pass."""
+    model = small_lstm()
+    ids = random_ids(1, 6, seed=2)[0].tolist()
+    decoder = LSTMKernelDecoder(LSTMKernelWeights.from_model(model), DEVICE)
+    logits = [decoder.prefill(ids[:4]), decoder.step(ids[4]), decoder.step(ids[5])]
+    want = model(torch.tensor([ids], device=DEVICE))[0][0, 3:].float().cpu()  # (3, V)
+    for i, got in enumerate(logits):
+        assert got.shape == (50,) and got.dtype == torch.float32 and got.device.type == "cpu"
+        where = f"position {3 + i}"
+        torch.testing.assert_close(
+            got, want[i], atol=1e-4, rtol=1e-4, msg=lambda m, where=where: f"{where}: {m}"
+        )
+
+
+# ----------------------------------------------------------------------------- CUDA only
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    ok = (na > 0) & (nb > 0)
+    out = np.ones(len(a))
+    out[ok] = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
+    return out
+
+
+@pytest.fixture
+def full_precision_cudnn(monkeypatch):
+    """Eager's fp32 cuDNN LSTM without TF32, so fp32 parity is a fair comparison."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+@needs_gpu
+@pytest.mark.usefixtures("full_precision_cudnn")
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_gpu_matches_eager(arch: str, dtype: str, small_checkpoints) -> None:
+    eager = fastlm.load(small_checkpoints[arch], backend="eager", device="cuda")
+    fast = fastlm.load(small_checkpoints[arch], backend="triton", device="cuda", dtype=dtype)
+    assert fast.backend.describe()["dtype"] == dtype
+    want, got = eager.embed(TEXTS), fast.embed(TEXTS)
+    assert got.shape == want.shape and got.dtype == np.float32
+    if dtype == "fp32":
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    else:
+        assert _cosines(got, want).min() > 0.99
+    rtol = 1e-4 if dtype == "fp32" else 2e-2
+    want_ll = [r.log_likelihood for r in eager.score(TEXTS)]
+    got_ll = [r.log_likelihood for r in fast.score(TEXTS)]
+    np.testing.assert_allclose(got_ll, want_ll, rtol=rtol, atol=1e-3)
+
+
+@needs_gpu
+@pytest.mark.usefixtures("full_precision_cudnn")
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_gpu_greedy_tokens_equal_eager(arch: str, small_checkpoints) -> None:
+    eager = fastlm.load(small_checkpoints[arch], backend="eager", device="cuda")
+    fast = fastlm.load(small_checkpoints[arch], backend="triton", device="cuda", dtype="fp32")
+    prompt = "the cat sat on the mat"
+    want = eager.generate(prompt, max_new_tokens=24, temperature=0)
+    assert fast.generate(prompt, max_new_tokens=24, temperature=0) == want
+    ids = [5, 6, 7, 8]
+    want_ids = eager.generate(ids, max_new_tokens=24, temperature=0)
+    assert fast.generate(ids, max_new_tokens=24, temperature=0) == want_ids
+
+
+@needs_gpu
+def test_gpu_auto_picks_triton(small_checkpoints) -> None:
+    assert pick_auto_backend(torch.device("cuda")) == "triton"
+    model = fastlm.load(small_checkpoints["lstm"], device="cuda")
+    assert model.backend.name == "triton"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        fastlm.load(small_checkpoints["lstm"], backend="triton", device="cuda", dtype="int8")
