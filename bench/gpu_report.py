@@ -313,9 +313,8 @@ def end_to_end_section(n: int = 10_000) -> list[str]:
         engine.embed(texts)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    except (ImportError, AttributeError, ValueError, KeyError, NotImplementedError) as err:
-        # AttributeError: fastlm.load is not there until the engine lands
-        return lines + [f"skipped: {type(err).__name__}: {err}"]
+    except Exception as err:  # noqa: BLE001 - a report: record any failure, keep the table
+        return lines + [f"failed: {type(err).__name__}: {err}"]
     return lines + [f"{seconds:.2f} s, {n / seconds:,.0f} texts/s"]
 
 

@@ -178,6 +178,9 @@ class LanguageModel:
             prompt_or_ids, max_new_tokens, start_tokens, max_length)
         check_sampling(temperature, top_k, top_p)
         stops = _check_stop(stop)
+        if stops and not as_text:
+            raise TypeError("stop strings apply to text prompts; with token ids, use EOT or "
+                            "max_new_tokens")
         tokens = self._sample(ids, new, temperature, top_k, top_p, seed)
         if as_text:
             pieces = self._text_pieces(tokens, stops)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fastlm.engine.backends import TorchBackend, backend_names, register_backend
+from fastlm.kernels import cuda_kernels_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -175,8 +176,6 @@ class TritonBackend(TorchBackend):
     name = "triton"
 
     def __init__(self, checkpoint, device, threads, dtype: str = "bf16"):
-        from fastlm.kernels import cuda_kernels_available
-
         device = torch.device(device)
         if device.type != "cuda" or not cuda_kernels_available():
             why = "triton is not installed" if device.type == "cuda" else f"device is {device}"
