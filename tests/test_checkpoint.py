@@ -79,8 +79,7 @@ def test_optimizer_round_trip_continues_identically(saved):
     path, model, opt = saved
     clone = _model("lstm")
     clone.load_state_dict(model.state_dict())
-    clone_opt = torch.optim.AdamW(clone.parameters(), lr=1e-2, betas=(0.9, 0.98),
-                                  weight_decay=0.01)
+    clone_opt = torch.optim.AdamW(clone.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.01)
     load_optimizer_state(path, clone_opt)
     ids = torch.randint(0, 2000, (2, 5))
     for m, o in ((model, opt), (clone, clone_opt)):
@@ -133,8 +132,15 @@ def test_edited_config_is_detected(saved):
 
 
 @pytest.mark.parametrize(
-    "name", ["model.safetensors", "config.json", "tokenizer.json", "manifest.json",
-             "optimizer.safetensors", "trainer_state.json"]
+    "name",
+    [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "manifest.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ],
 )
 def test_missing_file_is_named(saved, name):
     path, _, _ = saved
@@ -172,8 +178,9 @@ def test_optimizer_and_state_file_errors(tmp_path, tiny_tokenizer):
         load_trainer_state(path)
 
 
-@pytest.mark.parametrize(("saved_arch", "expected"), [("lstm", "transformer"),
-                                                      ("transformer", "lstm")])
+@pytest.mark.parametrize(
+    ("saved_arch", "expected"), [("lstm", "transformer"), ("transformer", "lstm")]
+)
 def test_wrong_architecture(tmp_path, tiny_tokenizer, saved_arch, expected):
     path = save_checkpoint(tmp_path / "c", _model(saved_arch), tiny_tokenizer)
     with pytest.raises(CheckpointError, match=f"holds a {saved_arch} model, not a {expected}"):
@@ -199,7 +206,7 @@ def test_atomic_dir_failure_leaves_nothing(tmp_path):
 
 
 def test_atomic_checkpoint_failure_keeps_old(tmp_path, tiny_tokenizer, monkeypatch):
-    """A failure halfway through a save leaves no partial directory and the old checkpoint intact."""
+    """A save failing halfway leaves no partial directory and the old checkpoint intact."""
     model = _model("lstm")
     path = save_checkpoint(tmp_path / "ckpt", model, tiny_tokenizer)
     before = {p.name: p.read_bytes() for p in path.iterdir()}

@@ -146,8 +146,9 @@ def test_post_norm_layer_structure():
     model = _small("transformer")
     x = torch.randn(2, 7, 32) * 3 + 1
     for layer in model.layers:
-        h = F.layer_norm(x + _reference_attention(layer.attn, x), (32,),
-                         layer.norm1.weight, layer.norm1.bias)
+        h = F.layer_norm(
+            x + _reference_attention(layer.attn, x), (32,), layer.norm1.weight, layer.norm1.bias
+        )
         ff = F.relu(h @ layer.ff1.weight.T + layer.ff1.bias) @ layer.ff2.weight.T + layer.ff2.bias
         expected = F.layer_norm(h + ff, (32,), layer.norm2.weight, layer.norm2.bias)
         with torch.no_grad():

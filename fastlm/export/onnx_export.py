@@ -30,9 +30,9 @@ from torch import nn
 
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
 from fastlm.models.layers import mean_pool
+from fastlm.runtime import DECODE_FILE, EMBED_FILE, LM_FILE
 
 OPSET = 17  # first opset with LayerNormalization; ORT 1.18+ runs it on CPU and CUDA
-EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
 
 
 def _top_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from fastlm.checkpoint import (
     save_checkpoint,
 )
 from fastlm.io import atomic_write_text
-from fastlm.models import CONFIGS_BY_NAME, build_model
+from fastlm.models import CONFIGS_BY_NAME, ModelConfig, build_model
 from fastlm.tokenizer import Tokenizer
 from fastlm.training.data import WindowSampler, _mix, resolve_text_files, token_stream
 from fastlm.training.distributed import DistInfo, barrier, setup_distributed, wrap_ddp
@@ -110,10 +111,7 @@ def train(cfg: TrainConfig) -> Path:
     valid_stream, valid_bytes_per_token = _valid_stream(cfg, files, tok)
 
     torch.manual_seed(cfg.seed)
-    model_cfg = CONFIGS_BY_NAME[cfg.model](vocab_size=tok.vocab_size)
-    if cfg.dropout is not None:
-        model_cfg.dropout = cfg.dropout
-    model = build_model(model_cfg).to(dist.device)
+    model = build_model(_model_config(cfg, tok, resume_dir)).to(dist.device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay
     )
@@ -124,6 +122,11 @@ def train(cfg: TrainConfig) -> Path:
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * dist.world
     total = cfg.steps if cfg.steps is not None else max(1, cfg.tokens // tokens_per_step)
+    if step > total:
+        raise ValueError(
+            f"--resume: {resume_dir} is at step {step}, past this run's budget of {total} steps; "
+            "give a larger --steps or --tokens"
+        )
     log = _Logger(out / "log.jsonl", dist.is_main, truncate_after=step if resume_dir else None)
     if dist.is_main and resume_dir is None:
         atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
@@ -189,6 +192,24 @@ def _get_tokenizer(cfg: TrainConfig, out: Path, dist: DistInfo, resume_dir) -> T
     return Tokenizer.load(path)
 
 
+def _model_config(cfg: TrainConfig, tok: Tokenizer, resume_dir: Path | None) -> ModelConfig:
+    """The config to build: on --resume the checkpoint's own config.json (a flag such as
+    --dropout must not change a model mid-run); otherwise --model's SPEC config + --dropout."""
+    if resume_dir is not None:
+        saved = load_checkpoint(resume_dir, expect_architecture=cfg.model).config
+        if cfg.dropout is not None and cfg.dropout != saved.dropout:
+            warnings.warn(
+                f"--dropout {cfg.dropout} ignored on --resume: {resume_dir} was trained with "
+                f"dropout {saved.dropout}",
+                stacklevel=3,
+            )
+        return saved
+    model_cfg = CONFIGS_BY_NAME[cfg.model](vocab_size=tok.vocab_size)
+    if cfg.dropout is not None:
+        model_cfg.dropout = cfg.dropout
+    return model_cfg
+
+
 def _valid_stream(cfg: TrainConfig, files: list[Path], tok: Tokenizer):
     valid = Path(cfg.valid) if cfg.valid else files[0].parent / "valid.txt"
     if not valid.is_file():
@@ -226,6 +247,9 @@ def _save(out: Path, model, tok, optimizer, state: dict, keep: int) -> None:
     old = sorted(p for p in ckpt_root.glob("step_*") if p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+    # half-written directories left by a killed run (one writer per run directory: safe)
+    for tmp in ckpt_root.glob(".step_*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Logger:

@@ -1,0 +1,40 @@
+"""Single-stream greedy decode, ms/token: a 16-token prompt, then 128 new tokens.
+
+Timed through each backend's decoder (1 prefill + 127 steps, argmax), never stopping at
+<|endoftext|>, so every backend does the same work whatever its weights. Gate: vs eager.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastlm.bench_cli import ARCHS, BACKENDS, decode_flops, dtype_of, greedy_decode, random_batch
+
+PROMPT, NEW = 16, 128
+ROUNDS, WARMUP = 5, 1
+
+
+@pytest.mark.parametrize("key", list(BACKENDS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decode(bench, lms, device, arch, key):
+    lm, eager = lms(arch, key), lms(arch, "eager")
+    prompt = random_batch(1, PROMPT, lm.config.vocab_size, seed=1)[0][0].tolist()
+    candidate = lambda: greedy_decode(lm.backend, prompt, NEW)  # noqa: E731
+    baseline = (lambda: greedy_decode(eager.backend, prompt, NEW)) if key != "eager" else None
+    timing = bench.run(candidate, baseline, ROUNDS, WARMUP)
+    flops = decode_flops(eager.backend.model, PROMPT, NEW)
+    bench.info(
+        suite="decode",
+        model=arch,
+        backend=key,
+        dtype=dtype_of(key),
+        device=device,
+        prompt_tokens=PROMPT,
+        new_tokens=NEW,
+        batch=1,
+        ms_per_token=round(1000 * timing.seconds / NEW, 4),
+        tokens_per_s=round(NEW / timing.seconds, 1),
+        gflops=round(flops / timing.seconds / 1e9, 2),
+        same_tokens_as_eager=candidate() == greedy_decode(eager.backend, prompt, NEW),
+    )
+    bench.check("decode", arch, key, f"{PROMPT}+{NEW}", timing)

@@ -1,0 +1,99 @@
+"""End to end: `LanguageModel.embed` on real paragraphs vs the seed pipeline, texts/s.
+
+The seed pipeline is how embeddings were computed before fastlm: the texts in their given
+order, batches of 32 padded to their longest, the eager model forward plus masked mean under
+torch.no_grad, one host copy at the end. It is timed once per model per session (it does not
+depend on the backend under test). fastlm sorts by length (little padding) and runs the
+backend. Gates: eager >= 2x the seed pipeline; the best backend >= 3x (the issue's target).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastlm.bench_cli import ARCHS, BACKENDS, dtype_of, median, timed
+
+ROUNDS = 2  # one run of 2,000 paragraphs takes seconds
+
+
+def seed_pipeline(model, tokenizer, texts: list[str], device: str, batch_size: int = 32):
+    """(n, D) float32 unnormalised mean-pooled embeddings, the seed's way."""
+    import torch
+
+    from fastlm.models.layers import mean_pool
+
+    pooled = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer.encode_batch(texts[start : start + batch_size])
+            ids = torch.from_numpy(batch.input_ids).to(device)
+            mask = torch.from_numpy(batch.attention_mask).to(device)
+            out = model.hidden_states(ids)
+            states = out[0] if isinstance(out, tuple) else out  # LSTM: (states, (h, c))
+            pooled.append(mean_pool(states, mask))
+    return torch.cat(pooled).cpu().numpy()
+
+
+@pytest.fixture(scope="module")
+def seed_seconds(lms, paragraphs, device, smoke):
+    """seed_seconds(arch) -> median seconds of the seed pipeline over all paragraphs."""
+    cache: dict[str, float] = {}
+
+    def get(arch: str) -> float:
+        if arch not in cache:
+            eager = lms(arch, "eager")
+            model, tok = eager.backend.model, eager.tokenizer
+
+            def run():
+                return seed_pipeline(model, tok, paragraphs.texts, device)
+
+            head = paragraphs.texts[:64]  # same task, same answer (and a warm-up)
+            ours = eager.embed(head, normalize=False, show_progress_bar=False)
+            np.testing.assert_allclose(ours, seed_pipeline(model, tok, head, device), atol=1e-4)
+            cache[arch] = median([timed(run, device) for _ in range(1 if smoke else ROUNDS)])
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("key", list(BACKENDS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_embed_e2e(bench, lms, paragraphs, seed_seconds, device, arch, key):
+    lm = lms(arch, key)
+    texts = paragraphs.texts
+    lm.embed(texts[:64], show_progress_bar=False)  # warm-up on a slice: a full run takes seconds
+    seed = seed_seconds(arch)
+    timing = bench.run(lambda: lm.embed(texts, show_progress_bar=False), None, ROUNDS, 0)
+    n_tokens = sum(len(s) for s in lm.tokenizer.encode_many(texts))
+    bench.info(
+        suite="e2e",
+        model=arch,
+        backend=key,
+        dtype=dtype_of(key),
+        device=device,
+        texts=len(texts),
+        tokens=n_tokens,
+        corpus=paragraphs.source,
+        batch_size=64,
+        texts_per_s=round(len(texts) / timing.seconds, 1),
+        seed_texts_per_s=round(len(texts) / seed, 1),
+        tokens_per_s=round(n_tokens / timing.seconds),
+    )
+    bench.check("e2e", arch, key, f"{len(texts)} texts", timing, "seed", baseline_seconds=seed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_embed_e2e_best_backend(bench_results, gates, arch):
+    """The best backend's end-to-end speed-up over the seed pipeline meets the target."""
+    rows = [r for r in bench_results if r["suite"] == "e2e" and r["model"] == arch]
+    if not rows:
+        pytest.skip(f"no end-to-end result for {arch} in this session")
+    best = max(rows, key=lambda r: r["ratio"])
+    gates.apply(
+        {
+            k: best[k]
+            for k in ("model", "backend", "shape", "ms", "baseline", "baseline_ms", "ratio")
+        }
+        | {"suite": "e2e-best"}
+    )

@@ -1,0 +1,108 @@
+"""Model load time per backend (ONNX: session creation), compile time, and export time.
+
+- load: `fastlm.load(...)` wall time, shipped weights by name when the package has them. For
+  "compile" this is the wrapper only: compilation happens on the first call and is reported by
+  test_compile_time (and in the summary), never mixed into other timings.
+- export: `fastlm export MODEL --format onnx --dtype D --out DIR`, skipped while that command
+  does not exist.
+Ratios vs eager are reported, not gated: loading is a one-off cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fastlm.bench_cli import ARCHS, BACKENDS, BackendUnavailable, dtype_of, load_model, timed
+
+LOAD_BUDGET_S = 6.0  # rounds per backend: as many as fit (1..5), judged by the first load
+
+
+@pytest.mark.parametrize("key", list(BACKENDS))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_load_time(bench, sources, device, threads, arch, key):
+    def load():
+        return load_model(sources[arch], key, device, threads)
+
+    try:
+        first = timed(load, device)  # cold: file cache, imports, one-off setup
+    except BackendUnavailable as err:
+        pytest.skip(f"{arch}/{key}: {err}")
+    rounds = max(1, min(5, int(LOAD_BUDGET_S / max(first, 1e-3))))
+    eager = (
+        (lambda: load_model(sources[arch], "eager", device, threads)) if key != "eager" else None
+    )
+    timing = bench.run(load, eager, rounds, 0)
+    bench.info(
+        suite="load",
+        model=arch,
+        backend=key,
+        dtype=dtype_of(key),
+        device=device,
+        source=str(sources[arch]),
+        first_load_ms=round(1000 * first, 1),
+        load_ms=round(1000 * timing.seconds, 1),
+    )
+    bench.check("load", arch, key, "load", timing)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compile_time(lms, arch, record_property):
+    """torch.compile's first calls per graph, seconds (warmed once per session by `lms`)."""
+    lm = lms(arch, "compile")
+    seconds = getattr(lm.backend, "compile_seconds", {})
+    assert seconds, "the compile backend reports no compile time"
+    for graph, secs in seconds.items():
+        record_property(f"compile_seconds_{graph}", round(secs, 2))
+
+
+def _export_available() -> str | None:
+    """None when `fastlm export` exists, else why not."""
+    try:
+        from fastlm.export import cli
+    except ImportError as err:
+        return f"fastlm.export is missing ({err})"
+    if not hasattr(cli, "add_parser"):
+        return "fastlm.export.cli has no add_parser yet"
+    return None
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_time(bench, sources, tmp_path, arch, dtype):
+    reason = _export_available()
+    if reason:
+        pytest.skip(reason)
+    from fastlm.cli import main
+
+    outs = (tmp_path / f"out{i}" for i in itertools.count())
+    last = []
+
+    def export():
+        last.append(next(outs))
+        argv = [
+            "export",
+            str(sources[arch]),
+            "--format",
+            "onnx",
+            "--dtype",
+            dtype,
+            "--out",
+            str(last[-1]),
+        ]
+        try:
+            rc = main(argv)
+        except SystemExit as err:  # argparse: the command does not take these options
+            pytest.skip(f"fastlm export rejects {' '.join(argv[2:])} (exit {err.code})")
+        assert rc == 0, f"fastlm {' '.join(argv)} failed with exit status {rc}"
+
+    timing = bench.run(export, None, rounds=2, warmup=0)
+    size = sum(f.stat().st_size for f in last[-1].rglob("*") if f.is_file())
+    bench.info(
+        suite="export",
+        model=arch,
+        dtype=dtype,
+        export_s=round(timing.seconds, 2),
+        output_bytes=size,
+    )

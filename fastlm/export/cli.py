@@ -1,0 +1,43 @@
+"""`fastlm export NAME_OR_CKPT --format onnx --dtype {fp32,fp16,int8} --out DIR [--force]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DTYPES = ("fp32", "fp16", "int8")  # fastlm.export.DTYPES, repeated so --help needs no torch
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX with a parity certificate",
+        description="Write DIR with embed.onnx, lm.onnx, decode.onnx, tokenizer.json, "
+        "config.json, parity.json and manifest.json (see docs/onnx.md).",
+    )
+    p.add_argument("model", help="shipped model name, checkpoint or run directory")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastlm.export import export
+    from fastlm.runtime import PARITY_FILE
+
+    try:
+        out = export(args.model, args.out, dtype=args.dtype, force=args.force)
+    except (PermissionError, NotADirectoryError) as err:  # fastlm.cli maps the rest to exit 2
+        print(f"fastlm export: error: {err}", file=sys.stderr)
+        return 2
+    report = json.loads((out / PARITY_FILE).read_text(encoding="utf-8"))
+    emb, greedy = report["embedding"], report["greedy"]
+    print(f"exported {args.dtype} ONNX to {out}")
+    print(f"parity vs PyTorch fp32: embedding cosine min {emb['cosine_min']:.6f}, "
+          f"logits max abs err {report['logits']['max_abs']:.2e}, "
+          f"greedy agreement {greedy['agreement']:.1%}, "
+          f"top-10 overlap {report['ranking']['top10_overlap']:.1%}")
+    return 0

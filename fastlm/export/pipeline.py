@@ -1,0 +1,136 @@
+"""`export()`: a checkpoint -> one ONNX directory, certified against PyTorch and written atomically.
+
+Layout of DIR (format "fastlm-onnx/1"):
+    embed.onnx, lm.onnx, decode.onnx   the graphs (fastlm/export/onnx_export.py), in `dtype`
+    tokenizer.json, config.json        the checkpoint's tokenizer and model config
+    parity.json                        the certificate (fastlm/export/parity.py)
+    manifest.json                      format, dtype, model facts, graph inputs/outputs, source
+                                       checkpoint, versions, and the sha256 of every file above
+The directory is built under a temporary name and renamed when complete; an export that breaks
+its parity bounds raises ValueError and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+import fastlm
+from fastlm.checkpoint import MODEL_FILE, load_checkpoint
+from fastlm.export.onnx_export import OPSET, export_graphs, model_facts
+from fastlm.export.parity import certify, check
+from fastlm.export.precision import quantize_int8, to_fp16
+from fastlm.hub import resolve_checkpoint
+from fastlm.io import atomic_write_dir, sha256_file
+from fastlm.models.config import config_to_json
+from fastlm.runtime import (
+    CONFIG_FILE,
+    FORMAT,
+    MANIFEST_FILE,
+    PARITY_FILE,
+    TOKENIZER_FILE,
+    OnnxModel,
+)
+
+DTYPES = ("fp32", "fp16", "int8")
+
+
+def export(
+    name_or_ckpt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: str = "fp32",
+    force: bool = False,
+) -> Path:
+    """Export a shipped model or checkpoint to ONNX in `out_dir`; returns the directory.
+
+    dtype: "fp32" | "fp16" | "int8". An existing out_dir is refused unless force=True.
+    Raises ValueError when the export breaks its dtype's parity bounds (docs/onnx.md).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not isinstance(out_dir, str | os.PathLike):
+        raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__}")
+    out = Path(out_dir).absolute()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists (pass force=True / --force to replace it)")
+    _check_writable(out)
+    ckpt = load_checkpoint(resolve_checkpoint(name_or_ckpt))
+    atomic_write_dir(out, lambda tmp: _fill(tmp, ckpt, dtype), force=force)
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before the (slow) export when `out` can never be created."""
+    anchor = next(p for p in (out, *out.parents) if p.exists())
+    if anchor != out and not anchor.is_dir():
+        raise NotADirectoryError(f"cannot create {out}: {anchor} is not a directory")
+    if anchor == out:
+        anchor = out.parent
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {out}: no write permission in {anchor}")
+
+
+def _fill(tmp: Path, ckpt, dtype: str) -> None:
+    write_graphs(ckpt.model, tmp, dtype)
+    (tmp / TOKENIZER_FILE).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
+    (tmp / CONFIG_FILE).write_text(config_to_json(ckpt.config), encoding="utf-8")
+    manifest = {
+        "format": FORMAT,
+        "dtype": dtype,
+        "model": model_facts(ckpt.config),
+        "graphs": {f.stem: _graph_io(f) for f in sorted(tmp.glob("*.onnx"))},
+        "source": {
+            "checkpoint": str(ckpt.path),
+            "model_sha256": ckpt.manifest["files"].get(MODEL_FILE) or sha256_file(
+                ckpt.path / MODEL_FILE),
+        },
+        "versions": {
+            "fastlm": fastlm.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": OPSET,
+        },
+    }
+    # The certificate is measured on the CPU provider, whatever this machine has.
+    runtime_model = OnnxModel.open(tmp, manifest, providers=["CPUExecutionProvider"])
+    report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype)
+    check(report)
+    (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str) -> None:
+    """The three graphs of `model` in `dtype`, written into out_dir."""
+    if dtype == "fp32":
+        export_graphs(model, out_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="fastlm-fp32-") as tmp:
+        for name in export_graphs(model, Path(tmp)):
+            src, dst = Path(tmp) / name, out_dir / name
+            if dtype == "fp16":
+                onnx.save(to_fp16(onnx.load(str(src))), str(dst))
+            else:
+                quantize_int8(src, dst, model.config.architecture)
+
+
+def _graph_io(path: Path) -> dict:
+    """{"inputs": {name: [type, dims]}, "outputs": {...}} with symbolic dims by name."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values) -> dict:
+        out = {}
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+            out[v.name] = [onnx.TensorProto.DataType.Name(t.elem_type).lower(), dims]
+        return out
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}

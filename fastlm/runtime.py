@@ -1,0 +1,288 @@
+"""Run an exported model with ONNX Runtime alone: no PyTorch needed.
+
+    from fastlm.runtime import OnnxModel
+    model = OnnxModel.load("exports/transformer-int8")   # checks every file's sha256 first
+    vecs = model.embed(["a text", "another"])              # (2, D) float32, L2-normalised
+    text = model.generate("Once upon a time", max_new_tokens=50, temperature=0)
+
+Needs onnxruntime, numpy and tokenizers only (fastlm.tokenizer and fastlm.io import no torch;
+`import fastlm` itself is lazy). The directory comes from `fastlm export` (see docs/onnx.md).
+Edge cases match `LanguageModel`: embed([]) -> (0, D); "" -> a zero vector; texts longer than
+the Transformer's position table are truncated with a warning; text prompts are preceded by
+<|endoftext|> and generation stops at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fastlm.io import sha256_file
+from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts, pad_batch
+
+FORMAT = "fastlm-onnx/1"
+EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
+TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
+MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
+REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE)
+
+
+class ExportDirError(ValueError):
+    """An export directory is missing a file, fails its sha256 check, or cannot be parsed."""
+
+
+def verify_export_dir(path: str | os.PathLike) -> dict:
+    """Check every file of an export directory against manifest.json; return the manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportDirError(f"export directory not found: {path}")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        files, model = manifest["files"], manifest["model"]
+    except FileNotFoundError:
+        raise ExportDirError(f"{path} has no {MANIFEST_FILE}: not a fastlm export") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ExportDirError(f"{path / MANIFEST_FILE} is corrupt: {err!r}") from None
+    if manifest.get("format") != FORMAT:
+        raise ExportDirError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT}")
+    for name in sorted(set(REQUIRED_FILES) | set(files)):
+        f = path / name
+        if not f.is_file():
+            raise ExportDirError(f"export file missing: {f}")
+        if name not in files:
+            raise ExportDirError(f"{f} is not listed in {MANIFEST_FILE}")
+        if sha256_file(f) != files[name]:
+            raise ExportDirError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
+    if model.get("architecture") not in ("lstm", "transformer"):
+        raise ExportDirError(f"{path / MANIFEST_FILE}: unknown architecture {model!r}")
+    return manifest
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it, then CPU."""
+    have = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+
+
+def make_session(path: Path, threads: int | None, providers: Sequence[str]):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or 0  # 0 = ORT's default (one per physical core)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+
+
+class OnnxModel:
+    """An exported model: three ONNX Runtime sessions and the tokenizer."""
+
+    def __init__(self, path: Path, manifest: dict, tokenizer: Tokenizer, sessions: dict):
+        self.path, self.manifest, self.tokenizer = path, manifest, tokenizer
+        self.sessions = sessions  # "embed", "lm", "decode" -> InferenceSession, thread-safe
+        facts = manifest["model"]
+        self.architecture: str = facts["architecture"]
+        self.vocab_size: int = facts["vocab_size"]
+        self.embedding_dim: int = facts["embed_dim"]
+        self.context_length: int | None = facts["max_len"]  # None: the LSTM, unbounded
+        self.dtype: str = manifest.get("dtype", "fp32")
+        self._facts = facts
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> OnnxModel:
+        """Open an export directory after checking every file against its manifest."""
+        return cls.open(path, verify_export_dir(path), threads, providers)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        manifest: dict,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> OnnxModel:
+        """Open the graphs of `path` as described by `manifest`, with no sha256 check (the
+        exporter's parity check runs before the manifest exists)."""
+        path = Path(path)
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
+        providers = list(providers) if providers else default_providers()
+        sessions = {
+            key: make_session(path / name, threads, providers)
+            for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE))
+        }
+        return cls(path, manifest, tokenizer, sessions)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.sessions["embed"].get_providers()
+
+    # ------------------------------------------------------------------ raw graphs
+    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids + mask -> (B, D) float32 pooled states (not normalised)."""
+        feed = {"input_ids": _i64(input_ids), "attention_mask": _i64(attention_mask)}
+        return self.sessions["embed"].run(None, feed)[0]
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids -> (B, T, V) float32 logits at every position."""
+        return self.sessions["lm"].run(None, {"input_ids": _i64(input_ids)})[0]
+
+    def new_decoder(self) -> OnnxDecoder:
+        return OnnxDecoder(self.sessions["decode"], self._facts)
+
+    # ------------------------------------------------------------------ embed
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 64,
+        normalize: bool = True,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
+        single = isinstance(texts, str)
+        items = _check_texts([texts] if single else texts)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        seqs = self._truncate(self.tokenizer.encode_many(items), max_length)
+        out = np.zeros((len(seqs), self.embedding_dim), dtype=np.float32)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # little padding per batch
+        for start in range(0, len(order), batch_size):
+            idx = [i for i in order[start : start + batch_size] if seqs[i]]
+            if idx:  # empty texts keep their zero rows
+                batch = pad_batch([seqs[i] for i in idx])
+                out[idx] = self.embed_batch(batch.input_ids, batch.attention_mask)
+        if normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+    def _truncate(self, seqs: list[list[int]], max_length: int | None) -> list[list[int]]:
+        limit = self.context_length
+        if max_length is not None:
+            if not isinstance(max_length, int) or max_length < 1:
+                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+            limit = max_length if limit is None else min(limit, max_length)
+        if limit is None:
+            return seqs
+        long = [i for i, s in enumerate(seqs) if len(s) > limit]
+        if long and (max_length is None or max_length > limit):
+            warnings.warn(f"{len(long)} text(s) longer than {limit} tokens were truncated "
+                          f"(first: index {long[0]})", stacklevel=3)
+        return [s[:limit] for s in seqs]
+
+    # ------------------------------------------------------------------ generate
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 50,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Continue `prompt` (text out, prompt excluded). temperature 0 = greedy; otherwise
+        sampling with numpy's generator seeded by `seed`."""
+        ids = [EOT_ID] + self.tokenizer.encode(_check_text(prompt, "prompt"))
+        return self.tokenizer.decode(
+            self.generate_ids(ids, max_new_tokens, temperature, top_k, seed))
+
+    def generate_ids(self, ids: Sequence[int], max_new_tokens: int = 50,
+                     temperature: float = 0.0, top_k: int | None = None,
+                     seed: int | None = None) -> list[int]:
+        """New token ids after `ids`, stopping early at <|endoftext|>."""
+        ids = _check_ids(ids, self.vocab_size)
+        _check_generation(max_new_tokens, temperature, top_k)
+        if self.context_length is not None and len(ids) + max_new_tokens > self.context_length:
+            raise ValueError(f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds "
+                             f"the context ({self.context_length})")
+        rng = np.random.default_rng(seed)
+        decoder = self.new_decoder()
+        logits, out = decoder.prefill(ids), []
+        for i in range(max_new_tokens):
+            token = sample_next(logits, temperature, top_k, rng)
+            if token == EOT_ID:
+                break
+            out.append(token)
+            if i + 1 < max_new_tokens:
+                logits = decoder.step(token)
+        return out
+
+
+class OnnxDecoder:
+    """Incremental decoding of one sequence with decode.onnx; logits are float32 (V,)."""
+
+    def __init__(self, session, facts: dict):
+        self.session, self.facts = session, facts
+        self.max_len = facts["max_len"]
+        L, state = facts["num_layers"], facts["state"]
+        if facts["architecture"] == "lstm":
+            zeros = np.zeros((L, 1, state["hidden_dim"]), np.float32)
+            self.state = {"h": zeros, "c": zeros.copy()}
+        else:
+            zeros = np.zeros((L, 1, state["nhead"], 0, state["head_dim"]), np.float32)
+            self.state = {"past_key": zeros, "past_value": zeros.copy()}
+        self.length = 0  # tokens consumed so far
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        return self._run(list(ids))
+
+    def step(self, token: int) -> np.ndarray:
+        return self._run([int(token)])
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        if not ids:
+            raise ValueError("no tokens to decode")
+        if self.max_len is not None and self.length + len(ids) > self.max_len:
+            raise ValueError(f"the sequence would exceed the context ({self.max_len} tokens)")
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64), **self.state}
+        logits, *state = self.session.run(None, feed)
+        self.state = dict(zip(self.state, state))
+        self.length += len(ids)
+        return logits[0]
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int | None,
+                rng: np.random.Generator) -> int:
+    """One token id from logits (V,): argmax when temperature is 0, else a softmax sample."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < z.shape[0]:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    return int(rng.choice(z.shape[0], p=p / p.sum()))
+
+
+def _check_generation(max_new_tokens, temperature, top_k) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not isinstance(temperature, int | float) or not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
+def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    out = [int(t) for t in ids]
+    if not out:
+        raise ValueError("token ids are empty: give at least one token")
+    bad = [t for t in out if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    return out
+
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+__all__ = ["ExportDirError", "OnnxDecoder", "OnnxModel", "sample_next", "verify_export_dir"]
