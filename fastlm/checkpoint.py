@@ -26,7 +26,11 @@ from fastlm.models.config import config_to_json
 from fastlm.tokenizer import Tokenizer
 
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
-MANIFEST_FILE, OPTIM_FILE, STATE_FILE = "manifest.json", "optimizer.safetensors", "trainer_state.json"
+MANIFEST_FILE, OPTIM_FILE, STATE_FILE = (
+    "manifest.json",
+    "optimizer.safetensors",
+    "trainer_state.json",
+)
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE)
 
 

@@ -60,8 +60,8 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from fastlm.hub import resolve_checkpoint
     from fastlm.checkpoint import load_checkpoint
+    from fastlm.hub import resolve_checkpoint
     from fastlm.training import evaluate_file
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)

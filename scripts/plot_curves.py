@@ -1,6 +1,6 @@
 """Plot validation bits per byte against tokens seen from training JSONL logs.
 
-    python scripts/plot_curves.py docs/training_logs/*.jsonl --out docs/valid_curves.png
+python scripts/plot_curves.py docs/training_logs/*.jsonl --out docs/valid_curves.png
 """
 
 from __future__ import annotations

@@ -59,8 +59,9 @@ def main() -> None:
         "test": {"data": Path(args.test).name, **result.as_dict()},
         "seq_len": state["seq_len"],
     }
-    save_checkpoint(WEIGHTS_DIR / args.name, ckpt.model, ckpt.tokenizer,
-                    extra_manifest=facts, force=True)
+    save_checkpoint(
+        WEIGHTS_DIR / args.name, ckpt.model, ckpt.tokenizer, extra_manifest=facts, force=True
+    )
     logs = Path(__file__).resolve().parents[1] / "docs" / "training_logs"
     logs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(args.run) / "log.jsonl", logs / f"{args.name}.jsonl")

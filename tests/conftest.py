@@ -55,10 +55,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def _fallback_corpus(tmp: Path) -> Path:
     """A small corpus built from Python's own docstrings, for clones without ../shared."""
-    import pydoc  # noqa: F401  (imported for its docstrings below)
+    import collections
     import inspect
     import json
-    import collections
+    import pydoc  # noqa: F401  (imported for its docstrings below)
 
     texts = []
     for mod in (inspect, json, collections, pydoc, os):
@@ -95,10 +95,21 @@ def tiny_tokenizer(tiny_data):
 def _train_small(arch: str, data: Path, out: Path, steps: int = 40) -> Path:
     from fastlm.training import TrainConfig, train
 
-    cfg = TrainConfig(model=arch, data=[str(data / "train.txt")], out=str(out), steps=steps,
-                      batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5, dropout=0.0,
-                      eval_every=10_000, ckpt_every=10_000, progress=False,
-                      cache_dir=str(out.parent / "token-cache"))
+    cfg = TrainConfig(
+        model=arch,
+        data=[str(data / "train.txt")],
+        out=str(out),
+        steps=steps,
+        batch_size=8,
+        seq_len=64,
+        lr=3e-3,
+        warmup_steps=5,
+        dropout=0.0,
+        eval_every=10_000,
+        ckpt_every=10_000,
+        progress=False,
+        cache_dir=str(out.parent / "token-cache"),
+    )
     return train(cfg)
 
 

@@ -108,15 +108,14 @@ def test_greedy_cached_equals_naive(model):
     naive = model.backend.model.generate(prompt, max_length=len(prompt) + 40, temperature=0)
     fast = model.generate(start_tokens=prompt, max_length=len(prompt) + 40, temperature=0)
     # the engine stops at <|endoftext|>; the naive path does not
-    stop = naive.index(EOT_ID, len(prompt)) if EOT_ID in naive[len(prompt):] else len(naive)
+    stop = naive.index(EOT_ID, len(prompt)) if EOT_ID in naive[len(prompt) :] else len(naive)
     assert fast == naive[:stop]
 
 
 def test_generate_text_and_stream(model):
     text = model.generate("Once upon a time", max_new_tokens=20, temperature=0)
     assert isinstance(text, str)
-    pieces = list(model.generate("Once upon a time", max_new_tokens=20, temperature=0,
-                                 stream=True))
+    pieces = list(model.generate("Once upon a time", max_new_tokens=20, temperature=0, stream=True))
     assert "".join(pieces) == text
     ids = list(model.generate([5, 6, 7], max_new_tokens=10, temperature=0, stream=True))
     assert ids == model.generate([5, 6, 7], max_new_tokens=10, temperature=0)
@@ -180,8 +179,12 @@ def test_score_matches_direct_nll(model):
 
 
 def test_rank_and_index(model, tmp_path):
-    docs = ["the ship sailed across the sea", "a recipe for bread", "waves and the ocean",
-            "tax forms"]
+    docs = [
+        "the ship sailed across the sea",
+        "a recipe for bread",
+        "waves and the ocean",
+        "tax forms",
+    ]
     hits = model.rank("the sea and the ocean", docs, top_k=2)
     assert len(hits) == 2 and hits[0]["score"] >= hits[1]["score"]
     scores = model.embed(docs) @ model.embed("the sea and the ocean")
@@ -202,8 +205,10 @@ def test_threads_give_serial_results(model):
 
     def work(k):
         try:
-            results[k] = (model.embed(texts, batch_size=5),
-                          model.generate("The", max_new_tokens=12, temperature=0))
+            results[k] = (
+                model.embed(texts, batch_size=5),
+                model.generate("The", max_new_tokens=12, temperature=0),
+            )
         except Exception as err:  # surfaced below
             errors.append(err)
 

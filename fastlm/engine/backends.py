@@ -115,8 +115,11 @@ def get_backend_class(name: str) -> type[Backend]:
 
 def _import_optional_backends() -> None:
     """Optional backends register on import; a missing dependency simply leaves them out."""
-    for module in ("fastlm.engine.compiled", "fastlm.engine.onnx_backend",
-                   "fastlm.engine.triton_backend"):
+    for module in (
+        "fastlm.engine.compiled",
+        "fastlm.engine.onnx_backend",
+        "fastlm.engine.triton_backend",
+    ):
         try:
             __import__(module)
         except ImportError:

@@ -37,10 +37,16 @@ class CompileBackend(TorchBackend):
         self.compile_seconds: dict[str, float] = {}
         self._seen: set = set()
         transformer = self.config.architecture == "transformer"
-        self._pool = torch.compile(self._pool_eager, dynamic=True, backend=compile_backend) \
-            if transformer else self._pool_eager
-        self._nll = torch.compile(self._nll_eager, dynamic=True, backend=compile_backend) \
-            if transformer else self._nll_eager
+        self._pool = (
+            torch.compile(self._pool_eager, dynamic=True, backend=compile_backend)
+            if transformer
+            else self._pool_eager
+        )
+        self._nll = (
+            torch.compile(self._nll_eager, dynamic=True, backend=compile_backend)
+            if transformer
+            else self._nll_eager
+        )
         step = build_step(self.model, static=True)
         self._step_eager = step
         self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=compile_backend)

@@ -93,8 +93,12 @@ class _StepLayer(nn.Module):
         super().__init__()
         attn = layer.attn
         self.nhead = attn.nhead
-        for name, lin in (("qkv", attn.qkv), ("out", attn.out), ("ff1", layer.ff1),
-                          ("ff2", layer.ff2)):
+        for name, lin in (
+            ("qkv", attn.qkv),
+            ("out", attn.out),
+            ("ff1", layer.ff1),
+            ("ff2", layer.ff2),
+        ):
             w, b = _t(lin)
             self.register_buffer(f"{name}_w", w)
             self.register_buffer(f"{name}_b", b)

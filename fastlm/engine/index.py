@@ -27,8 +27,10 @@ class Index:
         self.embeddings = np.zeros((0, dim), np.float32) if embeddings is None else embeddings
         self.texts = list(texts)
         if self.embeddings.shape != (len(self.texts), dim):
-            raise ValueError(f"embeddings shape {self.embeddings.shape} does not match "
-                             f"{len(self.texts)} texts of dimension {dim}")
+            raise ValueError(
+                f"embeddings shape {self.embeddings.shape} does not match "
+                f"{len(self.texts)} texts of dimension {dim}"
+            )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -53,8 +55,12 @@ class Index:
         """Write DIR/embeddings.npy and DIR/index.json (texts, model, dimension), atomically."""
         path = Path(path)
         atomic_write(path / EMBEDDINGS_FILE, lambda tmp: np.save(open(tmp, "wb"), self.embeddings))
-        meta = {"model": self.model.name, "architecture": self.model.architecture,
-                "dim": int(self.embeddings.shape[1]), "texts": self.texts}
+        meta = {
+            "model": self.model.name,
+            "architecture": self.model.architecture,
+            "dim": int(self.embeddings.shape[1]),
+            "texts": self.texts,
+        }
         atomic_write_text(path / META_FILE, json.dumps(meta))
 
     @classmethod
@@ -69,6 +75,8 @@ class Index:
         except (ValueError, json.JSONDecodeError) as err:
             raise ValueError(f"index at {path} is corrupt: {err}") from None
         if meta.get("architecture") != model.architecture or meta.get("dim") != model.embedding_dim:
-            raise ValueError(f"index at {path} was built with {meta.get('model')!r} "
-                             f"({meta.get('architecture')}); load it with that model")
+            raise ValueError(
+                f"index at {path} was built with {meta.get('model')!r} "
+                f"({meta.get('architecture')}); load it with that model"
+            )
         return cls(model, vecs.astype(np.float32), meta["texts"])

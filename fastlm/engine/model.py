@@ -51,8 +51,10 @@ class LanguageModel:
         self.tokenizer = backend.checkpoint.tokenizer
 
     def __repr__(self) -> str:
-        return f"LanguageModel({self.name!r}, architecture={self.architecture!r}, " \
-               f"backend={self.backend.name!r})"
+        return (
+            f"LanguageModel({self.name!r}, architecture={self.architecture!r}, "
+            f"backend={self.backend.name!r})"
+        )
 
     @property
     def architecture(self) -> str:
@@ -112,7 +114,9 @@ class LanguageModel:
         if long and (max_length is None or max_length > limit):
             warnings.warn(
                 f"{len(long)} text(s) longer than {limit} tokens were truncated "
-                f"(first: index {long[0]}, {len(seqs[long[0]])} tokens)", stacklevel=3)
+                f"(first: index {long[0]}, {len(seqs[long[0]])} tokens)",
+                stacklevel=3,
+            )
         return [s[:limit] for s in seqs]
 
     # ------------------------------------------------------------------ score
@@ -125,7 +129,8 @@ class LanguageModel:
         for i, s in enumerate(seqs):
             if limit is not None and len(s) > limit:
                 raise ValueError(
-                    f"texts[{i}] has {len(s) - 1} tokens; the model scores at most {limit - 1}")
+                    f"texts[{i}] has {len(s) - 1} tokens; the model scores at most {limit - 1}"
+                )
         nll = np.zeros(len(seqs))
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         for start in range(0, len(order), batch_size):
@@ -133,13 +138,16 @@ class LanguageModel:
             if idx:
                 batch = pad_batch([seqs[i] for i in idx])
                 nll[idx] = self.backend.nll_batch(batch.input_ids, batch.attention_mask)
-        results = [_score_result(n, len(s) - 1, len(t.encode("utf-8")))
-                   for n, s, t in zip(nll, seqs, items)]
+        results = [
+            _score_result(n, len(s) - 1, len(t.encode("utf-8")))
+            for n, s, t in zip(nll, seqs, items)
+        ]
         return results[0] if single else results
 
     # ------------------------------------------------------------------ rank
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             batch_size: int = 64) -> list[dict]:
+    def rank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, batch_size: int = 64
+    ) -> list[dict]:
         """Documents by cosine similarity to the query: [{"corpus_id", "score", "text"}], best
         first (top_k of them)."""
         _check_text(query, "query")
@@ -175,12 +183,14 @@ class LanguageModel:
         temperature 0 = greedy. `seed` makes sampling reproducible.
         """
         ids, as_text, new, keep_prompt = self._generation_request(
-            prompt_or_ids, max_new_tokens, start_tokens, max_length)
+            prompt_or_ids, max_new_tokens, start_tokens, max_length
+        )
         check_sampling(temperature, top_k, top_p)
         stops = _check_stop(stop)
         if stops and not as_text:
-            raise TypeError("stop strings apply to text prompts; with token ids, use EOT or "
-                            "max_new_tokens")
+            raise TypeError(
+                "stop strings apply to text prompts; with token ids, use EOT or max_new_tokens"
+            )
         tokens = self._sample(ids, new, temperature, top_k, top_p, seed)
         if as_text:
             pieces = self._text_pieces(tokens, stops)
@@ -214,7 +224,8 @@ class LanguageModel:
         limit = self.context_length
         if limit is not None and len(ids) + new > limit:
             raise ValueError(
-                f"prompt ({len(ids)} tokens) + {new} new tokens exceeds the context ({limit})")
+                f"prompt ({len(ids)} tokens) + {new} new tokens exceeds the context ({limit})"
+            )
         decoder = self.backend.new_decoder(len(ids) + new)  # checks run before the first yield
         gen = make_generator(seed)
 
@@ -242,15 +253,15 @@ class LanguageModel:
             cut = _first_stop(text, stops)
             if cut is not None:
                 if cut > len(emitted):
-                    yield text[len(emitted):cut]
+                    yield text[len(emitted) : cut]
                 return
             ready = len(text) - hold if not text.endswith("\ufffd") else len(text) - hold - 1
             if ready > len(emitted):
-                yield text[len(emitted):ready]
+                yield text[len(emitted) : ready]
                 emitted = text[:ready]
         text = self.tokenizer.decode(produced)
         if len(text) > len(emitted):
-            yield text[len(emitted):]
+            yield text[len(emitted) :]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -258,7 +269,9 @@ def _score_result(nll: float, tokens: int, n_bytes: int) -> ScoreResult:
     if tokens == 0:
         return ScoreResult(0.0, 1.0, 0.0, 0, n_bytes)
     ppl = math.exp(min(nll / tokens, 700.0))
-    return ScoreResult(-float(nll), ppl, float(nll) / math.log(2) / max(n_bytes, 1), tokens, n_bytes)
+    return ScoreResult(
+        -float(nll), ppl, float(nll) / math.log(2) / max(n_bytes, 1), tokens, n_bytes
+    )
 
 
 def _top_hits(scores: np.ndarray, top_k: int | None, docs: Sequence[str]) -> list[dict]:

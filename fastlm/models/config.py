@@ -1,4 +1,4 @@
-"""Model configurations: one dataclass per architecture, stored as config.json beside the weights."""
+"""Model configurations: one dataclass per architecture, stored as config.json with the weights."""
 
 from __future__ import annotations
 

@@ -138,7 +138,9 @@ class SimpleTransformer_LM(nn.Module):
         """A static KV cache (B, NH, max_seq, D) per layer, owned by the caller (gpt-fast's
         setup_caches, but not stored on the model so concurrent generations never share one)."""
         if max_seq > self.config.max_len:
-            raise ValueError(f"max_seq={max_seq} exceeds the position table ({self.config.max_len})")
+            raise ValueError(
+                f"max_seq={max_seq} exceeds the position table ({self.config.max_len})"
+            )
         p = self.fc.weight
         head_dim = self.config.d_model // self.config.nhead
         shape = (batch, self.config.nhead, max_seq, head_dim)

@@ -108,8 +108,15 @@ class WindowSampler:
     an uninterrupted run would have seen, with no sampler state to save.
     """
 
-    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        stream: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if seq_len <= 1:
             raise ValueError(f"seq_len must be > 1, got {seq_len}")
         if batch_size < 1:

@@ -33,13 +33,19 @@ class EvalResult:
         return self.nll / math.log(2) / max(self.bytes, 1)
 
     def as_dict(self) -> dict:
-        return {"loss": self.loss, "ppl": self.ppl, "bits_per_byte": self.bits_per_byte,
-                "tokens": self.tokens, "bytes": self.bytes}
+        return {
+            "loss": self.loss,
+            "ppl": self.ppl,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+        }
 
 
 @torch.no_grad()
-def stream_nll(model, stream: np.ndarray, seq_len: int, max_tokens: int | None = None,
-               device="cpu") -> tuple[float, int]:
+def stream_nll(
+    model, stream: np.ndarray, seq_len: int, max_tokens: int | None = None, device="cpu"
+) -> tuple[float, int]:
     """Sum of NLL (nats) over non-overlapping windows; the LSTM carries its state across them.
 
     stream (N,) should start with <|endoftext|> so the first real token is predicted too.
@@ -54,7 +60,9 @@ def stream_nll(model, stream: np.ndarray, seq_len: int, max_tokens: int | None =
             logits, state = model(inputs, state)
         else:
             logits = model(inputs)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"
+        ).item()
         count += targets.numel()
     model.train(was_training)
     return total, count

@@ -69,7 +69,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.model not in CONFIGS_BY_NAME:
-            raise ValueError(f"--model must be one of {sorted(CONFIGS_BY_NAME)}, got {self.model!r}")
+            raise ValueError(
+                f"--model must be one of {sorted(CONFIGS_BY_NAME)}, got {self.model!r}"
+            )
         if self.seq_len <= 1:
             raise ValueError(f"seq_len must be > 1, got {self.seq_len}")
         if self.tokens is None and self.steps is None:
@@ -131,8 +133,13 @@ def train(cfg: TrainConfig) -> Path:
     if dist.is_main and resume_dir is None:
         atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
     autocast = dist.device.type == "cuda"
-    bar = tqdm(total=total, initial=step, disable=not (dist.is_main and cfg.progress),
-               desc=f"train {cfg.model}", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not (dist.is_main and cfg.progress),
+        desc=f"train {cfg.model}",
+        dynamic_ncols=True,
+    )
     model.train()
     t_last, tok_last = time.perf_counter(), 0
     while step < total:
@@ -157,19 +164,40 @@ def train(cfg: TrainConfig) -> Path:
             tps = tok_last / (now - t_last)
             elapsed += now - t_last
             t_last, tok_last = now, 0
-            rec = {"event": "train", "step": step, "tokens": tokens_seen, "loss": loss.item(),
-                   "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps, "time": elapsed}
+            rec = {
+                "event": "train",
+                "step": step,
+                "tokens": tokens_seen,
+                "loss": loss.item(),
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": tps,
+                "time": elapsed,
+            }
             log.write(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         bar.update(1)
         if valid_stream is not None and (step % cfg.eval_every == 0 or step == total):
             nll, n = stream_nll(model, valid_stream, cfg.seq_len, cfg.eval_tokens, dist.device)
-            log.write({"event": "eval", "step": step, "tokens": tokens_seen,
-                       "valid_loss": nll / n, "valid_ppl": math.exp(nll / n),
-                       "valid_bits_per_byte": nll / n / math.log(2) / valid_bytes_per_token})
+            log.write(
+                {
+                    "event": "eval",
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "valid_loss": nll / n,
+                    "valid_ppl": math.exp(nll / n),
+                    "valid_bits_per_byte": nll / n / math.log(2) / valid_bytes_per_token,
+                }
+            )
         if step % cfg.ckpt_every == 0 or step == total:
-            state = {"step": step, "tokens_seen": tokens_seen, "time": elapsed,
-                     "seq_len": cfg.seq_len, "world_size": dist.world, "config": asdict(cfg)}
+            state = {
+                "step": step,
+                "tokens_seen": tokens_seen,
+                "time": elapsed,
+                "seq_len": cfg.seq_len,
+                "world_size": dist.world,
+                "config": asdict(cfg),
+            }
             if dist.is_main:
                 _save(out, model, tok, optimizer, state, cfg.keep_checkpoints)
             barrier(dist)
@@ -241,8 +269,15 @@ def _restore(ckpt: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, int, 
 def _save(out: Path, model, tok, optimizer, state: dict, keep: int) -> None:
     ckpt_root = out / "checkpoints"
     name = f"step_{state['step']:07d}"
-    save_checkpoint(ckpt_root / name, model, tok, optimizer, state,
-                    extra_manifest={"seq_len": state["seq_len"]}, force=True)
+    save_checkpoint(
+        ckpt_root / name,
+        model,
+        tok,
+        optimizer,
+        state,
+        extra_manifest={"seq_len": state["seq_len"]},
+        force=True,
+    )
     atomic_write_text(out / "latest", f"checkpoints/{name}\n")
     old = sorted(p for p in ckpt_root.glob("step_*") if p.name != name)
     for p in old[: max(0, len(old) - (keep - 1))]:
@@ -259,8 +294,11 @@ class _Logger:
     def __init__(self, path: Path, enabled: bool, truncate_after: int | None):
         self.path, self.enabled = path, enabled
         if enabled and truncate_after is not None and path.is_file():
-            keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _step_of(line) <= truncate_after]
+            keep = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _step_of(line) <= truncate_after
+            ]
             atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
