@@ -3,8 +3,8 @@
 - load: `fastlm.load(...)` wall time, shipped weights by name when the package has them. For
   "compile" this is the wrapper only: compilation happens on the first call and is reported by
   test_compile_time (and in the summary), never mixed into other timings.
-- export: `fastlm export MODEL --format onnx --dtype D --out DIR`, skipped while that command
-  does not exist.
+- export: `fastlm.export.export(model, out, dtype=D)` (what `fastlm export` runs): the ONNX
+  graphs and their parity certificate; skipped while fastlm.export does not exist.
 Ratios vs eager are reported, not gated: loading is a one-off cost.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from fastlm.bench_cli import ARCHS, BACKENDS, BackendUnavailable, dtype_of, load_model, timed
 
-LOAD_BUDGET_S = 6.0  # rounds per backend: as many as fit (1..5), judged by the first load
+LOAD_BUDGET_S = 3.0  # rounds per backend: as many as fit (1..5), judged by the first load
 
 
 @pytest.mark.parametrize("key", list(BACKENDS))
@@ -57,47 +57,28 @@ def test_compile_time(lms, arch, record_property):
         record_property(f"compile_seconds_{graph}", round(secs, 2))
 
 
-def _export_available() -> str | None:
-    """None when `fastlm export` exists, else why not."""
+def _exporter():
+    """fastlm.export.export, or a skip while it does not exist."""
     try:
-        from fastlm.export import cli
+        from fastlm.export import export
     except ImportError as err:
-        return f"fastlm.export is missing ({err})"
-    if not hasattr(cli, "add_parser"):
-        return "fastlm.export.cli has no add_parser yet"
-    return None
+        pytest.skip(f"fastlm.export is missing ({err})")
+    return export
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_export_time(bench, sources, tmp_path, arch, dtype):
-    reason = _export_available()
-    if reason:
-        pytest.skip(reason)
-    from fastlm.cli import main
-
+    """`fastlm.export.export(model, out, dtype=...)`: ONNX graphs plus their parity check."""
+    export = _exporter()
     outs = (tmp_path / f"out{i}" for i in itertools.count())
     last = []
 
-    def export():
-        last.append(next(outs))
-        argv = [
-            "export",
-            str(sources[arch]),
-            "--format",
-            "onnx",
-            "--dtype",
-            dtype,
-            "--out",
-            str(last[-1]),
-        ]
-        try:
-            rc = main(argv)
-        except SystemExit as err:  # argparse: the command does not take these options
-            pytest.skip(f"fastlm export rejects {' '.join(argv[2:])} (exit {err.code})")
-        assert rc == 0, f"fastlm {' '.join(argv)} failed with exit status {rc}"
+    def run():
+        last.append(next(outs))  # a fresh directory per round: export refuses existing ones
+        export(str(sources[arch]), last[-1], dtype=dtype)
 
-    timing = bench.run(export, None, rounds=2, warmup=0)
+    timing = bench.run(run, None, rounds=1, warmup=0)  # seconds per export: one is enough
     size = sum(f.stat().st_size for f in last[-1].rglob("*") if f.is_file())
     bench.info(
         suite="export",

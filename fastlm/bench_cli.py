@@ -324,15 +324,18 @@ def run(args) -> int:
 def _bench_model(arch: str, source, args, device: str) -> list[dict]:
     models = {}
     for key in args.backends:
+        start = time.perf_counter()
         try:
             models[key] = load_model(source, key, device, args.threads)
         except BackendUnavailable as err:
             print(f"skip {arch}/{key}: {err}")
             continue
-        start = time.perf_counter()
+        loaded = time.perf_counter()
         warm_up(models[key], decode=False)
-        secs = time.perf_counter() - start
-        print(f"{arch}/{key}: loaded; first calls (compilation) took {secs:.1f} s")
+        print(
+            f"{arch}/{key}: load {loaded - start:.1f} s (ONNX: export on first use), "
+            f"first calls (torch.compile: compilation) {time.perf_counter() - loaded:.1f} s"
+        )
     rows = []
     for batch in args.batch_sizes:
         ids, mask = random_batch(batch, args.seq_len, next(iter(models.values())).config.vocab_size)
@@ -390,9 +393,11 @@ def plot(rows: list[dict], path: str) -> None:
         raise ImportError("--plot needs matplotlib: pip install 'fastlm[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax_ms, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"lstm": "--", "transformer": "-"}
+    colors = {key: f"C{i}" for i, key in enumerate(BACKENDS)}  # one colour per backend
     for arch, key in dict.fromkeys((r["model"], r["backend"]) for r in rows):
         pts = [r for r in rows if r["model"] == arch and r["backend"] == key]
         xs = [r["batch"] for r in pts]
@@ -401,12 +406,14 @@ def plot(rows: list[dict], path: str) -> None:
                 xs,
                 [r[field] for r in pts],
                 styles.get(arch, "-"),
+                color=colors[key],
                 marker="o",
                 label=f"{arch} {key}",
             )
     seq = rows[0]["seq_len"] if rows else "?"
     for ax, label in ((ax_ms, "latency per batch (ms)"), (ax_tp, "throughput (texts/s)")):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_yscale("log")
         ax.set_xlabel(f"batch size ({seq} tokens per text)")
         ax.set_ylabel(label)

@@ -30,7 +30,7 @@ FORMAT = "fastlm-onnx/1"
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
-REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE)
+REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE, PARITY_FILE)
 
 
 class ExportDirError(ValueError):
@@ -174,8 +174,11 @@ class OnnxModel:
             return seqs
         long = [i for i, s in enumerate(seqs) if len(s) > limit]
         if long and (max_length is None or max_length > limit):
-            warnings.warn(f"{len(long)} text(s) longer than {limit} tokens were truncated "
-                          f"(first: index {long[0]})", stacklevel=3)
+            warnings.warn(
+                f"{len(long)} text(s) longer than {limit} tokens were truncated "
+                f"(first: index {long[0]})",
+                stacklevel=3,
+            )
         return [s[:limit] for s in seqs]
 
     # ------------------------------------------------------------------ generate
@@ -191,17 +194,25 @@ class OnnxModel:
         sampling with numpy's generator seeded by `seed`."""
         ids = [EOT_ID] + self.tokenizer.encode(_check_text(prompt, "prompt"))
         return self.tokenizer.decode(
-            self.generate_ids(ids, max_new_tokens, temperature, top_k, seed))
+            self.generate_ids(ids, max_new_tokens, temperature, top_k, seed)
+        )
 
-    def generate_ids(self, ids: Sequence[int], max_new_tokens: int = 50,
-                     temperature: float = 0.0, top_k: int | None = None,
-                     seed: int | None = None) -> list[int]:
+    def generate_ids(
+        self,
+        ids: Sequence[int],
+        max_new_tokens: int = 50,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[int]:
         """New token ids after `ids`, stopping early at <|endoftext|>."""
         ids = _check_ids(ids, self.vocab_size)
         _check_generation(max_new_tokens, temperature, top_k)
         if self.context_length is not None and len(ids) + max_new_tokens > self.context_length:
-            raise ValueError(f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds "
-                             f"the context ({self.context_length})")
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds "
+                f"the context ({self.context_length})"
+            )
         rng = np.random.default_rng(seed)
         decoder = self.new_decoder()
         logits, out = decoder.prefill(ids), []
@@ -248,8 +259,9 @@ class OnnxDecoder:
         return logits[0]
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_k: int | None,
-                rng: np.random.Generator) -> int:
+def sample_next(
+    logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator
+) -> int:
     """One token id from logits (V,): argmax when temperature is 0, else a softmax sample."""
     if temperature == 0:
         return int(np.argmax(logits))
@@ -262,8 +274,11 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None,
 
 
 def _check_generation(max_new_tokens, temperature, top_k) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not isinstance(temperature, int | float) or not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")

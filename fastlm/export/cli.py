@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     report = json.loads((out / PARITY_FILE).read_text(encoding="utf-8"))
     emb, greedy = report["embedding"], report["greedy"]
     print(f"exported {args.dtype} ONNX to {out}")
-    print(f"parity vs PyTorch fp32: embedding cosine min {emb['cosine_min']:.6f}, "
-          f"logits max abs err {report['logits']['max_abs']:.2e}, "
-          f"greedy agreement {greedy['agreement']:.1%}, "
-          f"top-10 overlap {report['ranking']['top10_overlap']:.1%}")
+    print(
+        f"parity vs PyTorch fp32: embedding cosine min {emb['cosine_min']:.6f}, "
+        f"logits max abs err {report['logits']['max_abs']:.2e}, "
+        f"greedy agreement {greedy['agreement']:.1%}, "
+        f"top-10 overlap {report['ranking']['top10_overlap']:.1%}"
+    )
     return 0

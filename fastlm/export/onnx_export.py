@@ -139,10 +139,14 @@ def export_graphs(model: nn.Module, out_dir: Path) -> list[str]:
     ids = torch.randint(0, model.config.vocab_size, (2, 5))
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        _export(EmbedGraph(model), (ids, mask), out_dir / EMBED_FILE,
-                {"input_ids": BT, "attention_mask": BT}, {"embedding": {0: "batch"}})
-        _export(LMGraph(model), (ids,), out_dir / LM_FILE,
-                {"input_ids": BT}, {"logits": BT})
+        _export(
+            EmbedGraph(model),
+            (ids, mask),
+            out_dir / EMBED_FILE,
+            {"input_ids": BT, "attention_mask": BT},
+            {"embedding": {0: "batch"}},
+        )
+        _export(LMGraph(model), (ids,), out_dir / LM_FILE, {"input_ids": BT}, {"logits": BT})
         _export_decode(model, ids, out_dir / DECODE_FILE)
     return [EMBED_FILE, LM_FILE, DECODE_FILE]
 
@@ -153,17 +157,25 @@ def _export_decode(model: nn.Module, ids: torch.Tensor, path: Path) -> None:
     if isinstance(model, SimpleLSTM_LM):
         h = torch.zeros(cfg.num_layers, ids.shape[0], cfg.hidden_dim)
         state = {1: "batch"}
-        _export(LSTMDecodeGraph(model), (ids, h, h.clone()), path,
-                {"input_ids": BT, "h": state, "c": state},
-                {**logits, "h_out": state, "c_out": state})
+        _export(
+            LSTMDecodeGraph(model),
+            (ids, h, h.clone()),
+            path,
+            {"input_ids": BT, "h": state, "c": state},
+            {**logits, "h_out": state, "c_out": state},
+        )
         return
     # Trace with a non-empty past (3 slots) so the traced graph keeps P symbolic.
     shape = (cfg.num_layers, ids.shape[0], cfg.nhead, 3, cfg.d_model // cfg.nhead)
     past = {1: "batch", 3: "past"}
     present = {1: "batch", 3: "total"}
-    _export(TransformerDecodeGraph(model), (ids, torch.zeros(shape), torch.zeros(shape)), path,
-            {"input_ids": BT, "past_key": past, "past_value": past},
-            {**logits, "present_key": present, "present_value": present})
+    _export(
+        TransformerDecodeGraph(model),
+        (ids, torch.zeros(shape), torch.zeros(shape)),
+        path,
+        {"input_ids": BT, "past_key": past, "past_value": past},
+        {**logits, "present_key": present, "present_value": present},
+    )
 
 
 def model_facts(config) -> dict:

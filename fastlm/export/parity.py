@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fastlm.export.onnx_export import EmbedGraph
-from fastlm.models.layers import mean_pool
+from fastlm.models import SimpleLSTM_LM
 from fastlm.runtime import OnnxModel
 from fastlm.tokenizer import EOT_ID, Tokenizer, pad_batch
 
@@ -38,7 +38,7 @@ PROBE_TEXTS = (
     "Ünïcödé — 日本語のテキスト, emoji 🤖🚀, and ñ.",
     "    indented line\n\ttabbed line\n\n\nblank lines above",
     "THE END. Chapter 12: THE CHILDREN ARE CARRIED OFF",
-    "\"Do you believe in fairies?\" she asked. \"If you believe, clap your hands!\"",
+    '"Do you believe in fairies?" she asked. "If you believe, clap your hands!"',
     "Sherlock Holmes took his bottle from the corner of the mantelpiece.",
     "the the the the the the the the the the the the",
     "Alice was beginning to get very tired of sitting by her sister on the bank, "
@@ -59,8 +59,19 @@ BOUNDS: dict[str, dict[str, float]] = {
 
 
 def certify(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
-    """Compare `onnx_model` with the fp32 torch `model`; the report written as parity.json."""
-    model = model.eval().cpu()
+    """Compare `onnx_model` with the fp32 torch `model`; the report written as parity.json.
+
+    PyTorch runs on one thread here: the probes are small, and on a busy machine its
+    multi-threaded LSTM steps measured ~1000x slower (threads waiting on each other)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _certify(model.eval().cpu(), tokenizer, onnx_model, dtype)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _certify(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
     batch = pad_batch(tokenizer.encode_many(list(PROBE_TEXTS)))
     ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
     with torch.inference_mode():
@@ -136,14 +147,34 @@ def _top_overlap(a: np.ndarray, ref: np.ndarray) -> float:
 
 @torch.inference_mode()
 def _torch_greedy(model: nn.Module, ids: list[int]) -> tuple[list[int], np.ndarray]:
-    """GREEDY_TOKENS greedy tokens after `ids` (full recompute) and each step's logits."""
-    seq, steps = list(ids), []
+    """GREEDY_TOKENS greedy tokens after `ids` and each step's logits (V,), by the model's own
+    incremental paths: the LSTM carries (h, c), the Transformer fills its KV cache."""
+    x = torch.tensor([ids])
+    if isinstance(model, SimpleLSTM_LM):
+
+        def run(x):
+            nonlocal state
+            out, state = model.hidden_states(x, state)
+            return model.fc(out[0, -1])
+
+        state = None
+    else:
+        caches = model.new_caches(1, len(ids) + GREEDY_TOKENS)
+        start = 0
+
+        def run(x):
+            nonlocal start
+            pos = torch.arange(start, start + x.shape[1])
+            start += x.shape[1]
+            return model.forward_cached(x, pos, caches)[0, -1]
+
+    tokens, steps = [], []
     for _ in range(GREEDY_TOKENS):
-        states = model.hidden_states(torch.tensor([seq]))
-        last = model.fc((states[0] if isinstance(states, tuple) else states)[0, -1])
+        last = run(x)
         steps.append(last.numpy())
-        seq.append(int(last.argmax()))
-    return seq[len(ids):], np.stack(steps)
+        tokens.append(int(last.argmax()))
+        x = torch.tensor([[tokens[-1]]])
+    return tokens, np.stack(steps)
 
 
 def _greedy(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel) -> dict:
@@ -168,4 +199,3 @@ def _greedy(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel) -> di
         "logits_max_abs": max_abs,
     }
     return {"summary": summary, "finite": finite}
-

@@ -87,8 +87,8 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
         "graphs": {f.stem: _graph_io(f) for f in sorted(tmp.glob("*.onnx"))},
         "source": {
             "checkpoint": str(ckpt.path),
-            "model_sha256": ckpt.manifest["files"].get(MODEL_FILE) or sha256_file(
-                ckpt.path / MODEL_FILE),
+            "model_sha256": ckpt.manifest["files"].get(MODEL_FILE)
+            or sha256_file(ckpt.path / MODEL_FILE),
         },
         "versions": {
             "fastlm": fastlm.__version__,
@@ -98,8 +98,8 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
             "opset": OPSET,
         },
     }
-    # The certificate is measured on the CPU provider, whatever this machine has.
-    runtime_model = OnnxModel.open(tmp, manifest, providers=["CPUExecutionProvider"])
+    # The certificate is measured on the CPU provider (whatever this machine has), one thread.
+    runtime_model = OnnxModel.open(tmp, manifest, threads=1, providers=["CPUExecutionProvider"])
     report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype)
     check(report)
     (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -122,7 +122,7 @@ def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str) -> None:
 
 
 def _graph_io(path: Path) -> dict:
-    """{"inputs": {name: [type, dims]}, "outputs": {...}} with symbolic dims by name."""
+    """{"inputs": {name: "int64[batch, seq]", ...}, "outputs": {...}}: types, named dynamic dims."""
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def describe(values) -> dict:
@@ -130,7 +130,8 @@ def _graph_io(path: Path) -> dict:
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out[v.name] = [onnx.TensorProto.DataType.Name(t.elem_type).lower(), dims]
+            kind = onnx.TensorProto.DataType.Name(t.elem_type).lower()
+            out[v.name] = f"{kind}[{', '.join(str(d) for d in dims)}]"
         return out
 
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}

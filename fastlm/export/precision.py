@@ -53,8 +53,15 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         if name in new_inits or int(np.prod(init.dims)) < FP16_STORE_MIN:
             continue
         new_inits[name] = _half(init, f"{name}__fp16")
-        casts.append(helper.make_node("Cast", [new_inits[name].name], [name],
-                                      to=TensorProto.FLOAT, name=f"{name}__to_fp32"))
+        casts.append(
+            helper.make_node(
+                "Cast",
+                [new_inits[name].name],
+                [name],
+                to=TensorProto.FLOAT,
+                name=f"{name}__to_fp32",
+            )
+        )
     dropped = set(new_inits)
     kept = [i for i in graph.initializer if i.name not in dropped]
     del graph.initializer[:]
@@ -89,16 +96,23 @@ def _matmul_in_fp16(node, inits, new_inits) -> list[onnx.NodeProto]:
     if weight not in new_inits:
         new_inits[weight] = _half(inits[weight], f"{weight}__fp16")
     inputs = [x16, new_inits[weight].name]
-    pre = [helper.make_node("Cast", [node.input[0]], [x16], to=TensorProto.FLOAT16,
-                            name=f"{node.name}__cast_in")]
+    pre = [
+        helper.make_node(
+            "Cast", [node.input[0]], [x16], to=TensorProto.FLOAT16, name=f"{node.name}__cast_in"
+        )
+    ]
     for name in node.input[2:]:  # a Gemm bias: small, kept fp32 and cast (folded at load)
         inputs.append(f"{node.name}__c_fp16")
-        pre.append(helper.make_node("Cast", [name], [inputs[-1]], to=TensorProto.FLOAT16,
-                                    name=f"{node.name}__cast_c"))
+        pre.append(
+            helper.make_node(
+                "Cast", [name], [inputs[-1]], to=TensorProto.FLOAT16, name=f"{node.name}__cast_c"
+            )
+        )
     mm = helper.make_node(node.op_type, inputs, [y16], name=node.name)
     mm.attribute.extend(node.attribute)
-    post = helper.make_node("Cast", [y16], [node.output[0]], to=TensorProto.FLOAT,
-                            name=f"{node.name}__cast_out")
+    post = helper.make_node(
+        "Cast", [y16], [node.output[0]], to=TensorProto.FLOAT, name=f"{node.name}__cast_out"
+    )
     return [*pre, mm, post]
 
 

@@ -1,0 +1,130 @@
+"""The "onnx" backend: ONNX Runtime sessions behind the engine's `Backend` interface.
+
+    fastlm.load("transformer", backend="onnx", dtype="int8")
+
+On first use the checkpoint is exported (fastlm.export, with its parity certificate) into a
+cache directory, ~/.cache/fastlm/onnx/<sha256 of model.safetensors>-<dtype>/ (under
+$XDG_CACHE_HOME when set); later loads reuse it after checking its sha256 manifest. Pass
+export_dir= to run a directory written by `fastlm export` instead. Sessions are created once
+(ORT_ENABLE_ALL, intra-op threads = `threads`) on CUDA when this onnxruntime has it and the
+device is CUDA, else on CPU. ORT sessions are thread-safe; each decoder owns its own state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime  # noqa: F401  (a missing onnxruntime leaves this backend unregistered)
+import torch
+
+from fastlm.checkpoint import MODEL_FILE, Checkpoint
+from fastlm.engine.backends import Backend, register_backend
+from fastlm.io import sha256_file
+from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "fastlm" / "onnx"
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        device: torch.device,
+        threads: int | None,
+        dtype: str = "fp32",
+        export_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__(checkpoint, device, threads)
+        from fastlm.export import DTYPES
+
+        if dtype not in DTYPES:
+            raise ValueError(
+                f"unknown dtype {dtype!r} for the onnx backend; choose one of {', '.join(DTYPES)}"
+            )
+        providers = default_providers()
+        if device.type != "cuda":
+            providers = ["CPUExecutionProvider"]
+        model_sha = checkpoint.manifest.get("files", {}).get(MODEL_FILE) or sha256_file(
+            checkpoint.path / MODEL_FILE
+        )
+        if export_dir is not None:
+            path = Path(export_dir)
+            self.onnx = OnnxModel.load(path, threads, providers)
+            _check_source(self.onnx, model_sha, path)
+        else:
+            path = Path(cache_dir or default_cache_dir()) / f"{model_sha}-{dtype}"
+            self.onnx = _load_or_export(checkpoint.path, path, dtype, threads, providers)
+        self.dtype = self.onnx.dtype
+        self.export_dir = path
+
+    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.onnx.embed_batch(input_ids, attention_mask)
+
+    def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        logits = self.onnx.logits(input_ids[:, :-1])  # (B, T-1, V) float32
+        shift = logits.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]  # (B, T-1)
+        target = np.take_along_axis(logits, input_ids[:, 1:, None], axis=-1)[..., 0]
+        nll = (lse - target).astype(np.float64) * attention_mask[:, 1:]
+        return nll.sum(axis=1)
+
+    def new_decoder(self, max_seq: int) -> TorchLogitsDecoder:
+        return TorchLogitsDecoder(self.onnx.new_decoder())
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "dtype": self.dtype,
+            "providers": self.onnx.providers,
+            "export_dir": str(self.export_dir),
+        }
+
+
+class TorchLogitsDecoder:
+    """The runtime's numpy decoder, returning float32 torch logits (V,) on CPU like
+    engine/decoding.py's decoders."""
+
+    def __init__(self, decoder: OnnxDecoder):
+        self._decoder = decoder
+
+    def prefill(self, ids: list[int]) -> torch.Tensor:
+        return torch.from_numpy(self._decoder.prefill(ids))
+
+    def step(self, token: int) -> torch.Tensor:
+        return torch.from_numpy(self._decoder.step(token))
+
+
+def _load_or_export(ckpt_path: Path, path: Path, dtype: str, threads, providers) -> OnnxModel:
+    """Reuse a cached export when it verifies; otherwise (re)write it."""
+    from fastlm.export import export
+
+    if path.exists():
+        try:
+            return OnnxModel.load(path, threads, providers)
+        except ExportDirError:
+            pass  # corrupt or half-edited cache entry: export again over it
+    try:
+        export(ckpt_path, path, dtype=dtype, force=path.exists())
+    except FileExistsError:
+        pass  # another process finished the same export first; it is verified below
+    return OnnxModel.load(path, threads, providers)
+
+
+def _check_source(onnx_model: OnnxModel, model_sha: str, path: Path) -> None:
+    source = onnx_model.manifest.get("source", {}).get("model_sha256")
+    if source != model_sha:
+        raise ValueError(
+            f"{path} was exported from different weights (model sha256 {str(source)[:12]}...) "
+            f"than the checkpoint being loaded ({model_sha[:12]}...)"
+        )
+
+
+register_backend("onnx", OnnxBackend)
