@@ -12,7 +12,6 @@ _LAZY = {
     "load": ("fastlm.engine", "load"),
     "Index": ("fastlm.engine", "Index"),
     "LanguageModel": ("fastlm.engine", "LanguageModel"),
-    "models": ("fastlm.hub", "available_models"),
     "available_models": ("fastlm.hub", "available_models"),
     "Tokenizer": ("fastlm.tokenizer", "Tokenizer"),
 }

@@ -15,7 +15,7 @@ from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
 
 
 def test_models_lists_both():
-    assert {"lstm", "transformer"} <= set(fastlm.models())
+    assert {"lstm", "transformer"} <= set(fastlm.available_models())
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
