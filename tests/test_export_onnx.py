@@ -6,6 +6,7 @@ out like the onnx backend's cache so test_onnx_backend.py can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path
 @pytest.fixture(scope="session")
 def torch_models(small_checkpoints):
     return {a: load_checkpoint(small_checkpoints[a]).model for a in ARCHS}
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Reference computations on one thread: on a busy 2-core machine torch's threads wait on
+    each other (an LSTM step measured ~100x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -103,7 +117,7 @@ def test_dynamic_shapes_match_torch(tmp_path_factory, small_checkpoints, torch_m
     embed, lm = _session(out / "embed.onnx"), _session(out / "lm.onnx")
     for B, T in ((1, 1), (7, 3), (1, 300), (7, 300)):
         ids, mask = _batch(B, T, model.config.vocab_size, seed=B * 1000 + T)
-        with torch.inference_mode():
+        with one_torch_thread():
             ref_emb = EmbedGraph(model)(ids, mask).numpy()
             ref_logits = LMGraph(model)(ids).numpy()
         got_emb = embed.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
@@ -134,7 +148,7 @@ def test_decode_graph_continues_like_full_forward(
     ids = torch.randint(
         2, model.config.vocab_size, (7, 12), generator=torch.Generator().manual_seed(1)
     )
-    with torch.inference_mode():
+    with one_torch_thread():
         ref = LMGraph(model)(ids).numpy()
     state, start = _initial_state(arch, 7), 0
     for stop in (5, 6, 7, 8, 9, 12):
@@ -163,8 +177,10 @@ def test_fp16_graph_layout(tmp_path_factory, small_checkpoints):
             and any(i.name == node.input[1] for i in g.initializer)
         ):
             assert types[node.input[1]] == TensorProto.FLOAT16, node.name
-        if node.op_type in ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "Div"):
-            assert types.get(node.input[0]) == TensorProto.FLOAT, node.name
+        if node.op_type in ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean"):
+            assert types[node.input[0]] == TensorProto.FLOAT, node.name
+        if node.op_type in ("Div", "Mul", "Add", "Relu"):
+            assert all(types.get(i) != TensorProto.FLOAT16 for i in node.input), node.name
     big = [i for i in g.initializer if int(np.prod(i.dims)) >= 4096]
     assert big and all(i.data_type == TensorProto.FLOAT16 for i in big)
     fp32_size = (
@@ -187,14 +203,14 @@ def test_int8_graph_is_quantized(tmp_path_factory, small_checkpoints, arch):
 def test_to_fp16_keeps_exporter_casts_valid():
     """The float16-converter trap: an exporter Cast-to-float ("_to_copy") must keep its type.
     to_fp16 never retypes an existing tensor, so the graph loads and computes correctly."""
-    w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
-    big = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    table = rng.standard_normal((1024, 4)).astype(np.float32)  # large: stored as fp16
     nodes = [
         helper.make_node("Cast", ["x"], ["_to_copy"], to=TensorProto.FLOAT, name="_to_copy"),
         helper.make_node("MatMul", ["_to_copy", "w"], ["y0"], name="mm"),
-        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0, name="sum"),
-        helper.make_node("Add", ["y0", "s_slice"], ["y"], name="add"),
-        helper.make_node("Slice", ["s", "starts", "ends"], ["s_slice"], name="slice"),
+        helper.make_node("Gather", ["table", "rows"], ["picked"], name="gather"),
+        helper.make_node("Add", ["y0", "picked"], ["y"], name="add"),
     ]
     graph = helper.make_graph(
         nodes,
@@ -203,22 +219,20 @@ def test_to_fp16_keeps_exporter_casts_valid():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
         [
             numpy_helper.from_array(w, "w"),
-            numpy_helper.from_array(big, "big"),
-            numpy_helper.from_array(np.array([0]), "starts"),
-            numpy_helper.from_array(np.array([4]), "ends"),
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([3]), "rows"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     half = to_fp16(model)
     sess = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(2).standard_normal((3, 8))
-    want = x.astype(np.float32) @ w + big.sum(0)[:4]
+    x = rng.standard_normal((3, 8))
+    want = x.astype(np.float32) @ w + table[3]
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=2e-3, atol=2e-2)
     inits = {i.name: i.data_type for i in half.graph.initializer}
     assert inits == {
         "w__fp16": TensorProto.FLOAT16,
-        "big__fp16": TensorProto.FLOAT16,
-        "starts": TensorProto.INT64,
-        "ends": TensorProto.INT64,
+        "table__fp16": TensorProto.FLOAT16,
+        "rows": TensorProto.INT64,
     }

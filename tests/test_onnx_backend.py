@@ -94,6 +94,12 @@ def test_exports_on_first_use_then_reuses(small_checkpoints, tmp_path, monkeypat
     monkeypatch.setattr(pipeline, "_fill", no_export)
     again = fastlm.load(ckpt, backend="onnx", cache_dir=tmp_path)
     np.testing.assert_array_equal(again.embed(TEXTS), model.embed(TEXTS))
+    monkeypatch.undo()
+    with open(entry / "lm.onnx", "ab") as f:  # a damaged cache entry is exported again
+        f.write(b"junk")
+    repaired = fastlm.load(ckpt, backend="onnx", cache_dir=tmp_path)
+    np.testing.assert_array_equal(repaired.embed(TEXTS), model.embed(TEXTS))
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]
 
 
 def test_export_dir_option(small_checkpoints, cache_dir):

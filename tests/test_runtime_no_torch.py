@@ -81,7 +81,8 @@ def test_runtime_without_torch(dirs, small_checkpoints):
         emb = np.array(res["embed"], dtype=np.float32)
         assert emb.shape == (len(TEXTS), 256) and res["empty_shape"] == [0, 256]
         assert not emb[1].any()  # "" -> zero vector
-        np.testing.assert_allclose(res["single"], emb[0], atol=1e-6)
+        # int8: activations are quantized per batch, so batch company moves results ~1e-4
+        np.testing.assert_allclose(res["single"], emb[0], atol=1e-6 if dtype == "fp32" else 1e-3)
         np.testing.assert_allclose(np.linalg.norm(emb[[0, 2, 3, 4]], axis=1), 1.0, atol=1e-5)
         if dtype == "fp32":
             np.testing.assert_allclose(emb, want, atol=1e-5)

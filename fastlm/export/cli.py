@@ -16,10 +16,12 @@ def add_parser(sub) -> None:
         description="Write DIR with embed.onnx, lm.onnx, decode.onnx, tokenizer.json, "
         "config.json, parity.json and manifest.json (see docs/onnx.md).",
     )
-    p.add_argument("model", help="shipped model name, checkpoint or run directory")
+    p.add_argument(
+        "model", metavar="NAME_OR_CKPT", help="shipped model name, checkpoint or run directory"
+    )
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
-    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (must not exist)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=run)
 
