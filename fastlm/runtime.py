@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from fastlm.batching import embed_sorted, truncate
 from fastlm.io import sha256_file
-from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts, pad_batch
+from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts
 
 FORMAT = "fastlm-onnx/1"
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
@@ -150,36 +150,9 @@ class OnnxModel:
         """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        seqs = self._truncate(self.tokenizer.encode_many(items), max_length)
-        out = np.zeros((len(seqs), self.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # little padding per batch
-        for start in range(0, len(order), batch_size):
-            idx = [i for i in order[start : start + batch_size] if seqs[i]]
-            if idx:  # empty texts keep their zero rows
-                batch = pad_batch([seqs[i] for i in idx])
-                out[idx] = self.embed_batch(batch.input_ids, batch.attention_mask)
-        if normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        seqs = truncate(self.tokenizer.encode_many(items), self.context_length, max_length)
+        out = embed_sorted(seqs, self.embedding_dim, batch_size, self.embed_batch, normalize)
         return out[0] if single else out
-
-    def _truncate(self, seqs: list[list[int]], max_length: int | None) -> list[list[int]]:
-        limit = self.context_length
-        if max_length is not None:
-            if not isinstance(max_length, int) or max_length < 1:
-                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-            limit = max_length if limit is None else min(limit, max_length)
-        if limit is None:
-            return seqs
-        long = [i for i, s in enumerate(seqs) if len(s) > limit]
-        if long and (max_length is None or max_length > limit):
-            warnings.warn(
-                f"{len(long)} text(s) longer than {limit} tokens were truncated "
-                f"(first: index {long[0]})",
-                stacklevel=3,
-            )
-        return [s[:limit] for s in seqs]
 
     # ------------------------------------------------------------------ generate
     def generate(

@@ -26,7 +26,8 @@ def test_shipped_model_loads_and_embeds(name):
     manifest = json.loads((WEIGHTS_DIR / name / "manifest.json").read_text())
     for key in ("tokens_seen", "train_seconds", "command", "hardware"):
         assert key in manifest["training"]
-    assert manifest["test"]["bits_per_byte"] > 0 and "optimizer.safetensors" not in manifest["files"]
+    assert manifest["test"]["bits_per_byte"] > 0
+    assert "optimizer.safetensors" not in manifest["files"]
 
 
 def test_shipped_models_are_trained():

@@ -17,7 +17,6 @@ Documented behaviour for edge cases:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fastlm.batching import embed_sorted, truncate
 from fastlm.engine.backends import Backend
 from fastlm.models.layers import check_sampling, make_generator, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
@@ -82,42 +82,18 @@ class LanguageModel:
         """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        seqs = self._truncate(self.tokenizer.encode_many(items), max_length)
-        out = np.zeros((len(seqs), self.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # little padding per batch
+        seqs = truncate(self.tokenizer.encode_many(items), self.context_length, max_length)
         if show_progress_bar is None:
             show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc="embed", disable=not show_progress_bar):
-            idx = [i for i in order[start : start + batch_size] if seqs[i]]
-            if not idx:
-                continue  # only empty texts left: their rows stay zero
-            batch = pad_batch([seqs[i] for i in idx])
-            out[idx] = self.backend.embed_batch(batch.input_ids, batch.attention_mask)
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out = out / np.maximum(norms, 1e-12)
+
+        def bar(batches):
+            return tqdm(batches, desc="embed", disable=not show_progress_bar)
+
+        out = embed_sorted(
+            seqs, self.embedding_dim, batch_size, self.backend.embed_batch, normalize, bar
+        )
         result = out[0] if single else out
         return torch.from_numpy(result) if convert_to_tensor else result
-
-    def _truncate(self, seqs: list[list[int]], max_length: int | None) -> list[list[int]]:
-        limit = self.context_length
-        if max_length is not None:
-            if not isinstance(max_length, int) or max_length < 1:
-                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-            limit = max_length if limit is None else min(limit, max_length)
-        if limit is None:
-            return seqs
-        long = [i for i, s in enumerate(seqs) if len(s) > limit]
-        if long and (max_length is None or max_length > limit):
-            warnings.warn(
-                f"{len(long)} text(s) longer than {limit} tokens were truncated "
-                f"(first: index {long[0]}, {len(seqs[long[0]])} tokens)",
-                stacklevel=3,
-            )
-        return [s[:limit] for s in seqs]
 
     # ------------------------------------------------------------------ score
     def score(self, texts: str | Sequence[str], batch_size: int = 32):
