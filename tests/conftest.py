@@ -119,3 +119,11 @@ def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
     (enough for peaked, non-random logits; seconds on a CPU)."""
     root = tmp_path_factory.mktemp("ckpts")
     return {arch: _train_small(arch, tiny_data, root / arch) for arch in ("lstm", "transformer")}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """Tests that train set torch's thread count; give each module the count it started with."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

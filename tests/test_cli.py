@@ -18,13 +18,6 @@ from fastlm.cli import main
 from fastlm.training import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_data, tiny_tokenizer):
     """Two short training runs (one per architecture) and a small text file to score."""

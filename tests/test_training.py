@@ -30,13 +30,6 @@ from fastlm.training.data import WindowSampler, read_text, resolve_text_files, t
 from fastlm.training.trainer import lr_at
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_data, tiny_tokenizer):
     """Paths shared by the runs here: training text, a saved tokenizer, a token cache."""
