@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_helpers import row_cosines
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import fastlm
 
 TEXTS = ["a", "the cat sat on the mat", "word " * 70, "", "Ünïcödé 🤖 text", "x y z " * 9]
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    ok = (na > 0) & (nb > 0)
-    out = np.ones(len(a))
-    out[ok] = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
-    return out
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
@@ -52,7 +45,7 @@ def test_inductor_parity_with_eager(arch, small_checkpoints):
     a, b = comp.embed(TEXTS, batch_size=4), eager.embed(TEXTS, batch_size=4)
     diff = np.abs(a - b).max()
     assert diff < 1e-4, f"max abs diff {diff} at row {np.abs(a - b).max(1).argmax()}"
-    assert _cosines(a, b).min() > 0.99999
+    assert row_cosines(a, b).min() > 0.99999
     prompt = eager.tokenizer.encode("It was the best of times")
     want = eager.generate(prompt, max_new_tokens=24, temperature=0)
     assert comp.generate(prompt, max_new_tokens=24, temperature=0) == want

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
+from parity_helpers import run_in_threads
 
 import fastlm
 from fastlm.tokenizer import EOT_ID
@@ -201,24 +200,13 @@ def test_threads_give_serial_results(model):
     texts = [f"text number {i} " * (i % 7 + 1) for i in range(24)]
     serial_emb = model.embed(texts, batch_size=5)
     serial_gen = model.generate("The", max_new_tokens=12, temperature=0)
-    results, errors = {}, []
-
-    def work(k):
-        try:
-            results[k] = (
-                model.embed(texts, batch_size=5),
-                model.generate("The", max_new_tokens=12, temperature=0),
-            )
-        except Exception as err:  # surfaced below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for emb, gen in results.values():
+    results = run_in_threads(
+        lambda: (
+            model.embed(texts, batch_size=5),
+            model.generate("The", max_new_tokens=12, temperature=0),
+        )
+    )
+    for emb, gen in results:
         np.testing.assert_allclose(emb, serial_emb, atol=1e-6)
         assert gen == serial_gen
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from parity_helpers import run_in_threads
 from test_export_onnx import exported, model_sha
 
 import fastlm
@@ -142,20 +141,8 @@ def test_sessions_are_thread_safe(pair):
     feed = (batch.input_ids, batch.attention_mask)
     serial_emb = onnx.embed_batch(*feed)
     serial_gen = onnx.generate_ids([1, 50, 60], max_new_tokens=16)
-    results, errors = {}, []
-
-    def work(k: int) -> None:
-        try:
-            results[k] = (onnx.embed_batch(*feed), onnx.generate_ids([1, 50, 60], 16))
-        except Exception as err:  # surfaced below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 8
-    for emb, gen in results.values():
+    results = run_in_threads(lambda: (onnx.embed_batch(*feed), onnx.generate_ids([1, 50, 60], 16)))
+    assert len(results) == 8
+    for emb, gen in results:
         np.testing.assert_array_equal(emb, serial_emb)
         assert gen == serial_gen

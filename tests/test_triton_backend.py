@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_helpers import row_cosines
 
 import fastlm
 from fastlm.engine.backends import backend_names, get_backend_class
@@ -125,14 +126,6 @@ def test_lstm_decoder_matches_full_forward() -> None:
 # ----------------------------------------------------------------------------- CUDA only
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    ok = (na > 0) & (nb > 0)
-    out = np.ones(len(a))
-    out[ok] = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
-    return out
-
-
 @pytest.fixture
 def full_precision_cudnn(monkeypatch):
     """Eager's fp32 cuDNN LSTM without TF32, so fp32 parity is a fair comparison."""
@@ -152,7 +145,7 @@ def test_gpu_matches_eager(arch: str, dtype: str, small_checkpoints) -> None:
     if dtype == "fp32":
         np.testing.assert_allclose(got, want, atol=1e-4)
     else:
-        assert _cosines(got, want).min() > 0.99
+        assert row_cosines(got, want).min() > 0.99
     rtol = 1e-4 if dtype == "fp32" else 2e-2
     want_ll = [r.log_likelihood for r in eager.score(TEXTS)]
     got_ll = [r.log_likelihood for r in fast.score(TEXTS)]
