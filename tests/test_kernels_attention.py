@@ -25,6 +25,7 @@ def _no_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
+
 DTYPE_TOLERANCES = [  # (dtype, atol, rtol)
     pytest.param(torch.float32, 3e-4, 1e-3, id="fp32"),
     pytest.param(torch.float16, 5e-3, 1e-2, id="fp16"),
