@@ -13,10 +13,11 @@
 
 dtype option ("bf16" default, "fp16", "fp32"): the compute precision. For the Transformer the
 linears and attention run under torch.autocast in that dtype (LayerNorm and residuals stay
-fp32); for the LSTM the weights are cast once and the kernels keep h and c in that dtype.
-Returned states and logits are always fp32. "bf16" is the fastest; "fp16" is more precise on
-the LSTM's recurrent state (10 mantissa bits against 7); "fp32" (IEEE products, no TF32)
-matches the eager backend to ~1e-5 and gives the same greedy tokens.
+fp32); for the LSTM the weights are cast once, the kernels keep h in that dtype and the cell
+state c in fp32 (rounding c every step loses its small updates: long texts drift, most of all
+in bf16). Returned states and logits are always fp32. "bf16" is the fastest; "fp16" is more
+precise on h (10 mantissa bits against 7); "fp32" (IEEE products, no TF32) matches the eager
+backend to ~1e-5 and gives the same greedy tokens.
 
 The functions below also run on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1
 set before fastlm.kernels is imported; fp32/fp16 only): the tests check them that way on small
@@ -118,16 +119,18 @@ def lstm_hidden_states(
     input_ids: torch.Tensor,
     state: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """(top-layer states (B, T, H), (h, c) each (L, B, H)), as nn.LSTM returns them, in the
-    weights' dtype. Per layer: one x @ W_ih^T matmul over all steps + one `lstm_sequence`."""
+    """(top-layer states (B, T, H), (h, c) each (L, B, H)), as nn.LSTM returns them: states and
+    h in the weights' dtype, c in float32 (a given c may be either). Per layer: one x @ W_ih^T
+    matmul over all steps + one `lstm_sequence`."""
     from fastlm.kernels.lstm import lstm_sequence
 
     B, T = input_ids.shape
     H = weights.hidden_dim
     x = weights.emb[input_ids]  # (B, T, E)
     if state is None:
-        zeros = torch.zeros(len(weights.layers), B, H, dtype=weights.dtype, device=x.device)
-        state = (zeros, zeros)
+        shape = (len(weights.layers), B, H)
+        h0 = torch.zeros(shape, dtype=weights.dtype, device=x.device)
+        state = (h0, torch.zeros(shape, dtype=torch.float32, device=x.device))
     hs, cs = [], []
     for (w_ih_t, w_hh, bias), h0, c0 in zip(weights.layers, *state):
         x_proj = torch.mm(x.reshape(B * T, -1), w_ih_t).view(B, T, 4 * H)
@@ -139,11 +142,12 @@ def lstm_hidden_states(
 
 class LSTMKernelDecoder:
     """Batch-1 LSTM decoding: prefill with `lstm_hidden_states`, then one fused `lstm_step`
-    per layer and token. Logits are float32 (V,) on CPU, like the eager decoders'."""
+    per layer and token; c stays float32 between tokens. Logits are float32 (V,) on CPU, like
+    the eager decoders'."""
 
     def __init__(self, weights: LSTMKernelWeights, device: torch.device):
         self.weights, self.device = weights, device
-        self.h = self.c = None  # (L, 1, H) each
+        self.h = self.c = None  # (L, 1, H) each; h in the weights' dtype, c float32
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> torch.Tensor:
