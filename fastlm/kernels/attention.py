@@ -260,11 +260,12 @@ def causal_attention(
     return out
 
 
-def _launch(q, k, v, keep, out, scale: float, has_mask: bool) -> None:
-    """One kernel launch over q's (B, NH) with B * NH <= MAX_GRID_YZ."""
+def _launch(q, k, v, keep, out, scale: float, has_mask: bool, config=None) -> None:
+    """One kernel launch over q's (B, NH) with B * NH <= MAX_GRID_YZ. config: a triton.Config
+    to run instead of the autotuned choice (the GPU check smoke-tests each one)."""
     B, NH, T, D = q.shape
     assert B * NH <= MAX_GRID_YZ, (B, NH)
-    configs = attention_configs(q.dtype, D)
+    configs = attention_configs(q.dtype, D) if config is None else [config]
     tuned = len(configs) > 1
     kernel = _attn_fwd_tuned if tuned else _attn_fwd_kernel
     fixed = {} if tuned else {**configs[0].kwargs, "num_warps": configs[0].num_warps,
