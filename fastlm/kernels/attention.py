@@ -175,9 +175,11 @@ def _key_mask_as_int8(key_padding_mask: torch.Tensor, q: torch.Tensor) -> torch.
 
 
 # fp16/bf16 configs the autotuner picks from: (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# From the Triton tutorial's search, minus what it drops itself (8 warps on tiles below
-# 128x128). BLOCK_M is a multiple of BLOCK_N (the stage split needs it).
-TUNED_CONFIGS = ((64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (64, 32, 4, 4))
+# Started from the Triton tutorial's search; the AOT compile check (fastlm.kernels.aot) then
+# moved 128x64 tiles to 8 warps, which the tutorial drops: with 4 they spill on sm_90 at
+# head_dim 128 (352 B per thread) and at head_dim 32 with a mask. BLOCK_M is a multiple of
+# BLOCK_N (the stage split needs it).
+TUNED_CONFIGS = ((64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3))
 # fp32 (parity checks only): small tiles keep fp32 operands in shared memory; 8 warps, as
 # 4 spill 1.4 KB per thread at head_dim 64 (AOT compile check). head_dim 128 still spills.
 FP32_CONFIG = (64, 32, 8, 2)
@@ -193,8 +195,8 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
 def attention_configs(dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
     """The configs the launcher may run for this dtype and head_dim (one unless autotuned).
 
-    128x128 tiles are left out at head_dim 128: their K/V stages alone fill 192 KiB of
-    shared memory at 3 stages, over sm_80's limit (the AOT compile check shows it)."""
+    128x128 tiles are left out at head_dim 128: they take 224 KiB of shared memory on sm_90
+    (one program per SM) and spill on sm_80 (the AOT compile check shows both)."""
     if _interpreted():
         return [_config(*INTERPRETER_CONFIG)]
     if dtype == torch.float32:
