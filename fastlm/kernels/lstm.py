@@ -3,9 +3,17 @@
 Both kernels take the input projection x @ W_ih^T from outside (one big matmul over all
 steps is what cuBLAS does best) and fuse everything that follows it: the recurrent matmul
 h @ W_hh^T, the bias, the four gate activations and the cell update. Inputs are fp32, fp16
-or bf16; matmuls accumulate in fp32 and the gate math runs in fp32; h and c are stored in
-the input dtype, exactly as `reference.lstm_step` does. Gate order is torch.nn.LSTM's:
-i, f, g, o (rows [0:H), [H:2H), [2H:3H), [3H:4H) of W_hh and of the bias).
+or bf16; matmuls accumulate in fp32 and the gate math runs in fp32; h is stored in the
+input dtype. The cell state c stays fp32 whatever the I/O dtype (inside lstm_sequence;
+lstm_step takes and returns a float32 c): rounding c to bf16 every step loses the small
+updates of a long memory and long texts drift (tests: test_long_sequence_cell_state_*).
+Gate order is torch.nn.LSTM's: i, f, g, o (rows [0:H), [H:2H), [2H:3H), [3H:4H) of W_hh and
+of the bias). Row offsets are int64 (B * T * 4H passes 2**31 at batch 64 and T = 32k);
+W_hh offsets stay int32 under the launchers' assert H <= MAX_HIDDEN.
+
+Each cell first issues its x-projection and bias loads and uses them as the initial matmul
+accumulators, then runs the recurrent matmul: those loads do not depend on h, so their
+latency hides behind the matmul instead of following it.
 
 lstm_step design: grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_H)). Program (pb, ph) owns batch
 rows [pb*BLOCK_B, ...) and hidden units [ph*BLOCK_H, ...) and computes all four gates of
@@ -24,10 +32,13 @@ is one program per block of BLOCK_B batch rows, and it owns the WHOLE hidden dim
         debug_barrier()   # all of h_t is written before any thread reads it at t + 1
 
 Writes of step t go to out[:, t] while reads come from out[:, t - 1], so chunks of the
-same step never race; the barrier orders steps. c lives in the output c buffer (a copy of
-c0), in the input dtype, updated in place by the same program. Batch blocks are fully
-independent. The price: only cdiv(B, BLOCK_B) programs run, and each streams all of W_hh
-every step (from L2 on a GPU), so it pays off for small H (256: W_hh is 1024x256).
+same step never race; the barrier orders steps. c lives in a private fp32 (B, H) buffer (a
+copy of c0) updated in place by the same program. Batch blocks are fully independent. The
+price: only cdiv(B, BLOCK_B) programs run, and each streams all of W_hh every step (from L2
+on a GPU), so it pays off for small H (256: W_hh is 1024x256); docs/gpu.md predicts it.
+
+Block sizes and warps come from step_config / sequence_config, which the AOT compile check
+(fastlm.kernels.aot, scripts/aot_compile.py) compiles for sm_90 and sm_80.
 """
 
 from __future__ import annotations
