@@ -16,6 +16,11 @@ end divides by 1 instead.
 
 q, k and v may be strided views (e.g. heads split off a fused qkv projection) as long as
 their last dimension is contiguous (stride 1); the output is a new contiguous tensor.
+
+Launch: fp16/bf16 on a GPU are autotuned over TUNED_CONFIGS, keyed on the length bucket
+(next power of two of T), head_dim and the mask flag; fp32 and the interpreter run one fixed
+config. The grid's second axis (B * NH) is capped at 65,535 by CUDA: larger batches launch
+in batch chunks. Offsets inside one (batch, head) are int32, checked by the launcher.
 """
 
 from __future__ import annotations
