@@ -59,7 +59,9 @@ class Variant:
         blocks = "x".join(str(self.constexprs[k]) for k in names if k in self.constexprs)
         extra = [f"d{self.constexprs['HEAD_DIM']}"] if "HEAD_DIM" in self.constexprs else []
         extra += ["mask"] if self.constexprs.get("HAS_MASK") else []
-        if self.kernel.startswith("lstm"):
+        if self.kernel == "lstm_step":  # B matters too: B % 16 == 0 compiles other code
+            extra.append(f"B={self.sizes['B']} H={self.sizes['H']}")
+        elif self.kernel == "lstm_sequence":
             extra.append(f"H={self.sizes['H']}")
         opts = f"w{self.options['num_warps']}s{self.options['num_stages']}"
         return " ".join([self.kernel, TYPE_NAMES[self.dtype], *extra, blocks, opts])
