@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"shared {report.shared} B ({report.seconds:.1f} s) {problems}",
                 flush=True,
             )
-    table = aot.markdown_table(reports)
+    table = aot.markdown_table(reports) + "\n\n" + aot.summary_table(reports)
     print(f"\n{table}\n\n{len(reports)} compiled in {time.perf_counter() - start:.0f} s")
     if args.out:
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")

@@ -28,7 +28,13 @@ def test_quick_variants_compile_for_sm90_without_spills() -> None:
     cmd = [sys.executable, str(REPO / "scripts" / "aot_compile.py"), "--quick", "--arch", "90"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    lines = done.stdout.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("| variant |")))
+    rows = []  # the per-variant table: from its header to the first blank line
+    for line in lines[first + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     assert {row.split()[1] for row in rows} == {"lstm_step", "lstm_sequence", "attention"}
     assert all(row.rstrip().endswith("| ok |") for row in rows), rows
     # sm_90 has 65,536 registers per SM: a kernel that reports none did not really compile

@@ -282,3 +282,26 @@ def markdown_table(reports: list[Report]) -> str:
             f"| {r.variant.label} | {r.arch} | {r.registers} | {spill} | {shared} | {verdict} |"
         )
     return "\n".join(lines)
+
+
+def summary_table(reports: list[Report]) -> str:
+    """One row per (kernel, dtype, arch): variant count, register range, spills, max shared."""
+    groups: dict[tuple, list[Report]] = {}
+    for r in reports:
+        groups.setdefault((r.variant.kernel, TYPE_NAMES[r.variant.dtype], r.arch), []).append(r)
+    lines = [
+        "| kernel | dtype | sm | variants | regs | variants spilling (max B) | max shared "
+        "(KiB) | failing |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (kernel, dtype, arch), group in groups.items():
+        regs = [r.registers for r in group]
+        spilled = [r.spill_stores + r.spill_loads for r in group if r.spill_stores + r.spill_loads]
+        spill = f"{len(spilled)} ({max(spilled)})" if spilled else "0"
+        shared = max(r.shared for r in group) / 1024
+        failing = sum(1 for r in group if r.problems)
+        lines.append(
+            f"| {kernel} | {dtype} | {arch} | {len(group)} | {min(regs)}-{max(regs)} | {spill} | "
+            f"{shared:.0f} | {failing} |"
+        )
+    return "\n".join(lines)
