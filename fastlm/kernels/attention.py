@@ -197,26 +197,24 @@ def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> trit
     return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
 
 
-def attention_configs(dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
-    """The configs the launcher may run for this dtype and head_dim (one unless autotuned).
-
-    128x128 tiles are left out at head_dim 128: they take 224 KiB of shared memory on sm_90
+def _fits(block_n: int, head_dim: int) -> bool:
+    """128x128 tiles are left out at head_dim 128: they take 224 KiB of shared memory on sm_90
     (one program per SM) and spill on sm_80 (the AOT compile check shows both)."""
+    return not (head_dim >= 128 and block_n >= 128)
+
+
+def attention_configs(dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
+    """The configs the launcher may run for this dtype and head_dim (one unless autotuned)."""
     if _interpreted():
         return [_config(*INTERPRETER_CONFIG)]
     if dtype == torch.float32:
         return [_config(*FP32_CONFIG)]
-    return [_config(*c) for c in TUNED_CONFIGS if not (head_dim >= 128 and c[1] >= 128)]
+    return [_config(*c) for c in TUNED_CONFIGS if _fits(c[1], head_dim)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    keep = attention_configs(named_args["q_ptr"].dtype, kwargs["HEAD_DIM"])
-    wanted = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in keep}
-    chosen = [
-        c for c in configs
-        if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted
-    ]  # fmt: skip
-    return chosen or configs[:1]
+    """The autotuner's early prune: the same rule as attention_configs."""
+    return [c for c in configs if _fits(c.kwargs["BLOCK_N"], kwargs["HEAD_DIM"])]
 
 
 # Autotuned entry point for fp16/bf16 on a GPU. The key holds the length bucket, head_dim and
