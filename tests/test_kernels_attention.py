@@ -187,3 +187,17 @@ def test_interpreter_runs_one_fixed_config() -> None:
     """No timing loop under the interpreter; a real GPU tunes fp16/bf16 over several configs."""
     configs = attention_kernels.attention_configs(torch.float16, 64)
     assert len(configs) == (len(attention_kernels.TUNED_CONFIGS) if ON_GPU else 1)
+
+
+def test_autotune_prune_drops_wide_tiles_only_at_head_dim_128() -> None:
+    """The GPU autotuner's prune (not run on CPU) keeps every config spill-free per the AOT
+    check: 128x128 tiles go at head_dim 128, nothing else does."""
+    configs = attention_kernels._attn_fwd_tuned.configs
+    assert len(configs) == len(attention_kernels.TUNED_CONFIGS)
+    at_64 = attention_kernels._prune(configs, {}, HEAD_DIM=64)
+    at_128 = attention_kernels._prune(configs, {}, HEAD_DIM=128)
+    assert at_64 == configs
+    assert at_128 and all(c.kwargs["BLOCK_N"] < 128 for c in at_128)
+    assert len(at_128) == len(configs) - 1
+    for c in configs:  # the stage split needs BLOCK_M to be a multiple of BLOCK_N
+        assert c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0
