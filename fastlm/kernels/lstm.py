@@ -236,6 +236,10 @@ def _check_recurrent(
     if H > MAX_HIDDEN:
         raise ValueError(f"hidden size {H} is above the kernels' limit {MAX_HIDDEN} (4H^2 < 2^31)")
     _check_tensor(h_name, h, (B, H), "(B, H)", h)
+    if isinstance(c, torch.Tensor) and c.dtype not in (h.dtype, torch.float32):
+        raise TypeError(
+            f"{c_name} must have dtype {h.dtype} (like {h_name}) or float32, got {c.dtype}"
+        )
     c_like = h if c.dtype != torch.float32 else c  # a float32 cell state is always welcome
     _check_tensor(c_name, c, (B, H), "(B, H)", c_like)
     _check_tensor("w_hh", w_hh, (4 * H, H), "(4H, H)", h)
