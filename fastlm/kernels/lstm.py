@@ -236,7 +236,9 @@ def _check_recurrent(
     if H > MAX_HIDDEN:
         raise ValueError(f"hidden size {H} is above the kernels' limit {MAX_HIDDEN} (4H^2 < 2^31)")
     _check_tensor(h_name, h, (B, H), "(B, H)", h)
-    if isinstance(c, torch.Tensor) and c.dtype not in (h.dtype, torch.float32):
+    if not isinstance(c, torch.Tensor):
+        raise TypeError(f"{c_name} must be a torch.Tensor, got {type(c).__name__}")
+    if c.dtype not in (h.dtype, torch.float32):
         raise TypeError(
             f"{c_name} must have dtype {h.dtype} (like {h_name}) or float32, got {c.dtype}"
         )
