@@ -263,8 +263,10 @@ def _num_warps(block_b: int, block_h: int) -> int:
 def step_config(B: int, H: int) -> tuple[dict, dict]:
     """(constexprs, launch options) lstm_step uses for batch B and hidden size H."""
     # Small batches (decode) are bound by reading W_hh: narrower hidden blocks spread that
-    # read over more programs. Every tile dimension stays >= 16 for tl.dot.
-    block_b = min(64, max(MIN_DOT, triton.next_power_of_2(B)))
+    # read over more programs. Every tile dimension stays >= 16 for tl.dot. Tiles stop at
+    # 32x64: 64x64 spills on sm_80 (168-364 B per thread, AOT compile check) and bigger
+    # batches simply get more programs.
+    block_b = min(32, max(MIN_DOT, triton.next_power_of_2(B)))
     block_h = 16 if B <= 16 else (32 if B <= 32 else 64)
     block_k = min(64, max(MIN_DOT, triton.next_power_of_2(H)))
     constexprs = {"BLOCK_B": block_b, "BLOCK_H": block_h, "BLOCK_K": block_k}
@@ -279,8 +281,8 @@ def sequence_config(H: int) -> tuple[dict, dict]:
     constexprs = {"BLOCK_B": block_b, "BLOCK_H": block_h, "BLOCK_K": block_k}
     # 8 warps, not the 4 of _num_warps: a lone program per 16 rows walks the whole chain, so
     # more warps per program is the only parallelism it gets, and the AOT check shows 4 warps
-    # spilling in bf16 (168 regs, 12 B) where 8 use 80 regs (fp32: 152) and never spill.
-    return constexprs, {"num_warps": 8, "num_stages": 2}
+    # spilling in bf16 (12-448 B) where 8 do not. 3 stages: 2 spill 4 B on sm_80 at H = 256.
+    return constexprs, {"num_warps": 8, "num_stages": 3}
 
 
 def lstm_step(
