@@ -19,10 +19,12 @@ from fastlm.engine.triton_backend import (
     LSTMKernelDecoder,
     LSTMKernelWeights,
     lstm_hidden_states,
+    tower_embeddings,
     transformer_hidden_states,
 )
 from fastlm.kernels import triton_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.models.embedder import EmbeddingTower, new_tower
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -121,6 +123,28 @@ def test_lstm_decoder_matches_full_forward() -> None:
         torch.testing.assert_close(
             got, want[i], atol=1e-4, rtol=1e-4, msg=lambda m, where=where: f"{where}: {m}"
         )
+
+
+@needs_triton
+@pytest.mark.parametrize("trained", [False, True], ids=["lm-mean", "trained-tower"])
+@pytest.mark.parametrize("make_model", [small_transformer, small_lstm], ids=["transformer", "lstm"])
+@torch.inference_mode()
+def test_tower_embeddings_match_the_tower(make_model, trained: bool) -> None:
+    """embed's path: the tower's pooling and projection over kernel states == tower(ids, mask),
+    for the LM's own mean and for a trained tower (its own encoder copy, no output layer)."""
+    model = make_model()
+    tower = new_tower(model, dim=8) if trained else EmbeddingTower(model)
+    if trained:
+        torch.nn.init.normal_(tower.proj.weight)  # not the identity it starts as
+    tower = tower.to(DEVICE).eval()
+    ids = random_ids(3, 9, seed=4)
+    mask = torch.ones(3, 9, dtype=torch.int64, device=DEVICE)
+    mask[1, 5:] = 0  # right padding
+    mask[2, 2:] = 0
+    got = tower_embeddings(tower, ids, mask)
+    want = tower(ids, mask)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (3, tower.dim)
+    torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- CUDA only

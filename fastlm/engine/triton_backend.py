@@ -1,5 +1,7 @@
 """The "triton" backend: fastlm's Triton kernels behind the eager backend's interface (CUDA only).
 
+- embed: the checkpoint's embedding tower (models/embedder.py) with its encoder's states from
+  the kernels below (`tower_embeddings`), then the tower's own pooling and projection.
 - Transformer embed/score: `transformer_hidden_states` walks the model's own layers (qkv
   linear, split heads, Triton causal attention, out linear, post-norm, ReLU feed-forward)
   with the model's weights in place of F.scaled_dot_product_attention. No key-padding mask
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 from fastlm.engine.backends import TorchBackend, backend_names, register_backend
 from fastlm.kernels import cuda_kernels_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.models.embedder import EmbeddingTower
+from fastlm.models.layers import mean_pool
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTENTION_HEAD_DIMS = (16, 32, 64, 128)  # fastlm.kernels.attention.SUPPORTED_HEAD_DIMS
@@ -79,12 +83,13 @@ class LSTMKernelWeights:
     """An LSTM LM's weights in kernel layout, cast once to the compute dtype.
 
     emb (V, E); per layer w_ih_t (In, 4H) for x @ W_ih^T, w_hh (4H, H), bias (4H,) = b_ih +
-    b_hh, all contiguous. fc_w (V, H), fc_b (V,) stay fp32 (logits in fp32)."""
+    b_hh, all contiguous. fc_w (V, H), fc_b (V,) stay fp32 (logits in fp32); None for an
+    embedding tower's encoder, which has no output layer."""
 
     emb: torch.Tensor
     layers: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
-    fc_w: torch.Tensor
-    fc_b: torch.Tensor
+    fc_w: torch.Tensor | None
+    fc_b: torch.Tensor | None
     hidden_dim: int
 
     @classmethod
@@ -101,8 +106,8 @@ class LSTMKernelWeights:
         return cls(
             emb=model.embedding.weight.detach().to(dtype),
             layers=tuple(layers),
-            fc_w=model.fc.weight.detach().float(),
-            fc_b=model.fc.bias.detach().float(),
+            fc_w=None if model.fc is None else model.fc.weight.detach().float(),
+            fc_b=None if model.fc is None else model.fc.bias.detach().float(),
             hidden_dim=lstm.hidden_size,
         )
 
@@ -111,6 +116,8 @@ class LSTMKernelWeights:
         return self.emb.dtype
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.fc_w is None:
+            raise RuntimeError("these weights come from an embedding tower: no output layer")
         return F.linear(h.float(), self.fc_w, self.fc_b)
 
 
@@ -171,6 +178,29 @@ class LSTMKernelDecoder:
         return self.weights.logits(x[0]).cpu()
 
 
+# ----------------------------------------------------------------------------- embeddings
+
+
+def tower_embeddings(
+    tower: EmbeddingTower,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    lstm_weights: LSTMKernelWeights | None = None,
+) -> torch.Tensor:
+    """(B, dim) float32: what `tower(input_ids, attention_mask)` computes (models/embedder.py:
+    masked mean of the encoder's top-layer states, then the projection), with the encoder's
+    states from the Triton kernels. lstm_weights: the LSTM encoder's kernel weights, built
+    from the tower when None. No input checks."""
+    encoder = tower.encoder
+    if isinstance(encoder, SimpleLSTM_LM):
+        weights = lstm_weights or LSTMKernelWeights.from_model(encoder, dtype)
+        states = lstm_hidden_states(weights, input_ids)[0]
+    else:
+        states = transformer_hidden_states(encoder, input_ids, dtype)
+    return tower.project(mean_pool(states, attention_mask)).float()
+
+
 # ----------------------------------------------------------------------------- backend
 
 
@@ -201,11 +231,26 @@ class TritonBackend(TorchBackend):
         super().__init__(checkpoint, device, threads)
         self.dtype_name = dtype
         self.dtype = DTYPES[dtype]
+        self.tower_lstm_weights = None
         if isinstance(self.model, SimpleLSTM_LM):
             self.lstm_weights = LSTMKernelWeights.from_model(self.model, self.dtype)
             self._hidden = self._lstm_states
+            encoder = self.embedder.encoder  # the LM itself, or a trained tower's own copy
+            self.tower_lstm_weights = (
+                self.lstm_weights
+                if encoder is self.model
+                else LSTMKernelWeights.from_model(encoder, self.dtype)
+            )
         else:
             self._hidden = self._transformer_states
+
+    def embed_batch(self, input_ids, attention_mask):
+        """The embedding tower (eager's embed_batch) with its encoder on the Triton kernels."""
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self.device)
+            mask = torch.from_numpy(attention_mask).to(self.device)
+            pooled = tower_embeddings(self.embedder, ids, mask, self.dtype, self.tower_lstm_weights)
+            return pooled.cpu().numpy()  # one host copy per batch
 
     def _transformer_states(self, ids: torch.Tensor) -> torch.Tensor:
         return transformer_hidden_states(self.model, ids, self.dtype)
