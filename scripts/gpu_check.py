@@ -39,7 +39,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = REPO / "build" / "gpu_check" / "texts.txt"  # build/ is git-ignored; carried explicitly
 N_TEXTS = 10_000
-TOLERANCES = {"float32": (3e-4, 1e-3), "float16": (5e-3, 1e-2), "bfloat16": (1e-2, 5e-2)}
 
 
 SECTION_KEYS = ("environment", "smoke", "aot", "kernel-tests", "engine-tests", "timings", "e2e")
@@ -115,14 +114,6 @@ def no_tf32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def max_error(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, bool]:
-    """(max abs error, within the tolerance of expected's dtype); NaN fails."""
-    atol, rtol = TOLERANCES[str(expected.dtype).removeprefix("torch.")]
-    diff = (actual.float() - expected.float()).abs()
-    ok = bool((diff <= atol + rtol * expected.float().abs()).all())
-    return diff.max().item(), ok
-
-
 # ----------------------------------------------------------------------------- sections
 
 
@@ -146,18 +137,23 @@ def environment() -> tuple[list[str], bool]:
 
 
 def smoke() -> tuple[list[str], bool]:
-    """Launch every variant once against the reference; see gpu_smoke.py for the list."""
+    """Launch every variant once against the reference; see gpu_smoke.py for the list. Rows
+    are written as they come: a launch that raises keeps the rows before it."""
     import gpu_smoke
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with no_tf32():
-        rows = gpu_smoke.run_all(device, tiny=ARGS.dry_run)
+    device = "cpu" if ARGS.dry_run else "cuda"  # dry run: the interpreter, on CPU tensors
     lines = ["| launch | dtype | max abs err | result |", "|---|---|---|---|"]
-    ok = True
-    for name, dtype, err, passed in rows:
-        ok &= passed
-        lines.append(f"| {name} | {dtype} | {err:.2e} | {'ok' if passed else 'FAIL'} |")
-    return lines, ok and bool(rows)
+    ok, count = True, 0
+    with no_tf32():
+        try:
+            for name, dtype, err, passed in gpu_smoke.run_all(device, tiny=ARGS.dry_run):
+                ok &= passed
+                count += 1
+                lines.append(f"| {name} | {dtype} | {err:.2e} | {'ok' if passed else 'FAIL'} |")
+        except Exception:  # noqa: BLE001 - keep the table so far; the section fails
+            lines += ["", "launch after the last row raised:", "```", traceback.format_exc(), "```"]
+            ok = False
+    return lines, ok and count > 0
 
 
 def aot_compile() -> tuple[list[str], bool]:

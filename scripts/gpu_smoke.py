@@ -9,6 +9,8 @@ which the interpreter cannot compute.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from fastlm.kernels import aot, attention, lstm, reference
@@ -47,8 +49,7 @@ def _lstm_inputs(B: int, T: int, H: int, dtype: torch.dtype, device: str) -> lis
     return [low[0], low[1], c0.to(device), low[2], low[3]]
 
 
-def lstm_rows(dtypes, hidden, batches, device: str) -> list[Row]:
-    rows = []
+def lstm_rows(dtypes, hidden, batches, device: str) -> Iterator[Row]:
     for dtype in dtypes:
         for H in hidden:
             for B in batches:
@@ -57,17 +58,15 @@ def lstm_rows(dtypes, hidden, batches, device: str) -> list[Row]:
                 got, want = lstm.lstm_step(*args), reference.lstm_step(*args)
                 blocks = lstm.step_config(B, H)[0]
                 name = f"lstm_step B={B} H={H} ({blocks['BLOCK_B']}x{blocks['BLOCK_H']})"
-                rows.append(_row(name, dtype, list(zip(got, want))))
+                yield _row(name, dtype, list(zip(got, want)))
             x_proj, h0, c0, w_hh, bias = _lstm_inputs(3, 5, H, dtype, device)
             out, (h_t, c_t) = lstm.lstm_sequence(x_proj, h0, c0, w_hh, bias)
             out_ref, (h_ref, c_ref) = reference.lstm_layer(x_proj, h0, c0, w_hh, bias)
             pairs = [(out, out_ref), (h_t, h_ref), (c_t, c_ref)]
-            rows.append(_row(f"lstm_sequence B=3 T=5 H={H}", dtype, pairs))
-    return rows
+            yield _row(f"lstm_sequence B=3 T=5 H={H}", dtype, pairs)
 
 
-def attention_rows(dtypes, head_dims, T: int, device: str) -> list[Row]:
-    rows = []
+def attention_rows(dtypes, head_dims, T: int, device: str) -> Iterator[Row]:
     for dtype in dtypes:
         for D in head_dims:
             gen = torch.Generator().manual_seed(D)
@@ -86,16 +85,16 @@ def attention_rows(dtypes, head_dims, T: int, device: str) -> list[Row]:
                     opts = f"w{config.num_warps}s{config.num_stages}"
                     masked = " mask" if keep is not None else ""
                     name = f"attention T={T} d={D} {blocks} {opts}{masked}"
-                    rows.append(_row(name, dtype, [(out, want)]))
-    return rows
+                    yield _row(name, dtype, [(out, want)])
 
 
-def run_all(device: str, tiny: bool) -> list[Row]:
-    """Every variant on `device` (tiny: the interpreter's subset); see the module docstring."""
+def run_all(device: str, tiny: bool) -> Iterator[Row]:
+    """Every variant on `device`, one row at a time (tiny: the interpreter's subset); see the
+    module docstring."""
     if tiny:
         dtypes = (torch.float32, torch.float16)
-        rows = lstm_rows(dtypes, (24, 40), (1, 33), device)
-        return rows + attention_rows(dtypes, (16, 64), 33, device)
-    dtypes = aot.DTYPES
-    rows = lstm_rows(dtypes, aot.HIDDEN_SIZES, aot.STEP_BATCHES, device)
-    return rows + attention_rows(dtypes, attention.SUPPORTED_HEAD_DIMS, 300, device)
+        yield from lstm_rows(dtypes, (24, 40), (1, 33), device)
+        yield from attention_rows(dtypes, (16, 64), 33, device)
+        return
+    yield from lstm_rows(aot.DTYPES, aot.HIDDEN_SIZES, aot.STEP_BATCHES, device)
+    yield from attention_rows(aot.DTYPES, attention.SUPPORTED_HEAD_DIMS, 300, device)
