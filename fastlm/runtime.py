@@ -15,6 +15,7 @@ the Transformer's position table are truncated with a warning; text prompts are 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,13 @@ import onnxruntime as ort
 from fastlm.batching import embed_sorted, truncate
 from fastlm.io import sha256_file
 from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts
+from fastlm.validation import (
+    check_float,
+    check_int,
+    check_optional_int,
+    check_positive_int,
+    check_seed,
+)
 
 FORMAT = "fastlm-onnx/1"
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
@@ -150,6 +158,8 @@ class OnnxModel:
         """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
+        check_positive_int(batch_size, "batch_size")
+        check_optional_int(max_length, "max_length", min=1)
         seqs = truncate(self.tokenizer.encode_many(items), self.context_length, max_length)
         out = embed_sorted(seqs, self.embedding_dim, batch_size, self.embed_batch, normalize)
         return out[0] if single else out
@@ -181,6 +191,7 @@ class OnnxModel:
         """New token ids after `ids`, stopping early at <|endoftext|>."""
         ids = _check_ids(ids, self.vocab_size)
         _check_generation(max_new_tokens, temperature, top_k)
+        check_seed(seed)
         if self.context_length is not None and len(ids) + max_new_tokens > self.context_length:
             raise ValueError(
                 f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds "
@@ -247,20 +258,22 @@ def sample_next(
 
 
 def _check_generation(max_new_tokens, temperature, top_k) -> None:
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
+    check_int(max_new_tokens, "max_new_tokens")
+    if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not isinstance(temperature, int | float) or not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    check_float(temperature, "temperature", min=0.0)
+    check_optional_int(top_k, "top_k", min=1)
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
-    out = [int(t) for t in ids]
+    if isinstance(ids, np.ndarray):
+        ids = ids.reshape(-1).tolist()
+    if not isinstance(ids, Sequence) or isinstance(ids, str | bytes):
+        raise TypeError(f"token ids must be a list of int, got {type(ids).__name__}")
+    out = [check_int(t, f"token ids[{i}]") for i, t in enumerate(ids)]
     if not out:
         raise ValueError("token ids are empty: give at least one token")
     bad = [t for t in out if not 0 <= t < vocab_size]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,24 @@ def read_text(path: str | os.PathLike) -> tuple[str, int]:
             f"{path}: {bad} invalid UTF-8 byte sequence(s) replaced by U+FFFD", stacklevel=2
         )
     return text, bad
+
+
+def train_tokenizer(files: Sequence[Path], vocab_size: int) -> Tokenizer:
+    """A BPE trained on `files` under this module's bad-bytes policy.
+
+    The tokenizers library reads files as strict UTF-8 and fails on one bad byte; a file with
+    invalid bytes is trained on from a copy with them replaced by U+FFFD (warned by read_text).
+    """
+    with tempfile.TemporaryDirectory(prefix="fastlm-tok-") as tmp:
+        clean = []
+        for i, f in enumerate(files):
+            text, bad = read_text(f)
+            if bad:
+                f = Path(tmp) / f"{i}.txt"
+                f.write_text(text, encoding="utf-8")
+            clean.append(f)
+            del text
+        return Tokenizer.train(clean, vocab_size)
 
 
 def tokenize_text(tok: Tokenizer, text: str) -> np.ndarray:
