@@ -249,7 +249,8 @@ def sample_next(
     """One token id from logits (V,): argmax when temperature is 0, else a softmax sample."""
     if temperature == 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
+    z = logits.astype(np.float64)
+    z = (z - z.max()) / temperature  # shift first: a subnormal temperature must not give inf-inf
     if top_k is not None and top_k < z.shape[0]:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z < kth, -np.inf, z)

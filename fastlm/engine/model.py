@@ -28,7 +28,7 @@ from fastlm.batching import embed_sorted, truncate
 from fastlm.engine.backends import Backend
 from fastlm.models.layers import check_sampling, make_generator, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
-from fastlm.validation import check_int, check_optional_int, check_positive_int
+from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
 
 PROGRESS_MIN_TEXTS = 1000  # progress bar on by default only from this many texts
 
@@ -166,6 +166,7 @@ class LanguageModel:
             prompt_or_ids, max_new_tokens, start_tokens, max_length
         )
         check_sampling(temperature, top_k, top_p)
+        check_seed(seed)
         stops = _check_stop(stop)
         if stops and not as_text:
             raise TypeError(
@@ -189,7 +190,7 @@ class LanguageModel:
                 max_length = len(ids) + (
                     check_optional_int(max_new_tokens, "max_new_tokens") or 100
                 )
-            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            if check_int(max_length, "max_length") < 1:
                 raise ValueError(f"max_length must be a positive int, got {max_length!r}")
             return ids, False, max(0, max_length - len(ids)), True
         if prompt is None:
