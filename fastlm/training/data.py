@@ -116,7 +116,12 @@ def token_stream(
         parts += [tokenize_text(tok, text), np.array([EOT_ID], dtype=np.uint16)]
     stream = np.concatenate(parts)
     if cache is not None:
-        atomic_write(cache, lambda tmp: np.save(open(tmp, "wb"), stream))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, stream)
+
+        atomic_write(cache, write)
     return stream
 
 
