@@ -462,7 +462,7 @@ def targets(tmp_path_factory, small_checkpoints):
             if backend == "runtime":
                 model = OnnxModel.load(fp32, threads=1)
             else:
-                opts = {"cache_dir": fp32.parent} if backend == "onnx" else {}
+                opts = {"export_dir": fp32} if backend == "onnx" else {}
                 model = fastlm.load(small_checkpoints[arch], backend=backend, threads=1, **opts)
             loaded[arch, backend] = Target(arch, backend, model)
         return loaded[arch, backend]

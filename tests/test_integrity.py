@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_export_onnx import exported, model_sha
+from test_export_onnx import exported
 
 import fastlm
 import fastlm.checkpoint as checkpoint_mod
@@ -213,10 +213,15 @@ def test_trainer_state_with_a_non_int_step_is_refused(ckpt):
 
 
 # ---------------------------------------------------------------------- ONNX cache
+def _weights_digest(ckpt_dir: Path) -> str:
+    """The onnx backend's cache key for a checkpoint."""
+    return load_checkpoint(ckpt_dir).weights_digest
+
+
 def _foreign_export_under_key(tmp_path_factory, small_checkpoints, key_arch, src, dtype):
     """A cache dir whose entry for `key_arch`'s fp32 key holds the export `src` instead."""
     cache = tmp_path_factory.mktemp("foreign-cache")
-    entry = cache / f"{model_sha(small_checkpoints[key_arch])}-fp32"
+    entry = cache / f"{_weights_digest(small_checkpoints[key_arch])}-fp32"
     shutil.copytree(exported(tmp_path_factory, small_checkpoints, src, dtype), entry)
     return cache, entry
 
@@ -247,8 +252,8 @@ def test_onnx_cache_entry_of_other_weights_is_not_used(
     )
     model = fastlm.load(small_checkpoints["transformer"], backend="onnx", cache_dir=cache)
     assert calls == [("transformer", "fp32", True)]
-    source = model.backend.onnx.manifest["source"]["model_sha256"]
-    assert source == model_sha(small_checkpoints["transformer"])
+    source = model.backend.onnx.manifest["source"]["weights_sha256"]
+    assert source == _weights_digest(small_checkpoints["transformer"])
     assert model.backend.onnx.architecture == "transformer"
 
 

@@ -3,7 +3,7 @@
     fastlm.load("transformer", backend="onnx", dtype="int8")
 
 On first use the checkpoint is exported (fastlm.export, with its parity certificate) into a
-cache directory, ~/.cache/fastlm/onnx/<sha256 of model.safetensors>-<dtype>/ (under
+cache directory, ~/.cache/fastlm/onnx/<sha256 of the weight files>-<dtype>/ (under
 $XDG_CACHE_HOME when set); later loads reuse it after checking its sha256 manifest. Pass
 export_dir= to run a directory written by `fastlm export` instead. Sessions are created once
 (ORT_ENABLE_ALL, intra-op threads = `threads`) on CUDA when this onnxruntime has it and the
@@ -19,9 +19,8 @@ import numpy as np
 import onnxruntime  # noqa: F401  (a missing onnxruntime leaves this backend unregistered)
 import torch
 
-from fastlm.checkpoint import MODEL_FILE, Checkpoint
+from fastlm.checkpoint import Checkpoint
 from fastlm.engine.backends import Backend, register_backend
-from fastlm.io import sha256_file
 from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
 
 
@@ -52,18 +51,16 @@ class OnnxBackend(Backend):
         providers = default_providers()
         if device.type != "cuda":
             providers = ["CPUExecutionProvider"]
-        model_sha = checkpoint.manifest.get("files", {}).get(MODEL_FILE) or sha256_file(
-            checkpoint.path / MODEL_FILE
-        )
+        weights_sha = checkpoint.weights_digest  # LM + embedding tower
         arch = checkpoint.config.architecture
         if export_dir is not None:  # dtype None: whatever the export holds
             path = Path(export_dir)
             self.onnx = OnnxModel.load(path, threads, providers)
-            _check_source(self.onnx, model_sha, arch, dtype, path)
+            _check_source(self.onnx, weights_sha, arch, dtype, path)
         else:
             dtype = dtype or "fp32"
-            path = Path(cache_dir or default_cache_dir()) / f"{model_sha}-{dtype}"
-            want = (model_sha, arch, dtype)
+            path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
+            want = (weights_sha, arch, dtype)
             self.onnx = _load_or_export(checkpoint.path, path, want, threads, providers)
         self.dtype = self.onnx.dtype
         self.export_dir = path
@@ -107,14 +104,14 @@ class TorchLogitsDecoder:
 
 def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers) -> OnnxModel:
     """Reuse a cached export when it verifies and was made from these weights in this dtype;
-    otherwise (re)write it. want: (model sha256, architecture, dtype)."""
+    otherwise (re)write it. want: (weights digest, architecture, dtype)."""
     from fastlm.export import export
 
-    model_sha, arch, dtype = want
+    weights_sha, arch, dtype = want
     if path.exists():
         try:
             cached = OnnxModel.load(path, threads, providers)
-            _check_source(cached, model_sha, arch, dtype, path)
+            _check_source(cached, weights_sha, arch, dtype, path)
             return cached
         except ExportDirError:
             pass  # corrupt or half-edited cache entry: export again over it
@@ -125,21 +122,21 @@ def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers
     except FileExistsError:
         pass  # another process finished the same export first; it is verified below
     loaded = OnnxModel.load(path, threads, providers)
-    _check_source(loaded, model_sha, arch, dtype, path)
+    _check_source(loaded, weights_sha, arch, dtype, path)
     return loaded
 
 
 def _check_source(
-    onnx_model: OnnxModel, model_sha: str, arch: str, dtype: str | None, path: Path
+    onnx_model: OnnxModel, weights_sha: str, arch: str, dtype: str | None, path: Path
 ) -> None:
-    """The export must come from exactly these weights (sha256 of model.safetensors), be of
-    the same architecture and, when a dtype was asked for, be in that dtype."""
-    source = onnx_model.manifest.get("source", {}).get("model_sha256")
-    if source != model_sha or onnx_model.architecture != arch:
+    """The export must come from exactly these weights (the checkpoint's weights digest: LM +
+    embedding tower), be of the same architecture and, when a dtype was asked for, be in it."""
+    source = onnx_model.manifest.get("source", {}).get("weights_sha256")
+    if source != weights_sha or onnx_model.architecture != arch:
         raise ValueError(
-            f"{path} was exported from different weights (model sha256 {str(source)[:12]}..., "
-            f"{onnx_model.architecture}) than the checkpoint being loaded ({model_sha[:12]}..., "
-            f"{arch})"
+            f"{path} was exported from different weights (sha256 {str(source)[:12]}..., "
+            f"{onnx_model.architecture}) than the checkpoint being loaded "
+            f"({weights_sha[:12]}..., {arch})"
         )
     if dtype is not None and onnx_model.dtype != dtype:
         raise ValueError(
