@@ -250,7 +250,8 @@ def sample_next(
     if temperature == 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64)
-    z = (z - z.max()) / temperature  # shift first: a subnormal temperature must not give inf-inf
+    with np.errstate(over="ignore"):  # shift first: a subnormal temperature gives -inf, not NaN
+        z = (z - z.max()) / temperature
     if top_k is not None and top_k < z.shape[0]:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z < kth, -np.inf, z)

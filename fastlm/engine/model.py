@@ -132,6 +132,7 @@ class LanguageModel:
         first (top_k of them)."""
         _check_text(query, "query")
         docs = _check_texts(documents)
+        check_optional_int(top_k, "top_k", min=1)  # before embedding anything
         if not docs:
             return []
         q = self.embed(query)
