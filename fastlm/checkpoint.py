@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fastlm import validation
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, build_model, config_from_dict
 from fastlm.models.config import config_to_json
@@ -37,9 +37,6 @@ MANIFEST_FILE, OPTIM_FILE, STATE_FILE = (
     "trainer_state.json",
 )
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE)
-
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(ValueError):
@@ -145,26 +142,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def check_manifest_files(manifest: object, where: Path) -> dict[str, str]:
     """The manifest's `files` {plain file name: sha256 hex}, or CheckpointError (no I/O)."""
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise CheckpointError(f"{where}: 'files' must be a non-empty object of name -> sha256")
-    for name, digest in files.items():
-        if not _is_plain_name(name):
-            raise CheckpointError(f"{where}: file name {name!r} is not a plain file name")
-        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
-            raise CheckpointError(f"{where}: sha256 of {name!r} is not 64 hex digits")
-    return files
-
-
-def _is_plain_name(name: object) -> bool:
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(c in name for c in "/\\\0")
-        and name != MANIFEST_FILE
-    )
+    return validation.check_manifest_files(manifest, str(where), CheckpointError, MANIFEST_FILE)
 
 
 def load_checkpoint(

@@ -29,6 +29,7 @@ from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts
 from fastlm.validation import (
     check_float,
     check_int,
+    check_manifest_files,
     check_optional_int,
     check_positive_int,
     check_seed,
@@ -38,6 +39,7 @@ FORMAT = "fastlm-onnx/1"
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
+MODEL_FACTS = ("architecture", "vocab_size", "embed_dim", "max_len", "num_layers", "state")
 REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE, PARITY_FILE)
 
 
@@ -52,11 +54,15 @@ def verify_export_dir(path: str | os.PathLike) -> dict:
         raise ExportDirError(f"export directory not found: {path}")
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        files, model = manifest["files"], manifest["model"]
     except FileNotFoundError:
         raise ExportDirError(f"{path} has no {MANIFEST_FILE}: not a fastlm export") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExportDirError(f"{path / MANIFEST_FILE} is corrupt: {err!r}") from None
+    # schema first (plain names, hex digests), so no listed path is ever opened outside `path`
+    files = check_manifest_files(manifest, str(path / MANIFEST_FILE), ExportDirError, MANIFEST_FILE)
+    model = manifest.get("model")
+    if not isinstance(model, dict):
+        raise ExportDirError(f"{path / MANIFEST_FILE} is corrupt: 'model' must be an object")
     if manifest.get("format") != FORMAT:
         raise ExportDirError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT}")
     for name in sorted(set(REQUIRED_FILES) | set(files)):
@@ -69,6 +75,9 @@ def verify_export_dir(path: str | os.PathLike) -> dict:
             raise ExportDirError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
     if model.get("architecture") not in ("lstm", "transformer"):
         raise ExportDirError(f"{path / MANIFEST_FILE}: unknown architecture {model!r}")
+    missing = [k for k in MODEL_FACTS if k not in model]
+    if missing:
+        raise ExportDirError(f"{path / MANIFEST_FILE}: 'model' lacks {missing}")
     return manifest
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _is_int(value: object) -> bool:
@@ -68,6 +71,29 @@ def check_seed(value: object, name: str = "seed") -> int | None:
     return check_optional_int(value, name, min=0, max=2**63 - 1)
 
 
+def check_manifest_files(
+    manifest: object, where: str, error: type[Exception] = ValueError, reserved: str = ""
+) -> dict[str, str]:
+    """A manifest's `files` {plain file name: sha256 hex}, checked without touching any file.
+
+    Names must be plain file names (no "/", "\\", NUL, "." or ".."): a manifest is data, and a
+    path in it would make the loader read, and its errors reveal, files outside the directory.
+    `reserved` (the manifest's own name) may not be listed. Raises `error` with `where` in it.
+    """
+    if not isinstance(manifest, dict):
+        raise error(f"{where} must hold a JSON object, got {type(manifest).__name__}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise error(f"{where}: 'files' must be a non-empty object of name -> sha256")
+    for name, digest in files.items():
+        plain = name not in ("", ".", "..", reserved) and not any(c in name for c in "/\\\0")
+        if not plain:
+            raise error(f"{where}: file name {name!r} is not a plain file name")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            raise error(f"{where}: sha256 of {name!r} is not 64 hex digits")
+    return files
+
+
 def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
     if lo is not None and hi is not None:
         return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
@@ -78,6 +104,7 @@ def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
 
 __all__ = [
     "check_float",
+    "check_manifest_files",
     "check_int",
     "check_optional_int",
     "check_positive_int",

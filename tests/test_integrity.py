@@ -286,6 +286,33 @@ def test_export_dir_of_other_weights_is_refused(tmp_path_factory, small_checkpoi
         fastlm.load(small_checkpoints["transformer"], backend="onnx", export_dir=other)
 
 
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda m: m.update(files=["embed.onnx"]), "'files' must be a non-empty object"),
+        (lambda m: m.update(files=None), "'files' must be a non-empty object"),
+        (lambda m: m["files"].update({"../secret": "0" * 64}), "is not a plain file name"),
+        (lambda m: m["files"].update({"/etc/hostname": "0" * 64}), "is not a plain file name"),
+        (lambda m: m.update(model=[]), "'model' must be an object"),
+        (lambda m: m["model"].pop("max_len"), "lacks ['max_len']"),
+    ],
+    ids=["files-list", "files-null", "dotdot", "absolute", "model-list", "model-key"],
+)
+def test_export_manifest_schema_is_checked(
+    tmp_path_factory, small_checkpoints, tmp_path, edit, fragment
+):
+    from fastlm.runtime import ExportDirError, OnnxModel
+
+    copy = tmp_path / "export"
+    shutil.copytree(exported(tmp_path_factory, small_checkpoints, "lstm", "fp32"), copy)
+    manifest = _manifest(copy)
+    edit(manifest)
+    _write_manifest(copy, manifest)
+    with pytest.raises(ExportDirError) as err:
+        OnnxModel.load(copy)
+    assert fragment in str(err.value)
+
+
 # ---------------------------------------------------------------------- Index
 @pytest.fixture(scope="module")
 def lstm(small_checkpoints):
