@@ -129,8 +129,7 @@ class OnnxModel:
         """Open the graphs of `path` as described by `manifest`, with no sha256 check (the
         exporter's parity check runs before the manifest exists)."""
         path = Path(path)
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        check_optional_int(threads, "threads", min=1)
         tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
         providers = list(providers) if providers else default_providers()
         sessions = {

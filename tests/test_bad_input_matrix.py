@@ -486,3 +486,30 @@ def test_bad_input(targets, arch, backend, case):
 def test_matrix_size():
     """The issue asks for >= 300 cases; the count per backend is in the test ids."""
     assert len(MATRIX) >= 300, len(MATRIX)
+
+
+LOAD_CASES = [
+    ({"threads": True}, TypeError, "threads must be an int"),
+    ({"threads": 1.0}, TypeError, "threads must be an int"),
+    ({"threads": 0}, ValueError, "threads must be >= 1"),
+    ({"backend": 3}, TypeError, "backend must be a str"),
+    ({"backend": "tpu"}, ValueError, "unknown backend"),
+    ({"name_or_path": "no-such-model"}, ValueError, "unknown model"),
+    ({"name_or_path": 3}, TypeError, "model must be a name or a path"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "fragment"), LOAD_CASES, ids=str)
+def test_load_arguments(small_checkpoints, kwargs, error, fragment):
+    kwargs = {"name_or_path": small_checkpoints["lstm"], **kwargs}
+    with pytest.raises(error) as err:
+        fastlm.load(**kwargs)
+    assert err.type is error and fragment in str(err.value)
+
+
+@pytest.mark.parametrize("threads", [True, 0, -1, 2.0])
+def test_runtime_threads_argument(tmp_path_factory, small_checkpoints, threads):
+    path = exported(tmp_path_factory, small_checkpoints, "lstm", "fp32")
+    error = TypeError if isinstance(threads, bool | float) else ValueError
+    with pytest.raises(error, match="threads must be"):
+        OnnxModel.load(path, threads=threads)
