@@ -177,7 +177,8 @@ def test_generate_any_arguments(model, prompt, max_new_tokens, temperature, top_
         assert str(err)  # a message, from the argument checks
         return
     assert isinstance(out, str) if isinstance(prompt, str) else isinstance(out, list)
-    assert isinstance(max_new_tokens, numbers.Integral) and 1 <= max_new_tokens
+    if max_new_tokens is not None:  # None: the documented default (50)
+        assert isinstance(max_new_tokens, numbers.Integral) and 1 <= max_new_tokens
     assert not isinstance(max_new_tokens, bool) and not isinstance(temperature, bool)
     assert isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature >= 0
 
