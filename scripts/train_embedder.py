@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 import fastlm
+from fastlm.embedding.corpus import cloze_pairs
 from fastlm.embedding.data import load_sts_pairs, read_sts_tsv
 from fastlm.embedding.metrics import spearman
 from fastlm.embedding.teacher import SHARD
-from fastlm.embedding.trainer import DistillSet, EmbedTrainConfig, TowerTrainer, embed_texts
+from fastlm.embedding.trainer import (
+    ClozeSet,
+    DistillSet,
+    EmbedTrainConfig,
+    TowerTrainer,
+    embed_texts,
+)
 from fastlm.models.embedder import new_tower
 
 MAX_TOKENS = 256  # the trained window
@@ -81,6 +88,13 @@ def main() -> None:
     p.add_argument("--teacher", default="all-MiniLM-L6-v2")
     p.add_argument("--dev", type=Path, default=Path("../shared/data/stsb-dev/sts-dev.tsv"))
     p.add_argument("--ict", type=Path, help="BEIR-layout retrieval set to monitor")
+    p.add_argument("--cloze", type=int, default=0, help="inverse-cloze pairs from --cloze-data")
+    p.add_argument(
+        "--cloze-data",
+        type=Path,
+        nargs="+",
+        default=sorted(Path("../shared/data/gutenberg_en").glob("train-*.txt")),
+    )
     p.add_argument("--threads", type=int, default=0)
     for f, v in EmbedTrainConfig().__dict__.items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
@@ -100,7 +114,13 @@ def main() -> None:
     def evaluate(tower) -> dict:
         return {k: v for m in monitors for k, v in m(tower).items()}
 
-    trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate)
+    cloze = None
+    if args.cloze:
+        q, c = cloze_pairs(args.cloze_data, args.cloze, seed=cfg.seed)
+        enc = lambda texts: [s[:MAX_TOKENS] for s in tok.encode_many(texts)]  # noqa: E731
+        cloze = ClozeSet(enc(q), enc(c))
+        print(f"cloze: {len(q)} pairs")
+    trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate, cloze)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
     elif evaluate:

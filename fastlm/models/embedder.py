@@ -4,8 +4,9 @@ Two forms, one interface:
 - a *trained tower*: its own copy of the LM's token table and encoder (same architecture,
   initialised from the LM, then trained for similarity; the LM's output layer dropped) plus a
   linear projection of [mean of top-layer states, mean of token-table rows] (B, 2C) -> (B, dim):
-  the token-table mean carries the lexical signal that next-token states lose. Shipped beside the LM as embedder.safetensors, so similarity training can
-  never make generation or scoring worse.
+  the token-table mean carries the lexical signal that next-token states lose. Shipped beside
+  the LM as embedder.safetensors, so similarity training can never make generation or scoring
+  worse.
 - the *LM itself* (checkpoints without a tower, e.g. fresh from `fastlm train`): the masked mean
   of the LM's top-layer states, no projection.
 
