@@ -5,8 +5,8 @@ The tower starts as a copy of the LM (models/embedder.py), so the language model
 touched. Each step draws one batch from every source given: scored pairs (CoSENT); inverse-cloze
 pairs (a sentence and the rest of its paragraph, in-batch InfoNCE: the retrieval task itself,
 from unlabelled text); texts distilled with in-batch InfoNCE against a teacher (through a
-training-only projection to the teacher's width) plus a cosine-matrix MSE. Runs save a resumable state
-(safetensors + JSON) every `save_every` steps; a resumed run is bit-exact.
+training-only projection to the teacher's width) plus a cosine-matrix MSE. Runs save a
+resumable state (safetensors + JSON) every `save_every` steps; a resumed run is bit-exact.
 """
 
 from __future__ import annotations
