@@ -189,16 +189,16 @@ def tower_embeddings(
     lstm_weights: LSTMKernelWeights | None = None,
 ) -> torch.Tensor:
     """(B, dim) float32: what `tower(input_ids, attention_mask)` computes (models/embedder.py:
-    masked mean of the encoder's top-layer states, then the projection), with the encoder's
-    states from the Triton kernels. lstm_weights: the LSTM encoder's kernel weights, built
-    from the tower when None. No input checks."""
+    masked mean of the encoder's top-layer states, then the tower's projection, which adds its
+    token-table mean), with the encoder's states from the Triton kernels. lstm_weights: the
+    LSTM encoder's kernel weights, built from the tower when None. No input checks."""
     encoder = tower.encoder
     if isinstance(encoder, SimpleLSTM_LM):
         weights = lstm_weights or LSTMKernelWeights.from_model(encoder, dtype)
         states = lstm_hidden_states(weights, input_ids)[0]
     else:
         states = transformer_hidden_states(encoder, input_ids, dtype)
-    return tower.project(mean_pool(states, attention_mask)).float()
+    return tower.project(mean_pool(states, attention_mask), input_ids, attention_mask).float()
 
 
 # ----------------------------------------------------------------------------- backend
