@@ -189,8 +189,8 @@ DRIFT_BOUND = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
 def test_long_sequence_cell_state_does_not_drift(dtype: torch.dtype) -> None:
     """T = 1024 through a plain-PyTorch simulation of the kernels' precision contract (h, x,
     weights in `dtype`, c in fp32, fp32 math), against fp32 math on the same rounded inputs.
-    The interpreter runs ~50 ms per step here, too slow for T >= 512 in CI: the next test ties
-    the kernel to this same simulation on a shorter sequence. The control (c rounded to `dtype`
+    Plain PyTorch covers both dtypes at T = 1024 in a second (the interpreter cannot run bf16);
+    the next test runs the kernel itself over 512 steps in fp16. The control (c rounded to `dtype`
     every step, as the kernels did before) must break the bound, or the bound proves nothing."""
     x_proj, h0, c0, w_hh, bias = drift_inputs(2, 1024, 16)
     low = [t.to(dtype) for t in (x_proj, h0, w_hh, bias)]
@@ -204,21 +204,25 @@ def test_long_sequence_cell_state_does_not_drift(dtype: torch.dtype) -> None:
     assert rounded_err > DRIFT_BOUND[dtype], f"control: rounded c only {rounded_err:.2e} off"
 
 
-def test_sequence_kernel_keeps_cell_state_in_fp32() -> None:
-    """The persistent kernel in fp16 with an fp32 c0 returns an fp32 c_T equal to the fp32-c
-    simulation above, and closer to exact fp32 math than a c rounded every step."""
-    x_proj, h0, c0, w_hh, bias = drift_inputs(1, 48, 16, seed=3)
+@pytest.mark.slow  # ~5-15 s: one program walking 512 steps under the interpreter
+def test_sequence_kernel_cell_state_does_not_drift_over_512_steps() -> None:
+    """The persistent kernel itself, fp16 I/O with an fp32 c0, T = 512 (one program, so the
+    interpreter manages it): c_T is fp32, equals the fp32-c simulation above, and stays within
+    the fp16 drift bound of exact fp32 math where a c rounded every step does not (measured:
+    kernel 2.4e-4, rounded 8.2e-3)."""
+    x_proj, h0, c0, w_hh, bias = drift_inputs(1, 512, 16)
     low = [t.to(DEVICE, torch.float16) for t in (x_proj, h0, w_hh, bias)]
-    c0 = c0.to(DEVICE)
+    h0, c0 = h0.to(DEVICE), c0.to(DEVICE)
     out, (h_t, c_t) = lstm_kernels.lstm_sequence(low[0], low[1], c0, low[2], low[3])
     assert out.dtype == h_t.dtype == torch.float16 and c_t.dtype == torch.float32
-    out_sim, (h_sim, c_sim) = reference.lstm_layer(low[0], low[1], c0, low[2], low[3])
+    out_sim, (_, c_sim) = reference.lstm_layer(low[0], low[1], c0, low[2], low[3])
     assert_close("out", out, out_sim, 5e-3, 1e-2)
-    assert_close("c_T", c_t, c_sim, 1e-3, 1e-3)
-    exact = reference.lstm_layer(low[0].float(), h0.to(DEVICE), c0, low[2].float(), low[3].float())
+    assert_close("c_T", c_t, c_sim, 1e-4, 1e-4)
+    exact = reference.lstm_layer(low[0].float(), h0, c0, low[2].float(), low[3].float())[1][1]
     rounded = reference.lstm_layer(low[0], low[1], c0.half(), low[2], low[3])[1][1]
-    kernel_err = (c_t - exact[1][1]).abs().max().item()
-    assert kernel_err <= (rounded.float() - exact[1][1]).abs().max().item()
+    bound = DRIFT_BOUND[torch.float16]
+    assert (c_t - exact).abs().max().item() < bound
+    assert (rounded.float() - exact).abs().max().item() > bound  # the control breaks it
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
