@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-# the AOT compile needs the real JIT functions, not the interpreter's
-if os.environ.pop("TRITON_INTERPRET", None) not in (None, "0"):
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+# the AOT compile needs the real JIT functions: triton reads this when the kernels are
+# decorated, which happens below, at import
+os.environ.pop("TRITON_INTERPRET", None)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
