@@ -194,3 +194,15 @@ def test_in_batch_infonce_prefers_matching_rows():
     torch.manual_seed(0)
     x = torch.randn(6, 8)
     assert in_batch_infonce(x, x + 0.01 * torch.randn(6, 8)) < in_batch_infonce(x, x.roll(2, 0))
+
+
+def test_tower_when_token_table_and_states_differ_in_width():
+    lm = SimpleLSTM_LM(vocab_size=50, embedding_dim=24, hidden_dim=16, num_layers=1)
+    tower = new_tower(lm)
+    assert tower.proj.in_features == 16 + 24 and tower.dim == 16
+    ids = torch.tensor([[3, 4, 5]])
+    out = tower(ids, torch.ones_like(ids))
+    assert out.shape == (1, 16)
+    with torch.no_grad():  # the [I, 0] start is the LM's own mean of top-layer states
+        states = lm.hidden_states(ids)[0].mean(1)
+    assert torch.allclose(out, states, atol=1e-6)

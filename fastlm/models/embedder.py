@@ -3,7 +3,7 @@
 Two forms, one interface:
 - a *trained tower*: its own copy of the LM's token table and encoder (same architecture,
   initialised from the LM, then trained for similarity; the LM's output layer dropped) plus a
-  linear projection of [mean of top-layer states, mean of token-table rows] (B, 2C) -> (B, dim):
+  linear projection of [mean of top-layer states, mean of token-table rows] (B, C + E) -> (B, dim):
   the token-table mean carries the lexical signal that next-token states lose. Shipped beside
   the LM as embedder.safetensors, so similarity training can never make generation or scoring
   worse.
@@ -28,14 +28,15 @@ EMBEDDER_PREFIX = "encoder."  # tensor names in embedder.safetensors: encoder.*,
 class EmbeddingTower(nn.Module):
     def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
         """encoder: a language model whose `hidden_states(ids)` gives top-layer states (B, T, C)
-        (or (states, (h, c)) for the LSTM). proj: 2C -> dim (states and token-table means), or
+        (or (states, (h, c)) for the LSTM). proj: C + E -> dim (state and token-table means), or
         None for the plain mean of the states."""
         super().__init__()
         self.encoder = encoder
         self.proj = proj
-        width = encoder.config.embed_dim
-        if proj is not None and proj.in_features != 2 * width:
-            raise ValueError(f"proj must take {2 * width} features, not {proj.in_features}")
+        if proj is not None and proj.in_features != pooled_width(encoder):
+            raise ValueError(
+                f"proj must take {pooled_width(encoder)} features, not {proj.in_features}"
+            )
 
     @property
     def config(self):
@@ -71,6 +72,11 @@ class EmbeddingTower(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
 
+def pooled_width(encoder: nn.Module) -> int:
+    """Features the projection takes: top-layer state width + token-table width."""
+    return encoder.config.embed_dim + encoder.embedding.embedding_dim
+
+
 def _headless(lm: nn.Module) -> nn.Module:
     lm.fc = None  # the vocabulary projection belongs to the LM, not the tower
     return lm
@@ -81,9 +87,9 @@ def new_tower(lm_like: nn.Module, dim: int | None = None) -> EmbeddingTower:
     projection starts as [I, 0]: the tower starts as the LM's mean pooling."""
     enc = _headless(copy.deepcopy(lm_like))
     width = enc.config.embed_dim
-    proj = nn.Linear(2 * width, dim or width)
+    proj = nn.Linear(pooled_width(enc), dim or width)
     with torch.no_grad():
-        proj.weight.copy_(torch.eye(proj.out_features, 2 * width))
+        proj.weight.copy_(torch.eye(proj.out_features, pooled_width(enc)))
         proj.bias.zero_()
     return EmbeddingTower(enc, proj)
 
@@ -95,10 +101,10 @@ def tower_from_weights(empty_lm: nn.Module, tensors: dict[str, torch.Tensor]) ->
     if "proj.weight" not in tensors:
         raise ValueError("embedder weights have no proj.weight")
     out_dim, features = tensors["proj.weight"].shape
-    if features != 2 * enc.config.embed_dim:
+    if features != pooled_width(enc):
         raise ValueError(
             f"proj.weight is {tuple(tensors['proj.weight'].shape)}, the encoder needs "
-            f"{2 * enc.config.embed_dim} input features"
+            f"{pooled_width(enc)} input features"
         )
     tower = EmbeddingTower(enc, nn.Linear(features, out_dim))
     expected = set(tower.state_dict())
