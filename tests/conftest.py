@@ -126,7 +126,7 @@ def _with_tower(ckpt_dir: Path, out: Path) -> Path:
     with torch.no_grad():
         for p in tower.encoder.parameters():
             p.add_(0.05 * p.std() * torch.randn(p.shape, generator=gen))
-        tower.proj.weight.add_(0.3 * torch.randn(tower.proj.weight.shape, generator=gen))
+        tower.proj.weight.add_(0.05 * torch.randn(tower.proj.weight.shape, generator=gen))
         tower.proj.bias.add_(0.1 * torch.randn(tower.proj.bias.shape, generator=gen))
     facts = {k: v for k, v in ck.manifest.items() if k not in ("format", "architecture", "files")}
     return save_checkpoint(out, ck.model, ck.tokenizer, extra_manifest=facts, embedder=tower)
