@@ -31,7 +31,7 @@ COMMAND_MODULES = (
     "fastlm.cli",  # train, eval
     "fastlm.cli_infer",  # embed, generate, score
     "fastlm.serve.cli",  # serve
-    "fastlm.export.cli",  # export
+    "fastlm.cli_export",  # export (outside fastlm.export: its package imports onnx)
     "fastlm.bench_cli",  # bench
 )
 

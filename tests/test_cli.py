@@ -116,17 +116,17 @@ def test_eval_matches_direct_nll(env, arch, capsys):
 
 def test_eval_errors(env, tmp_path, capsys):
     ckpt = str(env.runs["lstm"])
-    assert main(["eval", ckpt, "--data", str(tmp_path / "missing.txt")]) == 2
+    assert main(["eval", ckpt, "--data", str(tmp_path / "missing.txt")]) == 1
     assert "missing.txt" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("")
-    assert main(["eval", ckpt, "--data", str(tmp_path / "empty.txt")]) == 2
+    assert main(["eval", ckpt, "--data", str(tmp_path / "empty.txt")]) == 1
     assert "no text to score" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "no-such-model"), "--data", str(env.score)]) == 2
+    assert main(["eval", str(tmp_path / "no-such-model"), "--data", str(env.score)]) == 1
     assert "unknown model" in capsys.readouterr().err
 
 
 def _train_error(args: list[str], capsys) -> str:
-    assert main(["train", "--model", "lstm", *args]) == 2
+    assert main(["train", "--model", "lstm", *args]) == 1  # 1: error, 2: usage
     err = capsys.readouterr().err
     assert err.startswith("fastlm train: error: ")
     return err
