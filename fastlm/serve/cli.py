@@ -11,6 +11,7 @@ SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish 
 from __future__ import annotations
 
 import argparse
+import signal
 
 from fastlm.cli import add_device_flags, nonneg_float, positive_int
 
@@ -67,5 +68,10 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"fastlm serve: {args.name or args.model} on http://{args.host}:{args.port}", flush=True)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make that
+    # handler a no-op so a drained shutdown exits 0 (Ctrl-C still ends as "interrupted", 130).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
-    return 0 if server.started else 1
+    if not server.started:
+        raise OSError(f"could not start the server on {args.host}:{args.port} (see above)")
+    return 0
