@@ -99,7 +99,7 @@ class EmbedBatcher:
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             return None
 
     async def _collect(self) -> list[_Job]:
