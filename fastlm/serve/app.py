@@ -120,6 +120,7 @@ class _State:
             "queued_embedding_jobs": b.queued if b else 0,
             "embedding_batches": b.batches if b else 0,
             "embedded_texts": b.texts if b else 0,
+            "embedding_busy_seconds": round(b.busy_seconds, 3) if b else 0.0,
             "active_streams": self.active_streams,
         }
 

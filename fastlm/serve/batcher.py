@@ -53,6 +53,7 @@ class EmbedBatcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="fastlm-embed")
         self.batches = 0  # batches run so far (for /health and tests)
         self.texts = 0
+        self.busy_seconds = 0.0  # time the model spent on batches (utilisation = busy / wall)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._carry: _Job | None = None  # a job that did not fit the previous batch
         self._task: asyncio.Task | None = None
@@ -122,6 +123,7 @@ class EmbedBatcher:
             return
         loop = asyncio.get_running_loop()
         texts = [t for job in batch for t in job.texts]
+        start = time.perf_counter()
         try:
             vecs = await loop.run_in_executor(self.executor, self.embed_fn, texts)
         except Exception:  # one job may be at fault: retry each alone, keep the others
@@ -134,6 +136,7 @@ class EmbedBatcher:
             return
         self.batches += 1
         self.texts += len(texts)
+        self.busy_seconds += time.perf_counter() - start
         start = 0
         for job in batch:
             _settle(job.future, result=vecs[start : start + len(job.texts)])

@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     limits.add_argument("--max-tokens", type=positive_int, default=1024, help="completion cap")
     limits.add_argument("--batch-window-ms", type=nonneg_float, default=5.0)
     limits.add_argument("--max-batch-tokens", type=positive_int, default=16384)
+    limits.add_argument(
+        "--embed-batch-size", type=positive_int, default=16, help="rows per model call"
+    )
     limits.add_argument("--drain-seconds", type=nonneg_float, default=30.0)
     p.set_defaults(func=run)
 
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         batch_window_ms=args.batch_window_ms,
         max_batch_tokens=args.max_batch_tokens,
+        embed_batch_size=args.embed_batch_size,
     )
     model = load_model(args)
     app = create_app(model, args.name or args.model, config)

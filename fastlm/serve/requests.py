@@ -22,10 +22,21 @@ class ServeConfig:
     max_body_bytes: int = 16 << 20  # request body
     batch_window_ms: float = 5.0  # how long a lone embedding request waits for company
     max_batch_tokens: int = 16384  # tokens per embedding batch (memory bound of one batch)
-    embed_batch_size: int = 64  # rows per model call inside a batch (fastlm.embed batch_size)
+    # Rows per model call inside a batch (embed's batch_size). Small on purpose: a served batch
+    # holds only the texts of the requests in flight (~100 with 16 clients), so 64-row model
+    # batches would pad short texts to the longest of 64 random ones. Measured on the 2-core
+    # CPU: 128 mixed paragraphs embed ~1.5x faster in rows of 16 than in rows of 64.
+    embed_batch_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_items", "max_chars", "max_tokens", "max_body_bytes", "max_batch_tokens"):
+        for name in (
+            "max_items",
+            "max_chars",
+            "max_tokens",
+            "max_body_bytes",
+            "max_batch_tokens",
+            "embed_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_window_ms < 0:
