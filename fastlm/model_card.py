@@ -117,9 +117,9 @@ def render_model_card(manifest: dict, config: dict, name: str, export: dict | No
     files = (export or {}).get("files") or manifest.get("files") or {}
     dim = config.get("d_model") or config.get("hidden_dim")
     load = (
-        'from fastlm.runtime import OnnxModel\nmodel = OnnxModel.load("path/to/this/directory")'
+        'from fastlm.runtime import OnnxModel\n\nmodel = OnnxModel.load("path/to/this/directory")'
         if export
-        else f'import fastlm\nmodel = fastlm.load("{name}")'
+        else f'import fastlm\n\nmodel = fastlm.load("{name}")'
     )
     lines = [
         f"# fastlm `{name}`",
