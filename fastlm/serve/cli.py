@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     limits.add_argument("--batch-window-ms", type=nonneg_float, default=5.0)
     limits.add_argument("--max-batch-tokens", type=positive_int, default=16384)
     limits.add_argument(
-        "--embed-batch-size", type=positive_int, default=16, help="rows per model call"
+        "--embed-batch-size", type=positive_int, default=8, help="rows per model call"
     )
     limits.add_argument("--drain-seconds", type=nonneg_float, default=30.0)
     p.set_defaults(func=run)
