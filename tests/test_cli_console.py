@@ -240,3 +240,10 @@ def test_score_json_matches_the_api(capsys):
     for row, e in zip(rows, expected):
         assert row["log_likelihood"] == pytest.approx(e.log_likelihood, rel=1e-6)
         assert row["bits_per_byte"] == pytest.approx(e.bits_per_byte, rel=1e-6)
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+    proc = run_cli("embed", "--input", str(tmp_path), "--verbose")
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "IsADirectoryError" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("fastlm embed: error: Is a directory")
