@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     add_device_flags(p)
     limits = p.add_argument_group("limits and batching")
     limits.add_argument("--max-items", type=positive_int, default=256, help="texts per request")
-    limits.add_argument("--max-chars", type=positive_int, default=100_000, help="per text")
+    limits.add_argument("--max-chars", type=positive_int, default=20_000, help="per text")
     limits.add_argument("--max-tokens", type=positive_int, default=1024, help="completion cap")
     limits.add_argument("--batch-window-ms", type=nonneg_float, default=5.0)
     limits.add_argument("--max-batch-tokens", type=positive_int, default=16384)
