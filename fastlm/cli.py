@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "fastlm.serve.cli",  # serve
     "fastlm.cli_export",  # export (outside fastlm.export: its package imports onnx)
     "fastlm.bench_cli",  # bench
+    "fastlm.embedding.cli",  # evaluate
 )
 
 # import name of an optional dependency -> the extra that installs it

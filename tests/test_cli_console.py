@@ -19,7 +19,17 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("train", "eval", "embed", "generate", "score", "serve", "export", "bench")
+SUBCOMMANDS = (
+    "train",
+    "eval",
+    "embed",
+    "generate",
+    "score",
+    "serve",
+    "export",
+    "bench",
+    "evaluate",
+)
 
 
 def _env() -> dict:
