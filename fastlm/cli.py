@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from fastlm import __version__
 
@@ -235,6 +236,22 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def _configure_output(verbose: bool) -> None:
+    """fastlm's own INFO logs (a first-use ONNX export takes seconds) and warnings as single
+    `fastlm: ...` lines on stderr; other libraries' INFO logs only with --verbose."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="fastlm: %(levelname)s: %(message)s",
+    )
+    logging.getLogger("fastlm").setLevel(logging.INFO)
+    if not verbose:
+
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            print(f"fastlm: {category.__name__}: {message}", file=sys.stderr)
+
+        warnings.showwarning = one_line
+
+
 def _silence_stdout() -> None:
     """After EPIPE (`fastlm embed | head`): point stdout at /dev/null so the interpreter's
     final flush does not raise again (the recipe in Python's signal docs)."""
@@ -245,10 +262,7 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="fastlm: %(levelname)s: %(message)s",
-    )
+    _configure_output(verbose)
     prefix = f"fastlm {args.command}: "
     try:
         code = args.func(args)

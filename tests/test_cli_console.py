@@ -257,3 +257,21 @@ def test_verbose_adds_the_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "IsADirectoryError" in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("fastlm embed: error: Is a directory")
+
+
+def test_warnings_and_fastlm_info_logs_are_single_lines(capsys, monkeypatch):
+    import logging
+    import warnings
+
+    from fastlm.cli import _configure_output
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after
+    monkeypatch.setattr(logging.getLogger("fastlm"), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.root, "handlers", [])  # basicConfig's handler is dropped after
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    _configure_output(verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("3 texts were truncated", UserWarning, stacklevel=1)
+    assert capsys.readouterr().err == "fastlm: UserWarning: 3 texts were truncated\n"
+    assert logging.getLogger("fastlm").isEnabledFor(logging.INFO)  # first-use export notice
