@@ -85,7 +85,9 @@ def model():
 
 
 def post(client, path: str, body) -> httpx.Response:
-    return client.post(path, json=body)
+    # json.dumps writes NaN as JSON's common extension does (httpx's json= refuses it)
+    content = json.dumps(body).encode()
+    return client.post(path, content=content, headers={"content-type": "application/json"})
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -223,6 +225,8 @@ BAD = {
     "missing model": ({"input": "a"}, 400, "'model' is required"),
     "bad encoding": ({"model": MODEL, "input": "a", "encoding_format": "hex"}, 400, "encoding"),
     "lone surrogate": (b'{"model": "lstm", "input": "\\ud800"}', 400, "surrogate"),
+    "deeply nested": (b"[" * 100_000, 400, "nested too deeply"),
+    "NaN dimensions": (b'{"model": "lstm", "input": "a", "dimensions": NaN}', 400, "dimensions"),
 }
 BAD_COMPLETIONS = {
     "negative max_tokens": ({"max_tokens": -1}, "max_tokens"),
@@ -231,6 +235,8 @@ BAD_COMPLETIONS = {
     "max_tokens a bool": ({"max_tokens": True}, "max_tokens"),
     "temperature a string": ({"temperature": "hot"}, "temperature"),
     "temperature negative": ({"temperature": -0.5}, "temperature"),
+    "temperature NaN": ({"temperature": float("nan")}, "temperature"),
+    "temperature 1e-300": ({"temperature": 1e-300}, "temperature"),
     "top_p zero": ({"top_p": 0}, "top_p"),
     "empty stop": ({"stop": [""]}, "stop"),
     "n > 1": ({"n": 2}, "n"),

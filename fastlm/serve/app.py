@@ -42,6 +42,7 @@ from fastlm.serve.requests import (
 from fastlm.tokenizer import EOT_ID
 
 log = logging.getLogger("fastlm.serve")
+MIN_TEMPERATURE = 1e-6  # below this, sampling is greedy in all but name
 
 
 def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
@@ -54,6 +55,11 @@ def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, err: ApiError):
         return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)  # a bug, not bad input: still JSON, and logged
+    async def server_error(_request: Request, err: Exception):
+        log.error("internal error: %r", err, exc_info=err)
+        return JSONResponse(ApiError(500, "internal server error").body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)  # 404 / 405 in the same JSON shape
     async def http_error(_request: Request, err: StarletteHTTPException):
@@ -157,6 +163,10 @@ class _State:
         }
         if opts["top_p"] == 0:
             raise ApiError(400, "'top_p' must be > 0", "top_p")
+        if 0 < opts["temperature"] < MIN_TEMPERATURE:  # logits / 1e-300 overflow to inf
+            raise ApiError(
+                400, f"'temperature' must be 0 (greedy) or >= {MIN_TEMPERATURE}", "temperature"
+            )
         return opts
 
     async def completions(self, body: dict, request: Request):
@@ -222,7 +232,12 @@ class _State:
         self.active_streams += 1
         try:
             while True:
-                piece = await loop.run_in_executor(self.generator, next, run.pieces, None)
+                try:
+                    piece = await loop.run_in_executor(self.generator, next, run.pieces, None)
+                except Exception as err:  # headers are sent: report in-band, then end
+                    log.error("generation failed mid-stream: %r", err, exc_info=err)
+                    yield _event(ApiError(500, "generation failed").body())
+                    return
                 if piece is None:
                     break
                 yield _event(self._chunk(cid, created, piece, None))

@@ -69,6 +69,8 @@ def parse_body(raw: bytes, limits: ServeConfig) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}") from None
+    except RecursionError:  # "[[[[...": json's parser recurses per nesting level
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
     return body
