@@ -187,10 +187,9 @@ class _State:
                 self._sse(run, cid, created, request), media_type="text/event-stream"
             )
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        loop = asyncio.get_running_loop()
         for i, ids in enumerate(encoded):
             run = self._start(ids, opts, stops)  # one decoder (KV cache) alive at a time
-            text = await loop.run_in_executor(self.generator, lambda r=run: "".join(r.pieces))
+            text = await self._collect(run)
             choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": run.why})
             usage["prompt_tokens"] += run.prompt_tokens
             usage["completion_tokens"] += run.count.n
@@ -225,6 +224,16 @@ class _State:
         # the engine's incremental decoder: complete UTF-8 only, cut at a stop string
         pieces = self.model._text_pieces(count, stops)
         return _Run(pieces, count, len(ids), opts["max_new_tokens"])
+
+    async def _collect(self, run: _Run) -> str:
+        """The whole completion, one piece per executor call, so that concurrent requests
+        (streamed or not) take turns on the generation thread instead of waiting in line."""
+        loop, pieces = asyncio.get_running_loop(), []
+        while (
+            piece := await loop.run_in_executor(self.generator, next, run.pieces, None)
+        ) is not None:
+            pieces.append(piece)
+        return "".join(pieces)
 
     async def _sse(self, run: _Run, cid: str, created: int, request: Request):
         """Server-sent events: one chunk per text piece, then a finish chunk and [DONE]."""
