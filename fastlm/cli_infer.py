@@ -58,6 +58,8 @@ def load_model(args):
 def _texts(args) -> list[str]:
     if args.texts and args.input:
         raise UsageError("give texts as arguments or --input, not both")
+    if not args.texts and args.input is None and sys.stdin.isatty():  # would wait silently
+        raise UsageError("give texts as arguments, --input FILE, or pipe them on stdin")
     return args.texts or read_lines(args.input)
 
 
