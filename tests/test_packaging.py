@@ -51,3 +51,14 @@ def test_lazy_names_are_visible_to_type_checkers():
         assert name in seen, name
         assert getattr(fastlm, name) is getattr(__import__(seen[name], fromlist=[name]), name)
     assert (ROOT / "fastlm" / "py.typed").is_file()
+
+
+def test_ray_helper_without_ray_names_the_extra(monkeypatch):
+    import sys
+
+    from fastlm.scale import embed_dataset
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(ImportError, match=r'pip install "fastlm\[ray\]"'):
+        embed_dataset(object())
