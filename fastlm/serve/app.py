@@ -143,7 +143,9 @@ class _State:
             raise ApiError(
                 400, f"'dimensions' must be {self.model.embedding_dim} for this model", "dimensions"
             )
-        tokens = sum(len(ids) for ids in self.tokenizer.encode_many(texts))
+        # off the event loop: 256 texts of 20k characters take a while to tokenise
+        encoded = await asyncio.to_thread(self.tokenizer.encode_many, texts)
+        tokens = sum(len(ids) for ids in encoded)
         vecs = await self.batcher.embed(texts, max(tokens, 1))
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, fmt)}
@@ -177,7 +179,9 @@ class _State:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be true or false", "stream")
-        encoded = [self._check_prompt(p, opts["max_new_tokens"]) for p in prompts]
+        encoded = await asyncio.to_thread(
+            lambda: [self._check_prompt(p, opts["max_new_tokens"]) for p in prompts]
+        )
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if stream:
             if len(encoded) != 1:
