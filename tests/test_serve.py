@@ -290,3 +290,18 @@ def test_sigterm_drains_the_stream_in_flight():
         httpx.get(f"{url}/health", timeout=2)
     proc.stdout.close()
     proc.stderr.close()
+
+
+def test_taken_port_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-m", "fastlm", "serve", MODEL, "--port", str(port)]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"fastlm serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

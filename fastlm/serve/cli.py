@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 
 from fastlm.cli import add_device_flags, nonneg_float, positive_int
 
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # first: a missing extra is reported before the model loads
 
+    _check_port(args.host, args.port)  # a taken port is one error line, before the model loads
+
     from fastlm.cli_infer import load_model
     from fastlm.serve.app import create_app
     from fastlm.serve.requests import ServeConfig
@@ -75,7 +78,19 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make that
     # handler a no-op so a drained shutdown exits 0 (Ctrl-C still ends as "interrupted", 130).
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
-    if not server.started:
-        raise OSError(f"could not start the server on {args.host}:{args.port} (see above)")
-    return 0
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when startup fails; it has logged why
+        return 0 if exc.code in (0, None) else 1
+    return 0 if server.started else 1
+
+
+def _check_port(host: str, port: int) -> None:
+    """OSError now if host:port cannot be bound (taken, or an address not on this machine)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror}") from None
