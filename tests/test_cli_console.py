@@ -1,8 +1,8 @@
 """The `fastlm` command as users run it: a real process, its exit code and its stderr.
 
 Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted; an error is one line on stderr.
-Each process runs `python -m fastlm` (the same `fastlm.cli:main` as the console script) with this
-checkout first on the path.
+Each process runs the installed `fastlm` console script beside this Python (else `python -m
+fastlm`, the same `fastlm.cli:main`) with this checkout first on the path.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("fastlm")
+FASTLM = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "fastlm"]
 SUBCOMMANDS = (
     "train",
     "eval",
@@ -49,7 +51,7 @@ def run_cli(*args: str, stdin: str | None = None, prelude: str = "") -> subproce
             *args,
         ]
     else:
-        cmd = [sys.executable, "-m", "fastlm", *args]
+        cmd = [*FASTLM, *args]
     return subprocess.run(
         cmd, input=stdin, capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT
     )
@@ -148,7 +150,7 @@ def test_closed_stdout_pipe_is_silent(tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"line number {i}\n" for i in range(300)))  # ~1 MB of JSON
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastlm", "embed", "--input", str(texts), "--threads", "1"],
+        [*FASTLM, "embed", "--input", str(texts), "--threads", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
@@ -178,7 +180,7 @@ def _blocked_on_stdin(pid: int, timeout: float = 60.0) -> None:
 
 def test_ctrl_c_is_one_line_and_exit_130():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastlm", "embed"],  # waits for texts on stdin
+        [*FASTLM, "embed"],  # waits for texts on stdin
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
