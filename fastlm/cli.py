@@ -7,7 +7,8 @@
 
 Conventions (like git, pip, curl): exit 0 ok, 1 error, 2 usage error (argparse, bad flag
 values), 130 interrupted (Ctrl-C). An error is one line on stderr,
-`fastlm CMD: error: ...`; `--verbose` adds the traceback and info logs. Every subcommand is
+`fastlm CMD: error: ...`; `--verbose` adds the traceback. fastlm's own notices (a first-use
+ONNX export) and warnings are single `fastlm: ...` lines on stderr. Every subcommand is
 listed in `--help` whatever is installed: parsers import only the standard library, and a
 subcommand whose optional dependency is missing says which extra to install.
 
@@ -44,7 +45,6 @@ EXTRAS = {
     "onnxscript": "onnx",
     "fastapi": "serve",
     "uvicorn": "serve",
-    "httpx": "serve",
     "ray": "ray",
     "pyarrow": "ray",
     "triton": "gpu",
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fastlm {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="tracebacks on errors, info logs"
+        "-v", "--verbose", action="store_true", help="tracebacks on errors, all info logs"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
