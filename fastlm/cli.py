@@ -94,6 +94,23 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def checked(kind: type, name: str, **bounds):
+    """argparse type: `kind(text)` checked by fastlm.validation under the API's name and rules,
+    so the command line and the API refuse the same values with the same words."""
+    from fastlm import validation
+
+    check = validation.check_int if kind is int else validation.check_float
+
+    def parse(text: str):
+        try:
+            return check(kind(text), name, **bounds)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" messages
+    return parse
+
+
 def device_name(text: str) -> str:
     """argparse type: a device torch understands ("cpu", "cuda", "cuda:1", ...)."""
     import torch  # only when --device is given
@@ -163,7 +180,11 @@ def _run_train(args) -> int:
 
     skip = ("func", "command", "verbose")
     fields = {k: v for k, v in vars(args).items() if k not in skip}
-    path = train(TrainConfig(**fields))
+    try:
+        config = TrainConfig(**fields)  # checks every flag before any file is touched
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from None  # a bad flag value: exit 2, like argparse's
+    path = train(config)
     print(f"final checkpoint: {path}")
     return 0
 
@@ -172,7 +193,9 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="token perplexity and bits per byte of a checkpoint")
     p.add_argument("checkpoint", help="checkpoint or run directory, or a shipped model name")
     p.add_argument("--data", required=True, help="text file to score")
-    p.add_argument("--seq-len", type=int, help="window (default: the training seq_len)")
+    p.add_argument(
+        "--seq-len", type=checked(int, "seq_len", min=1), help="window (default: training's)"
+    )
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_eval)
@@ -184,7 +207,7 @@ def _run_eval(args) -> int:
     from fastlm.training import evaluate_file
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
-    seq_len = args.seq_len or int(ckpt.manifest.get("seq_len", 256))
+    seq_len = args.seq_len if args.seq_len is not None else int(ckpt.manifest.get("seq_len", 256))
     res = evaluate_file(ckpt.model, ckpt.tokenizer, args.data, seq_len, args.device)
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.path), "data": args.data, **res.as_dict()}))
