@@ -85,6 +85,27 @@ def _metrics_section(manifest: dict) -> list[str]:
     ]
 
 
+def _embedder_section(manifest: dict) -> list[str]:
+    """The similarity-trained embedding tower's facts, when the checkpoint ships one."""
+    emb = manifest.get("embedder")
+    if not isinstance(emb, dict):
+        return []
+    lines = [
+        "## Embedding tower",
+        "",
+        "`embed()` runs a tower trained for similarity on top of "
+        "the LM's weights (fastlm/models/embedder.py).",
+        "",
+    ]
+    if emb.get("stsb_dev_at_end") is not None:
+        lines += [f"STS-B dev at the end of its training: {emb['stsb_dev_at_end']}.", ""]
+    if emb.get("steps") is not None:
+        lines += [f"Steps: {emb['steps']:,}.", ""]
+    if emb.get("command"):
+        lines += ["```bash", emb["command"], "```", ""]
+    return lines
+
+
 def _export_section(export: dict) -> list[str]:
     parity = export.get("parity") or {}
     lines = [
@@ -136,6 +157,7 @@ def render_model_card(manifest: dict, config: dict, name: str, export: dict | No
         "",
         *_training_section(manifest),
         *_metrics_section(manifest),
+        *_embedder_section(manifest),
         *(_export_section(export) if export else []),
         "## Intended use",
         "",

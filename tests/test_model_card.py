@@ -55,3 +55,11 @@ def test_card_of_an_export_shows_dtype_and_parity():
 def test_card_without_training_facts_says_so(tmp_path):
     card = render_model_card({"files": {}}, {"architecture": "lstm"}, "bare")
     assert "No training facts recorded" in card and "No test-split metrics recorded" in card
+
+
+def test_card_reports_an_embedding_tower_when_shipped():
+    manifest, config = _inputs("transformer")
+    manifest["embedder"] = {"steps": 1200, "stsb_dev_at_end": 71.5, "command": "train-embedder"}
+    card = render_model_card(manifest, config, "transformer")
+    assert "## Embedding tower" in card and "STS-B dev at the end of its training: 71.5" in card
+    assert "Steps: 1,200." in card and "train-embedder" in card
