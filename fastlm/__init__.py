@@ -6,7 +6,14 @@ only) and `fastlm.tokenizer` stay importable on machines without torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads on use
+    from fastlm.engine import Index, LanguageModel, load
+    from fastlm.hub import available_models
+    from fastlm.tokenizer import Tokenizer
 
 _LAZY = {
     "load": ("fastlm.engine", "load"),
@@ -32,4 +39,4 @@ def __dir__():
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["Index", "LanguageModel", "Tokenizer", "__version__", "available_models", "load"]

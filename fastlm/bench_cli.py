@@ -54,7 +54,7 @@ def load_model(source, key: str, device: str, threads: int | None):
         raise BackendUnavailable(f"{key} runs on CUDA only; the device is {device}")
     try:
         get_backend_class(name)
-    except ValueError as err:
+    except (ValueError, ImportError) as err:
         raise BackendUnavailable(f"backend {name!r} is not available: {err}") from None
     if key == "eager":  # the reference must always load: no error is turned into a skip
         return fastlm.load(source, backend=name, device=device, threads=threads)

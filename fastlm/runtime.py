@@ -175,14 +175,17 @@ class OnnxModel:
     # ------------------------------------------------------------------ generate
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[str],
         max_new_tokens: int = 50,
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
-    ) -> str:
-        """Continue `prompt` (text out, prompt excluded). temperature 0 = greedy; otherwise
-        sampling with numpy's generator seeded by `seed`."""
+    ) -> str | list[str]:
+        """Continue `prompt` (text out, prompt excluded; a list of prompts -> a list of str).
+        temperature 0 (the default everywhere in fastlm) = greedy; otherwise sampling with
+        numpy's generator seeded by `seed`."""
+        if isinstance(prompt, list | tuple) and prompt and all(isinstance(p, str) for p in prompt):
+            return [self.generate(p, max_new_tokens, temperature, top_k, seed) for p in prompt]
         ids = [EOT_ID] + self.tokenizer.encode(_check_text(prompt, "prompt"))
         return self.tokenizer.decode(
             self.generate_ids(ids, max_new_tokens, temperature, top_k, seed)

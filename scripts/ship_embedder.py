@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from fastlm.checkpoint import load_checkpoint, save_checkpoint
 from fastlm.hub import WEIGHTS_DIR
+from fastlm.model_card import write_model_card
 from fastlm.models import build_model
 from fastlm.models.embedder import tower_from_weights
 
@@ -57,6 +58,7 @@ def main() -> None:
         force=True,
         embedder=tower,
     )
+    write_model_card(WEIGHTS_DIR / args.name)  # README.md from the manifest just written
     print(json.dumps(facts["embedder"], indent=1))
 
 

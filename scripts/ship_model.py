@@ -4,7 +4,8 @@
         --test ../shared/data/gutenberg_en/test.txt --command "fastlm train ..."
 
 Writes model.safetensors, config.json, tokenizer.json and manifest.json (sha256 of each file,
-training facts, test-split metrics). No optimizer state is shipped.
+training facts, test-split metrics), then the model card README.md from that manifest. No
+optimizer state is shipped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from fastlm.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from fastlm.hub import WEIGHTS_DIR, resolve_checkpoint
+from fastlm.model_card import write_model_card
 from fastlm.training import evaluate_file
 
 
@@ -62,6 +64,7 @@ def main() -> None:
     save_checkpoint(
         WEIGHTS_DIR / args.name, ckpt.model, ckpt.tokenizer, extra_manifest=facts, force=True
     )
+    write_model_card(WEIGHTS_DIR / args.name)  # README.md from the manifest just written
     logs = Path(__file__).resolve().parents[1] / "docs" / "training_logs"
     logs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(args.run) / "log.jsonl", logs / f"{args.name}.jsonl")

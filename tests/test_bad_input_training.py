@@ -222,7 +222,7 @@ def test_cli_train_refuses_bad_numbers(setup, tmp_path, extra, fragment):
 def test_cli_train_refuses_an_existing_run(setup, finished_run):
     before = _snapshot(finished_run)
     res = _cli(*_train_args(setup, finished_run, "--steps", "3"))
-    assert res.returncode == 2 and "pass --resume" in res.stderr
+    assert res.returncode == 1 and "pass --resume" in res.stderr  # 1: error, 2: bad flags
     assert res.stderr.count("\n") == 1
     assert _snapshot(finished_run) == before
 

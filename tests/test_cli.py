@@ -116,17 +116,17 @@ def test_eval_matches_direct_nll(env, arch, capsys):
 
 def test_eval_errors(env, tmp_path, capsys):
     ckpt = str(env.runs["lstm"])
-    assert main(["eval", ckpt, "--data", str(tmp_path / "missing.txt")]) == 2
+    assert main(["eval", ckpt, "--data", str(tmp_path / "missing.txt")]) == 1
     assert "missing.txt" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("")
-    assert main(["eval", ckpt, "--data", str(tmp_path / "empty.txt")]) == 2
+    assert main(["eval", ckpt, "--data", str(tmp_path / "empty.txt")]) == 1
     assert "no text to score" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "no-such-model"), "--data", str(env.score)]) == 2
+    assert main(["eval", str(tmp_path / "no-such-model"), "--data", str(env.score)]) == 1
     assert "unknown model" in capsys.readouterr().err
 
 
-def _train_error(args: list[str], capsys) -> str:
-    assert main(["train", "--model", "lstm", *args]) == 2
+def _train_error(args: list[str], capsys, code: int = 1) -> str:
+    assert main(["train", "--model", "lstm", *args]) == code  # 1: error, 2: bad flag value
     err = capsys.readouterr().err
     assert err.startswith("fastlm train: error: ")
     return err
@@ -146,7 +146,9 @@ def test_train_data_errors(env, tmp_path, capsys):
     assert "holds no .txt files" in _train_error(
         ["--data", str(tmp_path / "notext"), *out, *base], capsys
     )
-    assert "seq_len must be > 1" in _train_error([*env.train_args, *out, "--seq-len", "1"], capsys)
+    assert "seq_len must be > 1" in _train_error(
+        [*env.train_args, *out, "--seq-len", "1"], capsys, code=2
+    )
 
 
 def test_train_budget_flags_are_exclusive(env, tmp_path):

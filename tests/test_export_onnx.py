@@ -86,7 +86,8 @@ def test_export_directory(tmp_path_factory, small_checkpoints, arch, dtype):
         "manifest.json",
         "parity.json",
     }
-    assert {f.name for f in out.iterdir()} == names
+    assert {f.name for f in out.iterdir()} == names | {"README.md"}  # the card is not hashed
+    assert f"Weights in {dtype}" in (out / "README.md").read_text(encoding="utf-8")
     manifest = verify_export_dir(out)
     assert manifest["dtype"] == dtype and manifest["model"]["architecture"] == arch
     assert set(manifest["files"]) == names - {"manifest.json"}

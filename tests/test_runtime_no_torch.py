@@ -100,6 +100,8 @@ def transformer(dirs) -> OnnxModel:
 def test_generate_options(transformer):
     a = transformer.generate(PROMPT, 12, temperature=1.0, seed=1)
     assert a == transformer.generate(PROMPT, 12, temperature=1.0, seed=1)
+    greedy = [transformer.generate(p, 6, temperature=0) for p in (PROMPT, "The")]
+    assert transformer.generate([PROMPT, "The"], 6) == greedy  # a list; greedy by default
     ids = transformer.generate_ids([1, 40], max_new_tokens=5, temperature=0.5, top_k=1)
     assert ids == transformer.generate_ids([1, 40], max_new_tokens=5, temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"):

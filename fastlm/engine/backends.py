@@ -96,6 +96,13 @@ class TorchBackend(Backend):
 
 
 _REGISTRY: dict[str, type[Backend]] = {"eager": TorchBackend}
+# optional backend -> (module, extra); a missing dependency is reported with how to install it
+_OPTIONAL = {
+    "compile": ("fastlm.engine.compiled", None),
+    "onnx": ("fastlm.engine.onnx_backend", "onnx"),
+    "triton": ("fastlm.engine.triton_backend", "gpu"),
+}
+_MISSING: dict[str, ImportError] = {}
 
 
 def register_backend(name: str, cls: type[Backend]) -> None:
@@ -108,6 +115,13 @@ def backend_names() -> list[str]:
 
 def get_backend_class(name: str) -> type[Backend]:
     _import_optional_backends()
+    if name in _MISSING and name not in _REGISTRY:
+        extra = _OPTIONAL[name][1]
+        raise ImportError(
+            f"backend {name!r} needs {_MISSING[name].name or 'a missing module'}: "
+            f'pip install "fastlm[{extra}]"',
+            name=_MISSING[name].name,
+        )
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; available: {backend_names() + ['auto']}")
     return _REGISTRY[name]
@@ -115,12 +129,9 @@ def get_backend_class(name: str) -> type[Backend]:
 
 def _import_optional_backends() -> None:
     """Optional backends register on import; a missing dependency simply leaves them out."""
-    for module in (
-        "fastlm.engine.compiled",
-        "fastlm.engine.onnx_backend",
-        "fastlm.engine.triton_backend",
-    ):
+    for name, (module, extra) in _OPTIONAL.items():
         try:
             __import__(module)
-        except ImportError:
-            pass
+        except ImportError as err:
+            if extra is not None:
+                _MISSING[name] = err

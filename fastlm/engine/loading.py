@@ -25,7 +25,7 @@ def pick_auto_backend(device: torch.device) -> str:
         try:
             get_backend_class("triton")
             return "triton"
-        except ValueError:
+        except (ValueError, ImportError):
             return "eager"
     return "eager"
 

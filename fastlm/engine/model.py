@@ -142,9 +142,9 @@ class LanguageModel:
     # ------------------------------------------------------------------ generate
     def generate(
         self,
-        prompt_or_ids: str | Sequence[int] | None = None,
+        prompt_or_ids: str | Sequence[str] | Sequence[int] | None = None,
         max_new_tokens: int | None = None,
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
@@ -154,15 +154,22 @@ class LanguageModel:
         start_tokens: Sequence[int] | None = None,
         max_length: int | None = None,
     ):
-        """Sample a continuation.
+        """Continue a prompt: greedy by default, sampling when temperature > 0.
 
         - `generate("text", max_new_tokens=50)` -> the generated text (str), prompt excluded.
+        - `generate(["text", "other"], ...)` -> a list of str, one per prompt (run in turn).
         - `generate([ids], max_new_tokens=50)` -> the generated ids (list[int]).
         - `generate(start_tokens=[ids], max_length=100)` -> start tokens + generated ids, at most
           max_length in all (the seed API).
         - `stream=True` returns an iterator of text pieces (str prompt) or ids instead.
-        temperature 0 = greedy. `seed` makes sampling reproducible.
+        temperature 0 (the default, as in Hugging Face's generate) = greedy: the same text on
+        every backend. temperature > 0 samples; `seed` makes sampling reproducible.
         """
+        if _is_prompt_list(prompt_or_ids):
+            if stream:
+                raise TypeError("stream=True takes one prompt, not a list")
+            opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+            return [self.generate(p, max_new_tokens, **opts) for p in prompt_or_ids]
         ids, as_text, new, keep_prompt = self._generation_request(
             prompt_or_ids, max_new_tokens, start_tokens, max_length
         )
@@ -280,6 +287,15 @@ def _check_ids(ids, vocab_size: int) -> list[int]:
     if not out:
         raise ValueError("token ids are empty: give at least one token")
     return out
+
+
+def _is_prompt_list(value) -> bool:
+    """A non-empty list/tuple of str (a list of ints is token ids)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) > 0
+        and all(isinstance(p, str) for p in value)
+    )
 
 
 def _check_stop(stop) -> list[str]:

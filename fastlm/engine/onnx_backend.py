@@ -12,6 +12,7 @@ device is CUDA, else on CPU. ORT sessions are thread-safe; each decoder owns its
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import torch
 from fastlm.checkpoint import Checkpoint
 from fastlm.engine.backends import Backend, register_backend
 from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
+
+log = logging.getLogger("fastlm")
 
 
 def default_cache_dir() -> Path:
@@ -64,6 +67,12 @@ class OnnxBackend(Backend):
             self.onnx = _load_or_export(checkpoint.path, path, want, threads, providers)
         self.dtype = self.onnx.dtype
         self.export_dir = path
+        if device.type == "cuda" and "CUDAExecutionProvider" not in self.onnx.providers:
+            log.warning(
+                "device is %s but this onnxruntime has no CUDA provider: running on CPU "
+                '(pip install "fastlm[gpu]" for onnxruntime-gpu)',
+                device,
+            )
 
     def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.onnx.embed_batch(input_ids, attention_mask)
@@ -117,6 +126,12 @@ def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers
             pass  # corrupt or half-edited cache entry: export again over it
         except ValueError:
             pass  # a valid export of other weights or another dtype under this key: replace it
+    log.info(
+        "first use of %s %s on ONNX Runtime: exporting to %s (seconds, once)",
+        ckpt_path.name,
+        dtype,
+        path,
+    )
     try:
         export(ckpt_path, path, dtype=dtype, force=path.exists())
     except FileExistsError:

@@ -106,6 +106,18 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _write_card(tmp, ckpt, dtype, report, manifest["files"])
+
+
+def _write_card(tmp: Path, ckpt, dtype: str, report: dict, files: dict) -> None:
+    """README.md from the source checkpoint's facts + the parity report (not in `files`)."""
+    from fastlm.model_card import CARD_FILE, render_model_card
+
+    config = json.loads((tmp / CONFIG_FILE).read_text(encoding="utf-8"))
+    name = f"{ckpt.manifest.get('name') or ckpt.path.name}-{dtype}"
+    export = {"dtype": dtype, "parity": report, "files": files}
+    card = render_model_card(ckpt.manifest, config, name, export)
+    (tmp / CARD_FILE).write_text(card, encoding="utf-8")
 
 
 def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str, embedder=None) -> None:

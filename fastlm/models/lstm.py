@@ -91,13 +91,14 @@ class SimpleLSTM_LM(nn.Module):
         self,
         start_tokens: list[int],
         max_length: int = 100,
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
     ) -> list[int]:
-        """Sample until the sequence holds `max_length` tokens (start tokens included).
+        """Continue until the sequence holds `max_length` tokens (start tokens included).
 
-        The (h, c) state is carried, so each new token costs one step. temperature 0 = greedy.
+        The (h, c) state is carried, so each new token costs one step. temperature 0 (the
+        default) = greedy; > 0 samples.
         Runs with dropout off (eval mode) and restores the model's mode afterwards.
         """
         check_sampling(temperature, top_k, None)

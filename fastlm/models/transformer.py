@@ -160,15 +160,15 @@ class SimpleTransformer_LM(nn.Module):
         self,
         start_tokens: list[int],
         max_length: int = 100,
-        temperature: float = 1.0,
+        temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
     ) -> list[int]:
-        """Sample until the sequence holds `max_length` tokens (start tokens included).
+        """Continue until the sequence holds `max_length` tokens (start tokens included).
 
         Naive full recompute each step: the reference the fast engine is tested against.
-        temperature 0 = greedy. max_length may not exceed the position table. Runs with dropout
-        off (eval mode) and restores the model's mode afterwards.
+        temperature 0 (the default) = greedy; > 0 samples. max_length may not exceed the
+        position table. Runs with dropout off (eval mode) and restores the model's mode afterwards.
         """
         from fastlm.models.lstm import _check_start_tokens
 

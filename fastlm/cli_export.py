@@ -1,10 +1,13 @@
-"""`fastlm export NAME_OR_CKPT --format onnx --dtype {fp32,fp16,int8} --out DIR [--force]`."""
+"""`fastlm export NAME_OR_CKPT --format onnx --dtype {fp32,fp16,int8} --out DIR [--force]`.
+
+The parser lives outside `fastlm.export`, whose package imports onnx and onnxruntime: `--help`
+must work without them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 DTYPES = ("fp32", "fp16", "int8")  # fastlm.export.DTYPES, repeated so --help needs no torch
 
@@ -30,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from fastlm.export import export
     from fastlm.runtime import PARITY_FILE
 
-    try:
-        out = export(args.model, args.out, dtype=args.dtype, force=args.force)
-    except (PermissionError, NotADirectoryError) as err:  # fastlm.cli maps the rest to exit 2
-        print(f"fastlm export: error: {err}", file=sys.stderr)
-        return 2
+    out = export(args.model, args.out, dtype=args.dtype, force=args.force)  # errors: fastlm.cli
     report = json.loads((out / PARITY_FILE).read_text(encoding="utf-8"))
     emb, greedy = report["embedding"], report["greedy"]
     print(f"exported {args.dtype} ONNX to {out}")

@@ -1,0 +1,7 @@
+"""`python -m fastlm ...` is the `fastlm` command."""
+
+import sys
+
+from fastlm.cli import main
+
+sys.exit(main())

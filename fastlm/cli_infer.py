@@ -1,0 +1,214 @@
+"""`fastlm embed`, `fastlm generate` and `fastlm score`: the Python API on the command line.
+
+    fastlm embed "a text" "another"              # JSON lines: {"text": ..., "embedding": [...]}
+    fastlm embed --input docs.txt --out vecs.npy  # one text per line -> (n, D) float32 .npy
+    fastlm generate "Once upon a time" --max-new-tokens 40
+    fastlm score --input test.txt --json          # one JSON object per line of text
+
+Texts come from the arguments, else from --input FILE (or "-", standard input), one per line.
+Only the standard library is imported here; torch loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastlm.cli import UsageError, add_device_flags, nonneg_float, positive_int, read_lines
+
+BACKENDS = ("auto", "eager", "compile", "onnx", "triton")
+ONNX_DTYPES = ("fp32", "fp16", "int8")
+OUT_FORMATS = ("jsonl", "npy")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="transformer", help="shipped name (transformer, lstm) or checkpoint dir"
+    )
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument(
+        "--dtype", choices=ONNX_DTYPES, help="ONNX weights precision (with --backend onnx)"
+    )
+    add_device_flags(p)
+
+
+def _add_input_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("texts", nargs="*", metavar="TEXT", help=f"{what} (default: --input lines)")
+    p.add_argument(
+        "--input", metavar="FILE", help="read one text per line ('-' or default: standard input)"
+    )
+
+
+def load_model(args):
+    """fastlm.load from the shared flags (--model --backend --dtype --device --threads)."""
+    import fastlm
+
+    options = {}
+    if args.dtype is not None:
+        if args.backend != "onnx":
+            raise UsageError("--dtype applies to --backend onnx")
+        options["dtype"] = args.dtype
+    return fastlm.load(
+        args.model, backend=args.backend, device=args.device, threads=args.threads, **options
+    )
+
+
+def _texts(args) -> list[str]:
+    if args.texts and args.input:
+        raise UsageError("give texts as arguments or --input, not both")
+    if not args.texts and args.input is None and sys.stdin.isatty():  # would wait silently
+        raise UsageError("give texts as arguments, --input FILE, or pipe them on stdin")
+    return args.texts or read_lines(args.input)
+
+
+# ----------------------------------------------------------------------------- embed
+def _add_embed(sub) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="embed texts: JSON lines or a .npy array",
+        description='Print one JSON object per text, {"text": ..., "embedding": [D floats]}, '
+        "or write an (n, D) float32 .npy file. Vectors are L2-normalised unless --no-normalize.",
+    )
+    _add_input_flags(p, "texts to embed")
+    _add_model_flags(p)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens")
+    p.add_argument("--no-normalize", dest="normalize", action="store_false")
+    p.add_argument("--out", metavar="FILE", help="write here (.npy or .jsonl) instead of stdout")
+    p.add_argument("--format", choices=OUT_FORMATS, help="output format (default: from --out)")
+    p.set_defaults(func=_run_embed)
+
+
+def _embed_format(args) -> str:
+    if args.format:
+        return args.format
+    if args.out and Path(args.out).suffix == ".npy":
+        return "npy"
+    return "jsonl"
+
+
+def _run_embed(args) -> int:
+    import numpy as np
+
+    from fastlm.io import atomic_write
+
+    fmt = _embed_format(args)
+    if fmt == "npy" and not args.out and sys.stdout.isatty():
+        raise UsageError("--format npy writes binary: give --out FILE.npy or redirect stdout")
+    texts = _texts(args)
+    model = load_model(args)
+    vecs = model.embed(
+        texts, batch_size=args.batch_size, max_length=args.max_length, normalize=args.normalize
+    )
+    if fmt == "npy":
+        if args.out:
+
+            def save(tmp: str) -> None:
+                with open(tmp, "wb") as f:  # a file object: np.save(str) would add ".npy"
+                    np.save(f, vecs)
+
+            atomic_write(args.out, save)
+        else:
+            np.save(sys.stdout.buffer, vecs)
+        return 0
+    lines = (
+        json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]}, ensure_ascii=False)
+        + "\n"
+        for t, v in zip(texts, vecs)
+    )
+    if args.out:
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
+    else:
+        for line in lines:
+            sys.stdout.write(line)
+    return 0
+
+
+# ----------------------------------------------------------------------------- generate
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="continue a text prompt (greedy unless --temperature > 0)",
+        description="Print the continuation of each prompt (the prompt itself excluded). "
+        "Greedy by default; --temperature > 0 samples (--seed makes it reproducible).",
+    )
+    _add_input_flags(p, "prompts")
+    _add_model_flags(p)
+    p.add_argument("--max-new-tokens", type=positive_int, default=50)
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--top-p", type=nonneg_float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop at this string (repeatable)")
+    p.add_argument("--json", action="store_true", help='one {"prompt", "text"} object per line')
+    p.add_argument("--no-stream", dest="stream", action="store_false", help="print when done")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    prompts = _texts(args)
+    model = load_model(args)
+    opts = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    for prompt in prompts:
+        if args.json:
+            text = model.generate(prompt, **opts)
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+        elif args.stream:
+            for piece in model.generate(prompt, stream=True, **opts):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            print(model.generate(prompt, **opts))
+    return 0
+
+
+# ----------------------------------------------------------------------------- score
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="log-likelihood, perplexity and bits per byte of texts",
+        description="Print one line per text: perplexity, bits per byte, tokens (or --json).",
+    )
+    _add_input_flags(p, "texts to score")
+    _add_model_flags(p)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args) -> int:
+    texts = _texts(args)
+    model = load_model(args)
+    for text, res in zip(texts, model.score(texts, batch_size=args.batch_size)):
+        if args.json:
+            row = {
+                "text": text,
+                "log_likelihood": res.log_likelihood,
+                "perplexity": res.perplexity,
+                "bits_per_byte": res.bits_per_byte,
+                "tokens": res.tokens,
+                "bytes": res.bytes,
+            }
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(
+                f"perplexity {res.perplexity:10.3f}  bits/byte {res.bits_per_byte:.4f}  "
+                f"tokens {res.tokens:6d}  {text[:60]!r}"
+            )
+    return 0
+
+
+def add_parser(sub) -> None:
+    _add_embed(sub)
+    _add_generate(sub)
+    _add_score(sub)

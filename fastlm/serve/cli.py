@@ -1,0 +1,96 @@
+"""`fastlm serve MODEL`: the OpenAI-style HTTP server (needs the `serve` extra).
+
+    fastlm serve transformer --port 8000
+    curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' \\
+        -d '{"model": "transformer", "input": ["a text", "another"]}'
+
+SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish (up to
+--drain-seconds), then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+
+from fastlm.cli import add_device_flags, nonneg_float, positive_int
+
+BACKENDS = ("auto", "eager", "compile", "onnx", "triton")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server: OpenAI-style /v1/embeddings and /v1/completions",
+        description="Serve one model over HTTP with the OpenAI embeddings/completions API. "
+        'Needs: pip install "fastlm[serve]".',
+    )
+    p.add_argument("model", metavar="MODEL", help="shipped name (transformer, lstm) or checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model id clients send (default: MODEL)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "int8"), help="with --backend onnx")
+    add_device_flags(p)
+    limits = p.add_argument_group("limits and batching")
+    limits.add_argument("--max-items", type=positive_int, default=256, help="texts per request")
+    limits.add_argument("--max-chars", type=positive_int, default=20_000, help="per text")
+    limits.add_argument("--max-tokens", type=positive_int, default=1024, help="completion cap")
+    limits.add_argument("--batch-window-ms", type=nonneg_float, default=5.0)
+    limits.add_argument("--max-batch-tokens", type=positive_int, default=16384)
+    limits.add_argument(
+        "--embed-batch-size", type=positive_int, default=8, help="rows per model call"
+    )
+    limits.add_argument("--drain-seconds", type=nonneg_float, default=30.0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # first: a missing extra is reported before the model loads
+
+    _check_port(args.host, args.port)  # a taken port is one error line, before the model loads
+
+    from fastlm.cli_infer import load_model
+    from fastlm.serve.app import create_app
+    from fastlm.serve.requests import ServeConfig
+
+    config = ServeConfig(
+        max_items=args.max_items,
+        max_chars=args.max_chars,
+        max_tokens=args.max_tokens,
+        batch_window_ms=args.batch_window_ms,
+        max_batch_tokens=args.max_batch_tokens,
+        embed_batch_size=args.embed_batch_size,
+    )
+    model = load_model(args)
+    app = create_app(model, args.name or args.model, config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info" if getattr(args, "verbose", False) else "warning",
+            timeout_graceful_shutdown=int(args.drain_seconds),
+        )
+    )
+    print(f"fastlm serve: {args.name or args.model} on http://{args.host}:{args.port}", flush=True)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make that
+    # handler a no-op so a drained shutdown exits 0 (Ctrl-C still ends as "interrupted", 130).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when startup fails; it has logged why
+        return 0 if exc.code in (0, None) else 1
+    return 0 if server.started else 1
+
+
+def _check_port(host: str, port: int) -> None:
+    """OSError now if host:port cannot be bound (taken, or an address not on this machine)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise OSError(f"cannot listen on {host}:{port}: {err.strerror}") from None
