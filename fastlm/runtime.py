@@ -11,9 +11,10 @@ Edge cases match `LanguageModel`: embed([]) -> (0, D); "" -> a zero vector; text
 the embedding window are embedded window by window and pooled (fastlm/batching.py, the same
 code as the engine); text prompts are preceded by <|endoftext|> and generation stops at it.
 
-Memory: every session runs with ONNX Runtime's arena shrinkage on (`run_options`), so the
-memory a long batch took goes back to the system after the call instead of staying in the
-arena; an allocation failure is raised as MemoryError (never an ORT arena trace).
+Memory: a run over more than SHRINK_ABOVE_TOKENS input tokens asks ONNX Runtime to shrink its
+arena afterwards (`run_options`), so the memory an outsize batch took goes back to the system
+instead of staying in the arena; an allocation failure is raised as MemoryError (never an ORT
+arena trace).
 """
 
 from __future__ import annotations
@@ -84,17 +85,25 @@ def default_providers() -> list[str]:
 
 
 def run_options() -> ort.RunOptions:
-    """Per-call options: shrink the CPU arena back after each run. Without this the arena keeps
-    its high-water mark (~1.8 GB after one long LSTM input was seen) and the next call of the
-    process can fail under a memory cap. Measured cost on 256-token batches: docs/benchmarks.md."""
+    """Per-call options that shrink the CPU arena back after the run. Without them the arena
+    keeps its high-water mark (measured: 3.2 GB after one 64 x 1,024-token Transformer batch,
+    0.9 GB for the LSTM) and the next call of the process can fail under a memory cap."""
     opts = ort.RunOptions()
     opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return opts
 
 
-def _run(session, feed: dict, what: str, shrink: bool = True) -> list[np.ndarray]:
-    """session.run with an allocation failure raised as MemoryError. Decode steps pass
-    shrink=False: their buffers are small and reused every token."""
+# Shrinking costs a fresh allocation on the next call (measured 1.3-1.5x slower 64 x 256
+# batches), so only runs above this many input tokens shrink: batches within the default
+# token budget reuse the arena; a larger one (an outsize text, a bigger budget) gives its
+# memory back.
+SHRINK_ABOVE_TOKENS = DEFAULT_TOKEN_BUDGET
+
+
+def _run(session, feed: dict, what: str) -> list[np.ndarray]:
+    """session.run (shrinking the arena after an outsize input), with an allocation failure
+    raised as MemoryError."""
+    shrink = feed["input_ids"].size > SHRINK_ABOVE_TOKENS
     try:
         return session.run(None, feed, run_options=RUN_OPTIONS if shrink else None)
     except (ort_state.RuntimeException, ort_state.Fail) as err:
@@ -269,7 +278,7 @@ class OnnxDecoder:
         if self.max_len is not None and self.length + len(ids) > self.max_len:
             raise ValueError(f"the sequence would exceed the context ({self.max_len} tokens)")
         feed = {"input_ids": np.asarray([ids], dtype=np.int64), **self.state}
-        logits, *state = _run(self.session, feed, "a decode step", shrink=len(ids) > 1)
+        logits, *state = _run(self.session, feed, "a decode step")
         self.state = dict(zip(self.state, state))
         self.length += len(ids)
         return logits[0]
