@@ -184,11 +184,13 @@ def test_long_texts_score_alike_on_onnx(onnx_trio, arch, monkeypatch):
 
 # ----------------------------------------------------------------------------- memory
 MEMORY_CHILD = textwrap.dedent("""
-    import json, random, resource, sys
+    import json, random, sys
     import fastlm
 
-    def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def peak_mb():  # VmHWM: this process's own peak (ru_maxrss survives fork + exec)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
 
     path, backend, what, n_words = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     opts = {"export_dir": sys.argv[5]} if backend == "onnx" else {}
@@ -196,7 +198,10 @@ MEMORY_CHILD = textwrap.dedent("""
     rng = random.Random(0)
     words = "the of and a to in was he that it his her with as had for she on at by".split()
     text = " ".join(rng.choice(words) + rng.choice(["", "s", "ed"]) for _ in range(n_words))
-    m.embed(["warm up"] * 70); m.score(["warm up " * 300] * 4)
+    # warm up with full batches (a quarter of the text): the growth measured below is then what
+    # the text's length adds beyond one token budget's worth of activations
+    quarter = " ".join(text.split()[: n_words // 4])
+    m.embed(quarter); m.score(["warm up " * 300] * 4)
     before = peak_mb()
     if what == "embed":
         vec = m.embed(text)
@@ -228,11 +233,15 @@ def _child_env() -> dict:
     "arch,what", [("lstm", "embed"), ("lstm", "score"), ("transformer", "embed")]
 )
 def test_unbounded_lstm_and_long_texts_run_in_bounded_memory(small_checkpoints, arch, what):
-    """A ~60k-token text: the LSTM used to take ~8 KB/token to embed and 23-39 KB/token to score
-    (0.5-2.3 GB here); windows and chunks carrying the state keep the peak flat."""
+    """Linux only (reads /proc/self/status).
+    A ~60k-token text: the LSTM used to take ~8 KB/token to embed and 23-39 KB/token to score
+    (0.5-2.3 GB here); windows and chunks carrying the state keep the peak flat (what is left
+    is the tokenizer, ~0.45 KB per token while encoding, and allocator noise)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
     out = _peak_growth(small_checkpoints[arch], "eager", what, 60_000)
     assert out["tokens"] > 50_000
-    assert out["grew_mb"] < 200, out
+    assert out["grew_mb"] < 300, out  # old code: +620 MB (embed), +2,170 MB (score)
 
 
 @pytest.mark.slow
