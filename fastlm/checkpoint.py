@@ -5,6 +5,8 @@ Layout of a checkpoint directory:
     config.json         model config (architecture + sizes)
     tokenizer.json      the tokenizer the model was trained with
     manifest.json       sha256 of every file above (+ optional training facts)
+    embedder.safetensors  optional: the similarity-trained embedding tower (models/embedder.py);
+                          without it `embed()` pools the LM's own top-layer states
     optimizer.safetensors, trainer_state.json   only in training checkpoints (for --resume)
 """
 
@@ -23,9 +25,11 @@ from safetensors.torch import load_file, save_file
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, build_model, config_from_dict
 from fastlm.models.config import config_to_json
+from fastlm.models.embedder import EmbeddingTower, tower_from_weights
 from fastlm.tokenizer import Tokenizer
 
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
+EMBEDDER_FILE = "embedder.safetensors"
 MANIFEST_FILE, OPTIM_FILE, STATE_FILE = (
     "manifest.json",
     "optimizer.safetensors",
@@ -45,6 +49,24 @@ class Checkpoint:
     tokenizer: Tokenizer
     manifest: dict[str, Any]
     path: Path
+    embedder: EmbeddingTower | None = None  # None: set to the LM's own mean pooling
+
+    def __post_init__(self):
+        if self.embedder is None:
+            self.embedder = EmbeddingTower(self.model)
+
+    @property
+    def weights_digest(self) -> str:
+        """sha256 over the digests of every weight file: names what this checkpoint computes."""
+        import hashlib
+
+        files = self.manifest.get("files", {})
+        parts = [f"{n}={files.get(n) or sha256_file(self.path / n)}" for n in self.weight_files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    @property
+    def weight_files(self) -> list[str]:
+        return [MODEL_FILE] + ([EMBEDDER_FILE] if self.embedder.proj is not None else [])
 
 
 def save_checkpoint(
@@ -55,12 +77,16 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     force: bool = False,
+    embedder: EmbeddingTower | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory atomically; returns its path."""
+    """Write a complete checkpoint directory atomically; returns its path. `embedder`: a
+    trained tower to ship beside the LM (embedder.safetensors)."""
 
     def fill(tmp: Path) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / MODEL_FILE))
+        if embedder is not None:
+            save_file(embedder.weights(), str(tmp / EMBEDDER_FILE))
         (tmp / CONFIG_FILE).write_text(config_to_json(model.config), encoding="utf-8")
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
         if optimizer is not None:
@@ -123,7 +149,14 @@ def load_checkpoint(
         raise CheckpointError(str(err)) from None
     model = build_model(config)
     model.load_state_dict(_load_tensors(path / MODEL_FILE, device="cpu"))
-    return Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path)
+    embedder = None
+    if EMBEDDER_FILE in manifest.get("files", {}):
+        try:
+            embedder = tower_from_weights(build_model(config), _load_tensors(path / EMBEDDER_FILE))
+        except ValueError as err:
+            raise CheckpointError(f"{path / EMBEDDER_FILE}: {err}") from None
+        embedder = embedder.to(device).eval()
+    return Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path, embedder)
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_eval, _add_embed):
         add(sub)
-    for module in ("fastlm.export.cli", "fastlm.bench_cli"):
+    for module in ("fastlm.export.cli", "fastlm.bench_cli", "fastlm.embedding.cli"):
         try:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
         except ImportError:

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from fastlm.checkpoint import Checkpoint
-from fastlm.models.layers import mean_pool
 
 SCORE_CHUNK = 1024  # time steps per scoring chunk: bounds logits (and LSTM activation) memory
 
@@ -42,7 +41,8 @@ class Backend:
         self.device = device
 
     def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids + mask -> (B, D) float32 mean of top-layer states over real tokens."""
+        """(B, T) int64 ids + mask -> (B, D) float32 output of the checkpoint's embedding tower
+        (models/embedder.py: pooled over real tokens, projected), not normalised."""
         raise NotImplementedError
 
     def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -67,6 +67,7 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         self.model = checkpoint.model.to(device).eval()
+        self.embedder = checkpoint.embedder.to(device).eval()
         self._hidden: Callable = self.model.hidden_states
         self._step = None
 
@@ -78,8 +79,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             ids = torch.from_numpy(input_ids).to(self.device)
             mask = torch.from_numpy(attention_mask).to(self.device)
-            pooled = mean_pool(self._states(ids), mask)
-            return pooled.cpu().numpy()  # one host copy per batch
+            return self.embedder(ids, mask).float().cpu().numpy()  # one host copy per batch
 
     def nll_batch(self, input_ids, attention_mask):
         return chunked_nll(self.model, input_ids, attention_mask, self.device)

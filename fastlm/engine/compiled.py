@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from fastlm.engine.backends import TorchBackend, register_backend
 from fastlm.engine.decoding import build_step, make_decoder
-from fastlm.models.layers import mean_pool
 
 CACHE_BUCKET = 256
 
@@ -53,7 +52,7 @@ class CompileBackend(TorchBackend):
 
     # eager bodies that torch.compile traces
     def _pool_eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mean_pool(self._states(ids), mask)
+        return self.embedder(ids, mask)
 
     def _nll_eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = self.model.fc(self._states(ids[:, :-1])).float()

@@ -3,7 +3,7 @@
     fastlm.load("transformer", backend="onnx", dtype="int8")
 
 On first use the checkpoint is exported (fastlm.export, with its parity certificate) into a
-cache directory, ~/.cache/fastlm/onnx/<sha256 of model.safetensors>-<dtype>/ (under
+cache directory, ~/.cache/fastlm/onnx/<sha256 of the weight files>-<dtype>/ (under
 $XDG_CACHE_HOME when set); later loads reuse it after checking its sha256 manifest. Pass
 export_dir= to run a directory written by `fastlm export` instead. Sessions are created once
 (ORT_ENABLE_ALL, intra-op threads = `threads`) on CUDA when this onnxruntime has it and the
@@ -19,9 +19,8 @@ import numpy as np
 import onnxruntime  # noqa: F401  (a missing onnxruntime leaves this backend unregistered)
 import torch
 
-from fastlm.checkpoint import MODEL_FILE, Checkpoint
+from fastlm.checkpoint import Checkpoint
 from fastlm.engine.backends import SCORE_CHUNK, Backend, chunked_nll, register_backend
-from fastlm.io import sha256_file
 from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
 
 # lm.onnx has no state input: LSTM texts longer than this are scored by the eager LSTM in
@@ -60,15 +59,13 @@ class OnnxBackend(Backend):
         providers = default_providers()
         if device.type != "cuda":
             providers = ["CPUExecutionProvider"]
-        model_sha = checkpoint.manifest.get("files", {}).get(MODEL_FILE) or sha256_file(
-            checkpoint.path / MODEL_FILE
-        )
+        weights_sha = checkpoint.weights_digest  # LM + embedding tower
         if export_dir is not None:
             path = Path(export_dir)
             self.onnx = OnnxModel.load(path, threads, providers)
-            _check_source(self.onnx, model_sha, path)
+            _check_source(self.onnx, weights_sha, path)
         else:
-            path = Path(cache_dir or default_cache_dir()) / f"{model_sha}-{dtype}"
+            path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
             self.onnx = _load_or_export(checkpoint.path, path, dtype, threads, providers)
         self.dtype = self.onnx.dtype
         self.export_dir = path
@@ -141,12 +138,12 @@ def _load_or_export(ckpt_path: Path, path: Path, dtype: str, threads, providers)
     return OnnxModel.load(path, threads, providers)
 
 
-def _check_source(onnx_model: OnnxModel, model_sha: str, path: Path) -> None:
-    source = onnx_model.manifest.get("source", {}).get("model_sha256")
-    if source != model_sha:
+def _check_source(onnx_model: OnnxModel, weights_sha: str, path: Path) -> None:
+    source = onnx_model.manifest.get("source", {}).get("weights_sha256")
+    if source != weights_sha:
         raise ValueError(
-            f"{path} was exported from different weights (model sha256 {str(source)[:12]}...) "
-            f"than the checkpoint being loaded ({model_sha[:12]}...)"
+            f"{path} was exported from different weights (sha256 {str(source)[:12]}...) "
+            f"than the checkpoint being loaded ({weights_sha[:12]}...)"
         )
 
 

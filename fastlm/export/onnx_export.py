@@ -1,8 +1,9 @@
 """Export a model's three fp32 ONNX graphs: embed.onnx, lm.onnx and decode.onnx.
 
 Graphs (batch and sequence axes dynamic; B = batch, T = tokens, V = vocab):
-- embed.onnx   input_ids, attention_mask (B, T) int64 -> embedding (B, D) float32: the masked
-               mean of the top layer's states (fastlm.models.layers.mean_pool), not normalised.
+- embed.onnx   input_ids, attention_mask (B, T) int64 -> embedding (B, D) float32: the
+               checkpoint's embedding tower (fastlm/models/embedder.py: masked mean of its
+               encoder's top-layer states, projected), not normalised.
 - lm.onnx      input_ids (B, T) int64 -> logits (B, T, V) float32, every position.
 - decode.onnx  continue sequences by T >= 1 tokens and return the last position's logits (B, V):
     LSTM:        input_ids (B, T), h, c (L, B, H) -> logits, h_out, c_out.
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
-from fastlm.models.layers import mean_pool
+from fastlm.models.embedder import EmbeddingTower
 from fastlm.runtime import DECODE_FILE, EMBED_FILE, LM_FILE
 
 OPSET = 17  # first opset with LayerNormalization; ORT 1.18+ runs it on CPU and CUDA
@@ -41,14 +42,14 @@ def _top_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 class EmbedGraph(nn.Module):
-    """(input_ids, attention_mask) (B, T) -> (B, D) masked mean of the top layer's states."""
+    """(input_ids, attention_mask) (B, T) -> (B, D) embedding tower output, not normalised."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, embedder: EmbeddingTower):
         super().__init__()
-        self.model = model
+        self.embedder = embedder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return mean_pool(_top_states(self.model, input_ids), attention_mask)
+        return self.embedder(input_ids, attention_mask)
 
 
 class LMGraph(nn.Module):
@@ -132,15 +133,19 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: d
         )
 
 
-def export_graphs(model: nn.Module, out_dir: Path) -> list[str]:
-    """Write the fp32 embed/lm/decode graphs of `model` (eval mode) into out_dir; return names."""
+def export_graphs(
+    model: nn.Module, out_dir: Path, embedder: EmbeddingTower | None = None
+) -> list[str]:
+    """Write the fp32 embed/lm/decode graphs of `model` (eval mode) into out_dir; return names.
+    embed.onnx runs `embedder` (default: the LM's own mean pooling)."""
     model = model.eval().cpu()
+    embedder = (embedder or EmbeddingTower(model)).eval().cpu()
     BT = {0: "batch", 1: "seq"}
     ids = torch.randint(0, model.config.vocab_size, (2, 5))
     mask = torch.ones_like(ids)
     with torch.no_grad():
         _export(
-            EmbedGraph(model),
+            EmbedGraph(embedder),
             (ids, mask),
             out_dir / EMBED_FILE,
             {"input_ids": BT, "attention_mask": BT},

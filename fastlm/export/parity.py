@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastlm.export.onnx_export import EmbedGraph
 from fastlm.models import SimpleLSTM_LM
+from fastlm.models.embedder import EmbeddingTower
 from fastlm.runtime import OnnxModel
 from fastlm.tokenizer import EOT_ID, Tokenizer, pad_batch
 
@@ -58,7 +58,9 @@ BOUNDS: dict[str, dict[str, float]] = {
 }
 
 
-def certify(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
+def certify(
+    model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str, embedder=None
+) -> dict:
     """Compare `onnx_model` with the fp32 torch `model`; the report written as parity.json.
 
     PyTorch runs on one thread here: the probes are small, and on a busy machine its
@@ -66,16 +68,17 @@ def certify(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _certify(model.eval().cpu(), tokenizer, onnx_model, dtype)
+        embedder = (embedder or EmbeddingTower(model)).eval().cpu()
+        return _certify(model.eval().cpu(), embedder, tokenizer, onnx_model, dtype)
     finally:
         torch.set_num_threads(previous)
 
 
-def _certify(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
+def _certify(model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
     batch = pad_batch(tokenizer.encode_many(list(PROBE_TEXTS)))
     ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
     with torch.inference_mode():
-        ref_emb = EmbedGraph(model)(ids, mask).numpy()
+        ref_emb = embedder(ids, mask).numpy()
         states = model.hidden_states(ids)
         ref_logits = model.fc(states[0] if isinstance(states, tuple) else states).numpy()
     emb = onnx_model.embed_batch(batch.input_ids, batch.attention_mask)

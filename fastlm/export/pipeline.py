@@ -77,7 +77,7 @@ def _check_writable(out: Path) -> None:
 
 
 def _fill(tmp: Path, ckpt, dtype: str) -> None:
-    write_graphs(ckpt.model, tmp, dtype)
+    write_graphs(ckpt.model, tmp, dtype, ckpt.embedder)
     (tmp / TOKENIZER_FILE).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
     (tmp / CONFIG_FILE).write_text(config_to_json(ckpt.config), encoding="utf-8")
     manifest = {
@@ -89,6 +89,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
             "checkpoint": str(ckpt.path),
             "model_sha256": ckpt.manifest["files"].get(MODEL_FILE)
             or sha256_file(ckpt.path / MODEL_FILE),
+            "weights_sha256": ckpt.weights_digest,  # LM + embedding tower
         },
         "versions": {
             "fastlm": fastlm.__version__,
@@ -100,20 +101,20 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     }
     # The certificate is measured on the CPU provider (whatever this machine has), one thread.
     runtime_model = OnnxModel.open(tmp, manifest, threads=1, providers=["CPUExecutionProvider"])
-    report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype)
+    report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype, ckpt.embedder)
     check(report)
     (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
-def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str) -> None:
-    """The three graphs of `model` in `dtype`, written into out_dir."""
+def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str, embedder=None) -> None:
+    """The three graphs of `model` (embed.onnx from `embedder`) in `dtype`, into out_dir."""
     if dtype == "fp32":
-        export_graphs(model, out_dir)
+        export_graphs(model, out_dir, embedder)
         return
     with tempfile.TemporaryDirectory(prefix="fastlm-fp32-") as tmp:
-        for name in export_graphs(model, Path(tmp)):
+        for name in export_graphs(model, Path(tmp), embedder):
             src, dst = Path(tmp) / name, out_dir / name
             if dtype == "fp16":
                 onnx.save(to_fp16(onnx.load(str(src))), str(dst))

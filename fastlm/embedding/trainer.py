@@ -1,0 +1,209 @@
+"""Train the embedding tower for similarity: CoSENT on scored pairs + teacher distillation.
+
+The tower starts as a copy of the LM (models/embedder.py), so the language model itself is never
+touched. Each step draws one batch of scored pairs (CoSENT) and, when teacher vectors are given,
+one batch of texts distilled with in-batch InfoNCE against the teacher (through a training-only
+projection to the teacher's width) plus a cosine-matrix MSE. Runs save a resumable state
+(safetensors + JSON) every `save_every` steps; a resumed run is bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from fastlm.embedding.data import BatchSchedule, StsPairs, padded
+from fastlm.embedding.losses import cosent_loss, similarity_mse, teacher_infonce
+from fastlm.io import atomic_write_dir
+from fastlm.models.embedder import EmbeddingTower
+
+
+@dataclass
+class EmbedTrainConfig:
+    steps: int = 2000
+    lr: float = 1e-4  # a fine-tune of trained weights: small steps
+    warmup: int = 100
+    weight_decay: float = 0.01
+    pair_batch: int = 32  # scored pairs per step (CoSENT)
+    text_batch: int = 128  # distillation texts per step (in-batch negatives)
+    sts_weight: float = 1.0
+    infonce_weight: float = 1.0
+    simmse_weight: float = 10.0  # the cosine-matrix MSE is ~1e-2 in size; this evens it out
+    temperature: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 200
+    eval_every: int = 200
+
+    def __post_init__(self):
+        for name in ("steps", "warmup", "pair_batch", "text_batch", "save_every", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "warmup" else 1):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("lr", "temperature", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, float | int) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+
+
+@dataclass
+class DistillSet:
+    ids: list[list[int]]  # tokenised texts
+    teacher: np.ndarray  # (N, Dt) float16, L2-normalised
+
+
+def lr_at(step: int, cfg: EmbedTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class TowerTrainer:
+    def __init__(
+        self,
+        tower: EmbeddingTower,
+        cfg: EmbedTrainConfig,
+        pairs: StsPairs | None,
+        distill: DistillSet | None,
+        out: str | Path,
+        evaluate=None,
+    ):
+        if pairs is None and distill is None:
+            raise ValueError("nothing to train on: give scored pairs, teacher vectors, or both")
+        self.tower, self.cfg, self.pairs, self.distill = tower, cfg, pairs, distill
+        self.out, self.evaluate = Path(out), evaluate
+        self.out.mkdir(parents=True, exist_ok=True)
+        params = list(tower.parameters())
+        self.head = None
+        if distill is not None:  # training-only projection to the teacher's width
+            self.head = torch.nn.Linear(tower.dim, distill.teacher.shape[1])
+            torch.manual_seed(cfg.seed)
+            self.head.reset_parameters()
+            params += list(self.head.parameters())
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        if pairs is not None:
+            lens = np.array([max(len(a), len(b)) for a, b in zip(pairs.left, pairs.right)])
+            self.pair_schedule = BatchSchedule(lens, cfg.pair_batch, cfg.seed)
+        if distill is not None:
+            lens = np.array([len(s) for s in distill.ids])
+            self.text_schedule = BatchSchedule(lens, cfg.text_batch, cfg.seed + 1)
+
+    def _embed(self, seqs: list[list[int]]) -> torch.Tensor:
+        ids, mask = padded(seqs)
+        return self.tower(torch.from_numpy(ids), torch.from_numpy(mask))
+
+    def _loss(self, step: int) -> tuple[torch.Tensor, dict]:
+        cfg, parts = self.cfg, {}
+        total = torch.zeros(())
+        if self.pairs is not None:
+            idx = self.pair_schedule(step)
+            u = self._embed([self.pairs.left[i] for i in idx])
+            v = self._embed([self.pairs.right[i] for i in idx])
+            loss = cosent_loss(u, v, torch.from_numpy(self.pairs.gold[idx]))
+            parts["cosent"] = loss.item()
+            total = total + cfg.sts_weight * loss
+        if self.distill is not None:
+            idx = self.text_schedule(step)
+            z = self._embed([self.distill.ids[i] for i in idx])
+            t = torch.from_numpy(self.distill.teacher[idx].astype(np.float32))
+            nce = teacher_infonce(self.head(z), t, cfg.temperature)
+            mse = similarity_mse(z, t)
+            parts.update(infonce=nce.item(), simmse=mse.item())
+            total = total + cfg.infonce_weight * nce + cfg.simmse_weight * mse
+        return total, parts
+
+    def train(self, log=print) -> None:
+        cfg = self.cfg
+        self.tower.eval()  # dropout off: the loss alone decides, and resume stays exact
+        t0 = time.time()
+        while self.step < cfg.steps:
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, cfg)
+            loss, parts = self._loss(self.step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for g in self.opt.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            self.opt.step()
+            self.step += 1
+            record = {"step": self.step, "loss": loss.item(), **parts, "seconds": time.time() - t0}
+            last = self.step == cfg.steps
+            evaluated = self.evaluate is not None and (self.step % cfg.eval_every == 0 or last)
+            if evaluated:
+                with torch.no_grad():
+                    record.update(self.evaluate(self.tower))
+            if self.step % cfg.save_every == 0 or last:
+                self.save()
+            if evaluated or self.step % 20 == 0:
+                log(json.dumps(record))
+                with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------- state
+    def save(self) -> None:
+        def fill(tmp: Path) -> None:
+            save_file(self.tower.weights(), str(tmp / "tower.safetensors"))
+            if self.head is not None:
+                save_file(dict(self.head.state_dict()), str(tmp / "head.safetensors"))
+            tensors, groups = {}, []
+            sd = self.opt.state_dict()
+            for idx, state in sd["state"].items():
+                for key, value in state.items():
+                    tensors[f"{idx}.{key}"] = torch.as_tensor(value).detach().clone()
+            groups = sd["param_groups"]
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            state = {"step": self.step, "config": asdict(self.cfg), "param_groups": groups}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_dir(self.out / f"step_{self.step:06d}", fill)
+        tmp = self.out / "latest.tmp"
+        tmp.write_text(f"step_{self.step:06d}")
+        tmp.replace(self.out / "latest")
+
+    def resume(self) -> bool:
+        """Load the latest saved state if there is one; returns whether it did."""
+        pointer = self.out / "latest"
+        if not pointer.exists():
+            return False
+        d = self.out / pointer.read_text().strip()
+        state = json.loads((d / "state.json").read_text())
+        self.tower.load_state_dict(load_file(str(d / "tower.safetensors")))
+        if self.head is not None:
+            self.head.load_state_dict(load_file(str(d / "head.safetensors")))
+        tensors = load_file(str(d / "optimizer.safetensors"))
+        opt_state: dict = {}
+        for name, t in tensors.items():
+            idx, key = name.split(".", 1)
+            opt_state.setdefault(int(idx), {})[key] = t
+        self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.step = state["step"]
+        return True
+
+
+def embed_texts(tower: EmbeddingTower, seqs: list[list[int]], batch: int = 128) -> np.ndarray:
+    """(n, D) L2-normalised float32 tower embeddings of token lists (empty -> zero row)."""
+    out = np.zeros((len(seqs), tower.dim), dtype=np.float32)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    tower.eval()
+    with torch.no_grad():
+        for s in range(0, len(order), batch):
+            idx = [i for i in order[s : s + batch] if seqs[i]]
+            if idx:
+                out[idx] = F.normalize(tower_forward(tower, [seqs[i] for i in idx]), dim=1).numpy()
+    return out
+
+
+def tower_forward(tower: EmbeddingTower, seqs: list[list[int]]) -> torch.Tensor:
+    ids, mask = padded(seqs)
+    return tower(torch.from_numpy(ids), torch.from_numpy(mask))

@@ -1,0 +1,101 @@
+"""EmbeddingTower: what `embed()` runs, a pooled (and optionally projected) encoder.
+
+Two forms, one interface:
+- a *trained tower*: its own copy of the LM's token table and encoder (same architecture,
+  initialised from the LM, then trained for similarity; the LM's output layer dropped) plus a
+  linear projection. Shipped beside the LM as embedder.safetensors, so similarity training can
+  never make generation or scoring worse.
+- the *LM itself* (checkpoints without a tower, e.g. fresh from `fastlm train`): the masked mean
+  of the LM's top-layer states, no projection.
+
+forward(input_ids (B, T), attention_mask (B, T)) -> (B, dim) float32, not normalised.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from fastlm.models.layers import mean_pool
+
+EMBEDDER_PREFIX = "encoder."  # tensor names in embedder.safetensors: encoder.*, proj.*
+
+
+class EmbeddingTower(nn.Module):
+    def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
+        """encoder: a language model whose `hidden_states(ids)` gives top-layer states (B, T, C)
+        (or (states, (h, c)) for the LSTM). proj: C -> dim, or None for the plain mean."""
+        super().__init__()
+        self.encoder = encoder
+        self.proj = proj
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    @property
+    def dim(self) -> int:
+        return self.proj.out_features if self.proj is not None else self.config.embed_dim
+
+    def states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> top-layer states (B, T, C)."""
+        out = self.encoder.hidden_states(input_ids)
+        return out[0] if isinstance(out, tuple) else out
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) pooled states -> (B, dim)."""
+        return pooled if self.proj is None else self.proj(pooled)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.project(mean_pool(self.states(input_ids), attention_mask))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors embedder.safetensors holds (a trained tower only)."""
+        if self.proj is None:
+            raise ValueError("a tower that is the LM itself has no weights of its own")
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+
+def _headless(lm: nn.Module) -> nn.Module:
+    lm.fc = None  # the vocabulary projection belongs to the LM, not the tower
+    return lm
+
+
+def new_tower(lm_like: nn.Module, dim: int | None = None) -> EmbeddingTower:
+    """A trainable tower initialised from a trained LM (a deep copy: the LM is untouched); the
+    projection starts as the identity, so the tower starts as the LM's mean pooling."""
+    enc = _headless(copy.deepcopy(lm_like))
+    width = enc.config.embed_dim
+    proj = nn.Linear(width, dim or width)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(proj.out_features, width))
+        proj.bias.zero_()
+    return EmbeddingTower(enc, proj)
+
+
+def tower_from_weights(empty_lm: nn.Module, tensors: dict[str, torch.Tensor]) -> EmbeddingTower:
+    """Rebuild a trained tower from embedder.safetensors tensors around a fresh LM of the right
+    config. Raises ValueError when names or shapes do not match."""
+    enc = _headless(empty_lm)
+    if "proj.weight" not in tensors:
+        raise ValueError("embedder weights have no proj.weight")
+    out_dim, width = tensors["proj.weight"].shape
+    if width != enc.config.embed_dim:
+        raise ValueError(
+            f"proj.weight is {tuple(tensors['proj.weight'].shape)}, "
+            f"the encoder width is {enc.config.embed_dim}"
+        )
+    tower = EmbeddingTower(enc, nn.Linear(width, out_dim))
+    expected = set(tower.state_dict())
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ValueError(f"embedder weights do not match: missing {missing[:3]}, extra {extra[:3]}")
+    try:
+        tower.load_state_dict(tensors)
+    except RuntimeError as e:  # shape mismatch
+        raise ValueError(
+            f"embedder weights do not fit the model: {str(e).splitlines()[-1]}"
+        ) from None
+    return tower.eval()

@@ -1,0 +1,86 @@
+"""Train the embedding tower of a shipped (or trained) model for similarity.
+
+    python scripts/train_embedder.py transformer --out runs/embed-transformer \
+        --sts ../shared/data/stsb-train/sts-train.tsv --distill runs/distill --steps 3000
+
+--distill DIR is the output of scripts/distill_texts.py (texts.jsonl + cached teacher shards;
+only finished shards are used). Run the same command again to resume. STS-B dev is evaluated
+along the way for monitoring (never trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastlm
+from fastlm.embedding.data import load_sts_pairs, read_sts_tsv
+from fastlm.embedding.metrics import spearman
+from fastlm.embedding.teacher import SHARD
+from fastlm.embedding.trainer import DistillSet, EmbedTrainConfig, TowerTrainer, embed_texts
+from fastlm.models.embedder import new_tower
+
+MAX_TOKENS = 256  # the trained window
+
+
+def load_distill(d: Path, tokenizer, teacher: str) -> DistillSet:
+    texts = [json.loads(line) for line in (d / "texts.jsonl").open(encoding="utf-8")]
+    shards = sorted((d / f"teacher-{teacher}").glob("shard-*.npy"))
+    vecs, ids = [], []
+    for i, path in enumerate(shards):
+        if not path.name.startswith(f"shard-{i:05d}-"):
+            break  # only a contiguous prefix of finished shards
+        vecs.append(np.load(path))
+    n = sum(len(v) for v in vecs)
+    ids = [s[:MAX_TOKENS] for s in tokenizer.encode_many(texts[:n])]
+    keep = [i for i, s in enumerate(ids) if s]
+    print(f"distill: {n} texts with teacher vectors ({len(vecs)} shards of {SHARD})")
+    return DistillSet([ids[i] for i in keep], np.concatenate(vecs)[keep])
+
+
+def sts_evaluator(path: Path, tokenizer):
+    s1, s2, gold = read_sts_tsv(path)
+    a, b = tokenizer.encode_many(s1), tokenizer.encode_many(s2)
+
+    def evaluate(tower) -> dict:
+        u, v = embed_texts(tower, a), embed_texts(tower, b)
+        return {"stsb_dev": round(100 * spearman((u * v).sum(1), gold), 2)}
+
+    return evaluate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sts", type=Path)
+    p.add_argument("--distill", type=Path)
+    p.add_argument("--teacher", default="all-MiniLM-L6-v2")
+    p.add_argument("--dev", type=Path, default=Path("../shared/data/stsb-dev/sts-dev.tsv"))
+    p.add_argument("--threads", type=int, default=0)
+    for f, v in EmbedTrainConfig().__dict__.items():
+        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = EmbedTrainConfig(**{f: getattr(args, f) for f in EmbedTrainConfig().__dict__})
+    lm = fastlm.load(args.model, backend="eager")
+    tok = lm.tokenizer
+    tower = new_tower(lm.backend.model)
+    pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
+    distill = load_distill(args.distill, tok, args.teacher) if args.distill else None
+    evaluate = sts_evaluator(args.dev, tok) if args.dev.exists() else None
+    trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate)
+    if trainer.resume():
+        print(f"resumed at step {trainer.step}")
+    elif evaluate:
+        print(json.dumps({"step": 0, **evaluate(tower)}))
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()
