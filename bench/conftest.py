@@ -60,7 +60,7 @@ def pytest_addoption(parser):
         "--bench-long-docs",
         type=int,
         default=None,
-        help="documents for the long-document suite (default 200, smoke 24)",
+        help="documents for the long-document suite (default 120, smoke 24)",
     )
     group.addoption(
         "--bench-minilm",

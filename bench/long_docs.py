@@ -40,15 +40,15 @@ def source_text() -> tuple[str, str]:
 
 
 def target_lengths(n: int, seed: int = 0, cap: int = MAX_TOKENS) -> list[int]:
-    """n token counts from the log-normal above; the top 1% forced past 3,000 when cap allows,
-    so even a few hundred documents hold "a few at 3,000+"."""
+    """n token counts from the log-normal above; max(3, 1%) of them forced past 3,000 when cap
+    allows, so even ~100 documents hold "a few at 3,000+"."""
     rng = random.Random(seed)
     lengths = [
         min(cap, max(16, round(rng.lognormvariate(math.log(MEDIAN_TOKENS), SIGMA))))
         for _ in range(n)
     ]
     if cap > 3000:
-        for i in rng.sample(range(n), max(1, n // 100)):
+        for i in rng.sample(range(n), min(n, max(3, n // 100))):
             lengths[i] = rng.randint(3000, cap)
     return lengths
 
