@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from fastlm.tokenizer import pad_batch
+from fastlm.validation import check_positive_int
 
 # run_batch(input_ids (B, T) int64, attention_mask (B, T) int64) -> (B, D) float32
 RunBatch = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -42,10 +43,8 @@ class BatchMemoryError(MemoryError):
 
 
 def check_size(value: object, name: str) -> int:
-    """`value` as a positive int (bools are not sizes), else ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    """`value` as a positive int (bools are not sizes), else a typed error naming `name`."""
+    return check_positive_int(value, name)
 
 
 def embed_window(architecture: str, trained_length: int | None = None) -> int:

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fastlm import validation
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, build_model, config_from_dict
 from fastlm.models.config import config_to_json
@@ -108,7 +109,13 @@ def save_checkpoint(
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Check every file named in the manifest exists and matches its sha256; return the manifest."""
+    """Check the manifest's schema and every file it names against its sha256; return it.
+
+    The manifest must list every file the loader reads (model, config, tokenizer, and the
+    optimizer/trainer state when present) as plain file names: an empty or partial `files`
+    would let an unlisted file load unverified, and a name with a separator would read (and
+    reveal) files outside the checkpoint.
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {path}")
@@ -117,9 +124,13 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path} is missing {name}")
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path / MANIFEST_FILE} is corrupt: {err}") from None
+    files = check_manifest_files(manifest, path / MANIFEST_FILE)
+    present = [n for n in (EMBEDDER_FILE, OPTIM_FILE, STATE_FILE) if (path / n).is_file()]
+    for name in (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, *present):
+        if name not in files:
+            raise CheckpointError(f"{path / MANIFEST_FILE} does not list {name}: cannot verify it")
     for name, digest in files.items():
         f = path / name
         if not f.is_file():
@@ -129,6 +140,11 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def check_manifest_files(manifest: object, where: Path) -> dict[str, str]:
+    """The manifest's `files` {plain file name: sha256 hex}, or CheckpointError (no I/O)."""
+    return validation.check_manifest_files(manifest, str(where), CheckpointError, MANIFEST_FILE)
+
+
 def load_checkpoint(
     path: str | os.PathLike, expect_architecture: str | None = None, device="cpu"
 ) -> Checkpoint:
@@ -136,8 +152,9 @@ def load_checkpoint(
     path = Path(path)
     manifest = verify_checkpoint(path)
     try:
-        config = config_from_dict(json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValueError, TypeError) as err:
+        raw = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = config_from_dict(raw)  # types and bounds checked before any allocation
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path / CONFIG_FILE} is invalid: {err}") from None
     if expect_architecture is not None and config.architecture != expect_architecture:
         raise CheckpointError(
@@ -147,16 +164,43 @@ def load_checkpoint(
         tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
     except ValueError as err:
         raise CheckpointError(str(err)) from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+            f"is {config.vocab_size}; the files come from different models"
+        )
     model = build_model(config)
-    model.load_state_dict(_load_tensors(path / MODEL_FILE, device="cpu"))
+    tensors = _load_tensors(path / MODEL_FILE, device="cpu")
+    _check_tensors(tensors, model.state_dict(), path / MODEL_FILE)
+    model.load_state_dict(tensors)
     embedder = None
-    if EMBEDDER_FILE in manifest.get("files", {}):
+    if EMBEDDER_FILE in manifest["files"]:
         try:
             embedder = tower_from_weights(build_model(config), _load_tensors(path / EMBEDDER_FILE))
         except ValueError as err:
             raise CheckpointError(f"{path / EMBEDDER_FILE}: {err}") from None
         embedder = embedder.to(device).eval()
     return Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path, embedder)
+
+
+def _check_tensors(tensors: dict, expected: dict, f: Path) -> None:
+    """Same names, shapes and floating dtypes as the model built from config.json."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{f} does not match its config: missing tensors {missing[:5]}, "
+            f"unexpected tensors {extra[:5]}"
+        )
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.shape != want.shape:
+            raise CheckpointError(
+                f"{f}: tensor {name} has shape {tuple(got.shape)}, the config needs "
+                f"{tuple(want.shape)}"
+            )
+        if got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise CheckpointError(f"{f}: tensor {name} has dtype {got.dtype}, not {want.dtype}")
 
 
 def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
@@ -171,17 +215,28 @@ def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimiz
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{f} is corrupt: {err}") from None
     tensors = _load_tensors(f)
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["param_groups"])))
+    try:
+        state = _unflatten_optimizer(tensors, json.loads(meta["param_groups"]))
+        optimizer.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{f} does not fit this model's optimizer: {err!r}") from None
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """trainer_state.json; `step` and `tokens_seen` checked to be non-negative ints."""
     f = Path(path) / STATE_FILE
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        state = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file missing: {f}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{f} is corrupt: {err}") from None
+    ok = isinstance(state, dict) and all(
+        type(state.get(k)) is int and state[k] >= 0 for k in ("step", "tokens_seen")
+    )
+    if not ok:
+        raise CheckpointError(f"{f} must hold non-negative int 'step' and 'tokens_seen'")
+    return state
 
 
 def _load_tensors(f: Path, device="cpu") -> dict[str, torch.Tensor]:

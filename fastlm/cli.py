@@ -65,7 +65,7 @@ def _run_eval(args) -> int:
     from fastlm.training import evaluate_file
 
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint), device=args.device)
-    seq_len = args.seq_len or int(ckpt.manifest.get("seq_len", 256))
+    seq_len = args.seq_len if args.seq_len is not None else int(ckpt.manifest.get("seq_len", 256))
     res = evaluate_file(ckpt.model, ckpt.tokenizer, args.data, seq_len, args.device)
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.path), "data": args.data, **res.as_dict()}))

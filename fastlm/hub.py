@@ -24,14 +24,35 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return WEIGHTS_DIR / text
     path = Path(text)
     if path.is_dir():
-        pointer = path / "latest"
-        if pointer.is_file():
-            return path / pointer.read_text(encoding="utf-8").strip()
+        if (path / "latest").is_file():
+            return read_latest(path)
         return path
     raise ValueError(
         f"unknown model {text!r}: not a shipped model (available: {available_models() or 'none'}) "
         "and not a checkpoint directory"
     )
+
+
+def read_latest(run_dir: Path) -> Path:
+    """The checkpoint named by RUN/latest, which must be a directory inside RUN.
+
+    `latest` is data, not a path to follow anywhere: "../other" or "/abs" could make a run
+    directory load (or resume from) a model that is not part of it.
+    """
+    from fastlm.checkpoint import CheckpointError
+
+    pointer = run_dir / "latest"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{pointer} cannot be read: {err}") from None
+    target = (run_dir / name).resolve()
+    root = run_dir.resolve()
+    if not name or Path(name).is_absolute() or root not in target.parents:
+        raise CheckpointError(f"{pointer} must name a checkpoint inside {run_dir}, got {name!r}")
+    if not target.is_dir():
+        raise CheckpointError(f"{pointer} names {name!r}, which does not exist")
+    return run_dir / name
 
 
 def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):

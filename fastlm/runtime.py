@@ -20,6 +20,7 @@ arena trace).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,6 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from fastlm.batching import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_TOKEN_BUDGET,
-    check_size,
     embed_window,
     embed_windowed,
     l2_normalize,
@@ -39,11 +39,20 @@ from fastlm.batching import (
 )
 from fastlm.io import sha256_file
 from fastlm.tokenizer import EOT_ID, Tokenizer, _check_text, _check_texts
+from fastlm.validation import (
+    check_float,
+    check_int,
+    check_manifest_files,
+    check_optional_int,
+    check_positive_int,
+    check_seed,
+)
 
 FORMAT = "fastlm-onnx/1"
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
+MODEL_FACTS = ("architecture", "vocab_size", "embed_dim", "max_len", "num_layers", "state")
 REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE, PARITY_FILE)
 
 
@@ -58,11 +67,15 @@ def verify_export_dir(path: str | os.PathLike) -> dict:
         raise ExportDirError(f"export directory not found: {path}")
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-        files, model = manifest["files"], manifest["model"]
     except FileNotFoundError:
         raise ExportDirError(f"{path} has no {MANIFEST_FILE}: not a fastlm export") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ExportDirError(f"{path / MANIFEST_FILE} is corrupt: {err!r}") from None
+    # schema first (plain names, hex digests), so no listed path is ever opened outside `path`
+    files = check_manifest_files(manifest, str(path / MANIFEST_FILE), ExportDirError, MANIFEST_FILE)
+    model = manifest.get("model")
+    if not isinstance(model, dict):
+        raise ExportDirError(f"{path / MANIFEST_FILE} is corrupt: 'model' must be an object")
     if manifest.get("format") != FORMAT:
         raise ExportDirError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT}")
     for name in sorted(set(REQUIRED_FILES) | set(files)):
@@ -75,6 +88,9 @@ def verify_export_dir(path: str | os.PathLike) -> dict:
             raise ExportDirError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
     if model.get("architecture") not in ("lstm", "transformer"):
         raise ExportDirError(f"{path / MANIFEST_FILE}: unknown architecture {model!r}")
+    missing = [k for k in MODEL_FACTS if k not in model]
+    if missing:
+        raise ExportDirError(f"{path / MANIFEST_FILE}: 'model' lacks {missing}")
     return manifest
 
 
@@ -156,8 +172,7 @@ class OnnxModel:
         """Open the graphs of `path` as described by `manifest`, with no sha256 check (the
         exporter's parity check runs before the manifest exists)."""
         path = Path(path)
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        check_optional_int(threads, "threads", min=1)
         tokenizer = Tokenizer.load(path / TOKENIZER_FILE)
         providers = list(providers) if providers else default_providers()
         sessions = {
@@ -196,8 +211,9 @@ class OnnxModel:
         texts window by window, as `LanguageModel.embed`."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        check_size(batch_size, "batch_size")
-        check_size(token_budget, "token_budget")
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(token_budget, "token_budget")
+        check_optional_int(max_length, "max_length", min=1)
         seqs = truncate(self.tokenizer.encode_many(items), max_length)
         out = embed_windowed(
             seqs, self.embedding_dim, self.embed_batch, self.embed_window, batch_size, token_budget
@@ -233,6 +249,7 @@ class OnnxModel:
         """New token ids after `ids`, stopping early at <|endoftext|>."""
         ids = _check_ids(ids, self.vocab_size)
         _check_generation(max_new_tokens, temperature, top_k)
+        check_seed(seed)
         if self.context_length is not None and len(ids) + max_new_tokens > self.context_length:
             raise ValueError(
                 f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds "
@@ -290,7 +307,9 @@ def sample_next(
     """One token id from logits (V,): argmax when temperature is 0, else a softmax sample."""
     if temperature == 0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
+    z = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # shift first: a subnormal temperature gives -inf, not NaN
+        z = (z - z.max()) / temperature
     if top_k is not None and top_k < z.shape[0]:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z < kth, -np.inf, z)
@@ -299,20 +318,22 @@ def sample_next(
 
 
 def _check_generation(max_new_tokens, temperature, top_k) -> None:
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
+    check_int(max_new_tokens, "max_new_tokens")
+    if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not isinstance(temperature, int | float) or not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    check_float(temperature, "temperature", min=0.0)
+    check_optional_int(top_k, "top_k", min=1)
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
-    out = [int(t) for t in ids]
+    if isinstance(ids, np.ndarray):
+        ids = ids.reshape(-1).tolist()
+    if not isinstance(ids, Sequence) or isinstance(ids, str | bytes):
+        raise TypeError(f"token ids must be a list of int, got {type(ids).__name__}")
+    out = [check_int(t, f"token ids[{i}]") for i, t in enumerate(ids)]
     if not out:
         raise ValueError("token ids are empty: give at least one token")
     bad = [t for t in out if not 0 <= t < vocab_size]

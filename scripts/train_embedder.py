@@ -18,10 +18,17 @@ import numpy as np
 import torch
 
 import fastlm
+from fastlm.embedding.corpus import cloze_pairs
 from fastlm.embedding.data import load_sts_pairs, read_sts_tsv
 from fastlm.embedding.metrics import spearman
 from fastlm.embedding.teacher import SHARD
-from fastlm.embedding.trainer import DistillSet, EmbedTrainConfig, TowerTrainer, embed_texts
+from fastlm.embedding.trainer import (
+    ClozeSet,
+    DistillSet,
+    EmbedTrainConfig,
+    TowerTrainer,
+    embed_texts,
+)
 from fastlm.models.embedder import new_tower
 
 MAX_TOKENS = 256  # the trained window
@@ -53,6 +60,25 @@ def sts_evaluator(path: Path, tokenizer):
     return evaluate
 
 
+def ict_evaluator(directory: Path, tokenizer):
+    """nDCG@10 on a BEIR-layout retrieval set (scripts/make_ict_retrieval.py)."""
+    from fastlm.embedding.evaluate import read_beir
+    from fastlm.embedding.metrics import ndcg_at_k, top_k_ids
+
+    corpus, queries, qrels = read_beir(directory)
+    doc_ids, qids = list(corpus), [q for q in queries if q in qrels]
+    docs = [s[:MAX_TOKENS] for s in tokenizer.encode_many([corpus[d] for d in doc_ids])]
+    qs = [s[:MAX_TOKENS] for s in tokenizer.encode_many([queries[q] for q in qids])]
+
+    def evaluate(tower) -> dict:
+        d, q = embed_texts(tower, docs), embed_texts(tower, qs)
+        ranked = top_k_ids(q @ d.T, doc_ids, 10)
+        ndcg = [ndcg_at_k(r, qrels[qid], 10) for r, qid in zip(ranked, qids)]
+        return {"ict_ndcg10": round(100 * float(np.mean(ndcg)), 2)}
+
+    return evaluate
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -61,6 +87,14 @@ def main() -> None:
     p.add_argument("--distill", type=Path)
     p.add_argument("--teacher", default="all-MiniLM-L6-v2")
     p.add_argument("--dev", type=Path, default=Path("../shared/data/stsb-dev/sts-dev.tsv"))
+    p.add_argument("--ict", type=Path, help="BEIR-layout retrieval set to monitor")
+    p.add_argument("--cloze", type=int, default=0, help="inverse-cloze pairs from --cloze-data")
+    p.add_argument(
+        "--cloze-data",
+        type=Path,
+        nargs="+",
+        default=sorted(Path("../shared/data/gutenberg_en").glob("train-*.txt")),
+    )
     p.add_argument("--threads", type=int, default=0)
     for f, v in EmbedTrainConfig().__dict__.items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
@@ -73,8 +107,20 @@ def main() -> None:
     tower = new_tower(lm.backend.model)
     pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
     distill = load_distill(args.distill, tok, args.teacher) if args.distill else None
-    evaluate = sts_evaluator(args.dev, tok) if args.dev.exists() else None
-    trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate)
+    monitors = [sts_evaluator(args.dev, tok)] if args.dev.exists() else []
+    if args.ict:
+        monitors.append(ict_evaluator(args.ict, tok))
+
+    def evaluate(tower) -> dict:
+        return {k: v for m in monitors for k, v in m(tower).items()}
+
+    cloze = None
+    if args.cloze:
+        q, c = cloze_pairs(args.cloze_data, args.cloze, seed=cfg.seed)
+        enc = lambda texts: [s[:MAX_TOKENS] for s in tok.encode_many(texts)]  # noqa: E731
+        cloze = ClozeSet(enc(q), enc(c))
+        print(f"cloze: {len(q)} pairs")
+    trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate, cloze)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
     elif evaluate:

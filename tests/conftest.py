@@ -113,12 +113,34 @@ def _train_small(arch: str, data: Path, out: Path, steps: int = 40) -> Path:
     return train(cfg)
 
 
+def _with_tower(ckpt_dir: Path, out: Path) -> Path:
+    """A copy of a checkpoint with an embedding tower whose weights differ from the LM's (a
+    perturbed copy and a random projection), as shipped models have: every backend test on
+    these checkpoints then checks the tower, not the LM's pooling."""
+    from fastlm.checkpoint import load_checkpoint, save_checkpoint
+    from fastlm.models.embedder import new_tower
+
+    ck = load_checkpoint(ckpt_dir)
+    tower = new_tower(ck.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tower.encoder.parameters():
+            p.add_(0.05 * p.std() * torch.randn(p.shape, generator=gen))
+        tower.proj.weight.add_(0.3 * torch.randn(tower.proj.weight.shape, generator=gen))
+        tower.proj.bias.add_(0.1 * torch.randn(tower.proj.bias.shape, generator=gen))
+    facts = {k: v for k, v in ck.manifest.items() if k not in ("format", "architecture", "files")}
+    return save_checkpoint(out, ck.model, ck.tokenizer, extra_manifest=facts, embedder=tower)
+
+
 @pytest.fixture(scope="session")
 def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
     """{"lstm": dir, "transformer": dir}: SPEC-sized models trained 40 steps on the tiny corpus
-    (enough for peaked, non-random logits; seconds on a CPU)."""
+    (enough for peaked, non-random logits; seconds on a CPU), each with an embedding tower."""
     root = tmp_path_factory.mktemp("ckpts")
-    return {arch: _train_small(arch, tiny_data, root / arch) for arch in ("lstm", "transformer")}
+    return {
+        arch: _with_tower(_train_small(arch, tiny_data, root / arch), root / f"{arch}-tower")
+        for arch in ("lstm", "transformer")
+    }
 
 
 @pytest.fixture(autouse=True, scope="module")

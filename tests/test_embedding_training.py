@@ -136,7 +136,7 @@ def test_tower_training_resumes_bit_exactly(tmp_path, arch):
     resumed.train(log=lambda _: None)
     for k, v in straight.tower.state_dict().items():
         assert torch.equal(v, resumed.tower.state_dict()[k]), k
-    assert not torch.equal(straight.tower.proj.weight, torch.eye(16))  # it did train
+    assert not torch.equal(straight.tower.proj.weight, torch.eye(16, 32))  # it did train
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
@@ -170,3 +170,27 @@ def test_tower_ships_in_the_checkpoint(tmp_path, arch, tiny_tokenizer):
     (bad_path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CheckpointError, match="embedder"):
         load_checkpoint(bad_path)
+
+
+def test_cloze_pairs_take_one_sentence_out(tmp_path):
+    from fastlm.embedding.corpus import cloze_pairs
+
+    para = (
+        "The first sentence is about boats on the river. The second one talks about the old "
+        "mill by the bridge. A third tells of rain falling over the quiet town all night long."
+    )
+    f = tmp_path / "book.txt"
+    f.write_text(para + "\n\nToo short to use. Really.\n", encoding="utf-8")
+    queries, contexts = cloze_pairs([f], n_pairs=5, seed=1)
+    assert len(queries) == 1  # the short paragraph is not a source
+    q, c = queries[0], contexts[0]
+    assert q in para and q not in c
+    assert len(q) + len(c) + 1 == len(para)  # nothing else removed
+
+
+def test_in_batch_infonce_prefers_matching_rows():
+    from fastlm.embedding.losses import in_batch_infonce
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    assert in_batch_infonce(x, x + 0.01 * torch.randn(6, 8)) < in_batch_infonce(x, x.roll(2, 0))

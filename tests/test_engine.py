@@ -30,15 +30,20 @@ TEXTS = [
 
 
 def _reference_embedding(model, text: str) -> np.ndarray:
-    """Plain computation, independent of the engine's batching: mean of top-layer states."""
+    """Plain computation, independent of the engine's batching: one text alone through the
+    embedding tower's encoder, the mean of its top-layer states, then its projection."""
     ids = model.tokenizer.encode(text)
     if not ids:
         return np.zeros(model.embedding_dim, np.float32)
-    net = model.backend.model
+    tower = model.backend.checkpoint.embedder
     with torch.no_grad():
-        out = net.hidden_states(torch.tensor([ids]))
+        out = tower.encoder.hidden_states(torch.tensor([ids]))
         states = out[0] if isinstance(out, tuple) else out
-    vec = states[0].mean(0).numpy()
+        pooled = states[0].mean(0, keepdim=True)  # (1, C)
+        if tower.proj is not None:
+            tokens = tower.encoder.embedding(torch.tensor(ids)).mean(0, keepdim=True)
+            pooled = tower.proj(torch.cat([pooled, tokens], dim=1))
+        vec = pooled[0].numpy()
     return vec / np.linalg.norm(vec)
 
 

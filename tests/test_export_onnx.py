@@ -30,7 +30,8 @@ TOL = {"fp32": (1e-4, 1e-4), "fp16": (5e-3, 5e-3), "int8": (5e-2, 2e-1)}
 
 
 def model_sha(ckpt_dir: Path) -> str:
-    return json.loads((ckpt_dir / "manifest.json").read_text())["files"]["model.safetensors"]
+    """The export cache's key: the digest over every weight file (LM + embedding tower)."""
+    return load_checkpoint(ckpt_dir).weights_digest
 
 
 def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path:
@@ -47,6 +48,12 @@ def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path
 @pytest.fixture(scope="session")
 def torch_models(small_checkpoints):
     return {a: load_checkpoint(small_checkpoints[a]).model for a in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def torch_embedders(small_checkpoints):
+    """The checkpoints' embedding towers (weights of their own, not the LM's)."""
+    return {a: load_checkpoint(small_checkpoints[a]).embedder for a in ARCHS}
 
 
 @contextlib.contextmanager
@@ -84,7 +91,7 @@ def test_export_directory(tmp_path_factory, small_checkpoints, arch, dtype):
     assert manifest["dtype"] == dtype and manifest["model"]["architecture"] == arch
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert all(sha256_file(out / n) == h for n, h in manifest["files"].items())
-    assert manifest["source"]["model_sha256"] == model_sha(small_checkpoints[arch])
+    assert manifest["source"]["weights_sha256"] == model_sha(small_checkpoints[arch])
     assert manifest["graphs"]["embed"]["outputs"]["embedding"] == "float[batch, 256]"
     assert (out / "tokenizer.json").read_text() == (
         small_checkpoints[arch] / "tokenizer.json"
@@ -110,7 +117,9 @@ def _batch(B: int, T: int, vocab: int, seed: int):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_dynamic_shapes_match_torch(tmp_path_factory, small_checkpoints, torch_models, arch, dtype):
+def test_dynamic_shapes_match_torch(
+    tmp_path_factory, small_checkpoints, torch_models, torch_embedders, arch, dtype
+):
     """Batch 1 and 7, lengths 1, 3, 300: shapes follow the input, values match torch fp32."""
     out = exported(tmp_path_factory, small_checkpoints, arch, dtype)
     model, (emb_tol, logit_tol) = torch_models[arch], TOL[dtype]
@@ -118,7 +127,7 @@ def test_dynamic_shapes_match_torch(tmp_path_factory, small_checkpoints, torch_m
     for B, T in ((1, 1), (7, 3), (1, 300), (7, 300)):
         ids, mask = _batch(B, T, model.config.vocab_size, seed=B * 1000 + T)
         with one_torch_thread():
-            ref_emb = EmbedGraph(model)(ids, mask).numpy()
+            ref_emb = EmbedGraph(torch_embedders[arch])(ids, mask).numpy()
             ref_logits = LMGraph(model)(ids).numpy()
         got_emb = embed.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         got_logits = lm.run(None, {"input_ids": ids.numpy()})[0]

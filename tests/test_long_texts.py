@@ -66,11 +66,14 @@ def test_split_windows_near_equal_and_lossless():
     assert split_windows(seq[:256], 256) == [seq[:256]]
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 1.5, None])
-def test_sizes_must_be_positive_ints(bad):
-    with pytest.raises(ValueError, match="token_budget"):
+@pytest.mark.parametrize(
+    "bad,error",
+    [(0, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError), (None, TypeError)],
+)
+def test_sizes_must_be_positive_ints(bad, error):
+    with pytest.raises(error, match="token_budget"):
         plan_batches([3], 4, bad)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(error, match="batch_size"):
         plan_batches([3], bad, 16)
 
 
@@ -123,13 +126,13 @@ def test_budget_and_batch_size_do_not_change_the_vectors(eager):
     assert not base[-1].any()  # "" -> zero row
 
 
-def test_bad_budgets_are_value_errors(eager):
-    for bad in (0, -5, True):
-        with pytest.raises(ValueError, match="token_budget"):
+def test_bad_budgets_are_typed_errors(eager):
+    for bad, error in ((0, ValueError), (-5, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="token_budget"):
             eager.embed(["x"], token_budget=bad)
-        with pytest.raises(ValueError, match="token_budget"):
+        with pytest.raises(error, match="token_budget"):
             eager.score(["x"], token_budget=bad)
-        with pytest.raises(ValueError, match="batch_size"):
+        with pytest.raises(error, match="batch_size"):
             eager.score(["x"], batch_size=bad)
 
 

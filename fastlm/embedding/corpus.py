@@ -83,3 +83,30 @@ def extract_texts(
     texts = sent + pas
     rng.shuffle(texts)
     return texts, stats
+
+
+def cloze_pairs(
+    paths: Iterable[str | Path], n_pairs: int, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Inverse-cloze pairs (Lee et al. 2019): (one sentence of a paragraph, the paragraph without
+    it), from paragraphs of >= 3 sentences and 30-250 words; up to n_pairs, seeded."""
+    rng = random.Random(seed)
+    sources = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for para in paragraphs(f):
+                if 30 <= len(para.split()) <= MAX_WORDS:
+                    sources.append(para)
+    rng.shuffle(sources)
+    queries, contexts = [], []
+    for para in sources:
+        sents = split_sentences(para)
+        candidates = [i for i, s in enumerate(sents) if len(s.split()) >= MIN_WORDS]
+        if len(sents) < 3 or not candidates:
+            continue
+        i = rng.choice(candidates)
+        queries.append(sents[i])
+        contexts.append(" ".join(sents[:i] + sents[i + 1 :]))
+        if len(queries) == n_pairs:
+            break
+    return queries, contexts

@@ -1,10 +1,12 @@
-"""Train the embedding tower for similarity: CoSENT on scored pairs + teacher distillation.
+"""Train the embedding tower for similarity: CoSENT on scored pairs, inverse-cloze contrastive
+pairs, and (optionally) teacher distillation.
 
 The tower starts as a copy of the LM (models/embedder.py), so the language model itself is never
-touched. Each step draws one batch of scored pairs (CoSENT) and, when teacher vectors are given,
-one batch of texts distilled with in-batch InfoNCE against the teacher (through a training-only
-projection to the teacher's width) plus a cosine-matrix MSE. Runs save a resumable state
-(safetensors + JSON) every `save_every` steps; a resumed run is bit-exact.
+touched. Each step draws one batch from every source given: scored pairs (CoSENT); inverse-cloze
+pairs (a sentence and the rest of its paragraph, in-batch InfoNCE: the retrieval task itself,
+from unlabelled text); texts distilled with in-batch InfoNCE against a teacher (through a
+training-only projection to the teacher's width) plus a cosine-matrix MSE. Runs save a
+resumable state (safetensors + JSON) every `save_every` steps; a resumed run is bit-exact.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from fastlm.embedding.data import BatchSchedule, StsPairs, padded
-from fastlm.embedding.losses import cosent_loss, similarity_mse, teacher_infonce
+from fastlm.embedding.losses import (
+    cosent_loss,
+    in_batch_infonce,
+    similarity_mse,
+    teacher_infonce,
+)
 from fastlm.io import atomic_write_dir
 from fastlm.models.embedder import EmbeddingTower
 
@@ -34,7 +41,9 @@ class EmbedTrainConfig:
     weight_decay: float = 0.01
     pair_batch: int = 32  # scored pairs per step (CoSENT)
     text_batch: int = 128  # distillation texts per step (in-batch negatives)
+    cloze_batch: int = 64  # inverse-cloze pairs per step (in-batch negatives)
     sts_weight: float = 1.0
+    cloze_weight: float = 1.0
     infonce_weight: float = 1.0
     simmse_weight: float = 10.0  # the cosine-matrix MSE is ~1e-2 in size; this evens it out
     temperature: float = 0.05
@@ -44,7 +53,8 @@ class EmbedTrainConfig:
     eval_every: int = 200
 
     def __post_init__(self):
-        for name in ("steps", "warmup", "pair_batch", "text_batch", "save_every", "eval_every"):
+        names = ("steps", "warmup", "pair_batch", "text_batch", "cloze_batch", "save_every")
+        for name in (*names, "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "warmup" else 1):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -52,6 +62,12 @@ class EmbedTrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, float | int) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+
+
+@dataclass
+class ClozeSet:
+    queries: list[list[int]]  # tokenised sentences
+    contexts: list[list[int]]  # their paragraphs without them
 
 
 @dataclass
@@ -76,10 +92,12 @@ class TowerTrainer:
         distill: DistillSet | None,
         out: str | Path,
         evaluate=None,
+        cloze: ClozeSet | None = None,
     ):
-        if pairs is None and distill is None:
-            raise ValueError("nothing to train on: give scored pairs, teacher vectors, or both")
+        if pairs is None and distill is None and cloze is None:
+            raise ValueError("nothing to train on: give scored pairs, cloze pairs or a teacher")
         self.tower, self.cfg, self.pairs, self.distill = tower, cfg, pairs, distill
+        self.cloze = cloze
         self.out, self.evaluate = Path(out), evaluate
         self.out.mkdir(parents=True, exist_ok=True)
         params = list(tower.parameters())
@@ -97,6 +115,9 @@ class TowerTrainer:
         if distill is not None:
             lens = np.array([len(s) for s in distill.ids])
             self.text_schedule = BatchSchedule(lens, cfg.text_batch, cfg.seed + 1)
+        if cloze is not None:
+            lens = np.array([len(s) for s in cloze.contexts])
+            self.cloze_schedule = BatchSchedule(lens, cfg.cloze_batch, cfg.seed + 2)
 
     def _embed(self, seqs: list[list[int]]) -> torch.Tensor:
         ids, mask = padded(seqs)
@@ -112,6 +133,13 @@ class TowerTrainer:
             loss = cosent_loss(u, v, torch.from_numpy(self.pairs.gold[idx]))
             parts["cosent"] = loss.item()
             total = total + cfg.sts_weight * loss
+        if self.cloze is not None:
+            idx = self.cloze_schedule(step)
+            q = self._embed([self.cloze.queries[i] for i in idx])
+            d = self._embed([self.cloze.contexts[i] for i in idx])
+            loss = in_batch_infonce(q, d, cfg.temperature)
+            parts["cloze"] = loss.item()
+            total = total + cfg.cloze_weight * loss
         if self.distill is not None:
             idx = self.text_schedule(step)
             z = self._embed([self.distill.ids[i] for i in idx])

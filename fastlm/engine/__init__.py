@@ -1,13 +1,14 @@
 """Inference engine: one model object, several backends."""
 
 from fastlm.engine.backends import Backend, backend_names, register_backend
-from fastlm.engine.index import Index
+from fastlm.engine.index import Index, IndexFileError
 from fastlm.engine.loading import load
 from fastlm.engine.model import LanguageModel, ScoreResult
 
 __all__ = [
     "Backend",
     "Index",
+    "IndexFileError",
     "LanguageModel",
     "ScoreResult",
     "backend_names",

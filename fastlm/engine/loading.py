@@ -11,6 +11,7 @@ from fastlm.engine.backends import backend_names, get_backend_class
 from fastlm.engine.model import LanguageModel
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
+from fastlm.validation import check_optional_int
 
 
 def pick_auto_backend(device: torch.device) -> str:
@@ -45,8 +46,7 @@ def load(
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    check_optional_int(threads, "threads", min=1)  # True is not a thread count
     dev = (
         torch.device(device)
         if device is not None

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from fastlm.batching import (
     DEFAULT_TOKEN_BUDGET,
-    check_size,
     embed_window,
     embed_windowed,
     l2_normalize,
@@ -40,6 +39,7 @@ from fastlm.batching import (
 from fastlm.engine.backends import Backend
 from fastlm.models.layers import check_sampling, make_generator, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
+from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
 
 PROGRESS_MIN_TEXTS = 1000  # progress bar on by default only from this many texts
 
@@ -105,8 +105,9 @@ class LanguageModel:
         holds at most `batch_size` windows and `token_budget` padded tokens."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        check_size(batch_size, "batch_size")
-        check_size(token_budget, "token_budget")
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(token_budget, "token_budget")
+        check_optional_int(max_length, "max_length", min=1)
         seqs = truncate(self.tokenizer.encode_many(items), max_length)
         if show_progress_bar is None:
             show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS
@@ -141,8 +142,8 @@ class LanguageModel:
         backends that materialise attention scores, a bounded number of score cells)."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
-        check_size(batch_size, "batch_size")
-        check_size(token_budget, "token_budget")
+        check_positive_int(batch_size, "batch_size")  # -1 would score nothing: PPL 1
+        check_positive_int(token_budget, "token_budget")
         seqs = [[EOT_ID] + s for s in self.tokenizer.encode_many(items)]
         limit = self.context_length
         for i, s in enumerate(seqs):
@@ -171,6 +172,7 @@ class LanguageModel:
         first (top_k of them)."""
         _check_text(query, "query")
         docs = _check_texts(documents)
+        check_optional_int(top_k, "top_k", min=1)  # before embedding anything
         if not docs:
             return []
         q = self.embed(query)
@@ -205,6 +207,7 @@ class LanguageModel:
             prompt_or_ids, max_new_tokens, start_tokens, max_length
         )
         check_sampling(temperature, top_k, top_p)
+        check_seed(seed)
         stops = _check_stop(stop)
         if stops and not as_text:
             raise TypeError(
@@ -225,15 +228,18 @@ class LanguageModel:
                 raise TypeError("give either prompt_or_ids or start_tokens, not both")
             ids = _check_ids(start_tokens, self.config.vocab_size)
             if max_length is None:
-                max_length = len(ids) + (max_new_tokens or 100)
-            if not isinstance(max_length, int) or max_length < 1:
+                max_length = len(ids) + (
+                    check_optional_int(max_new_tokens, "max_new_tokens") or 100
+                )
+            if check_int(max_length, "max_length") < 1:
                 raise ValueError(f"max_length must be a positive int, got {max_length!r}")
             return ids, False, max(0, max_length - len(ids)), True
         if prompt is None:
             raise TypeError("generate() needs a prompt (str or token ids) or start_tokens")
         if max_new_tokens is None:
             max_new_tokens = 50
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        check_int(max_new_tokens, "max_new_tokens")
+        if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if isinstance(prompt, str):
             return [EOT_ID] + self.tokenizer.encode(prompt), True, max_new_tokens, False
@@ -294,8 +300,7 @@ def _score_result(nll: float, tokens: int, n_bytes: int) -> ScoreResult:
 
 
 def _top_hits(scores: np.ndarray, top_k: int | None, docs: Sequence[str]) -> list[dict]:
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    check_optional_int(top_k, "top_k", min=1)
     order = np.argsort(-scores, kind="stable")[: top_k or len(scores)]
     return [{"corpus_id": int(i), "score": float(scores[i]), "text": docs[i]} for i in order]
 

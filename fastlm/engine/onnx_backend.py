@@ -45,14 +45,14 @@ class OnnxBackend(Backend):
         checkpoint: Checkpoint,
         device: torch.device,
         threads: int | None,
-        dtype: str = "fp32",
+        dtype: str | None = None,
         export_dir: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
         super().__init__(checkpoint, device, threads)
         from fastlm.export import DTYPES
 
-        if dtype not in DTYPES:
+        if dtype is not None and dtype not in DTYPES:
             raise ValueError(
                 f"unknown dtype {dtype!r} for the onnx backend; choose one of {', '.join(DTYPES)}"
             )
@@ -60,13 +60,16 @@ class OnnxBackend(Backend):
         if device.type != "cuda":
             providers = ["CPUExecutionProvider"]
         weights_sha = checkpoint.weights_digest  # LM + embedding tower
-        if export_dir is not None:
+        arch = checkpoint.config.architecture
+        if export_dir is not None:  # dtype None: whatever the export holds
             path = Path(export_dir)
             self.onnx = OnnxModel.load(path, threads, providers)
-            _check_source(self.onnx, weights_sha, path)
+            _check_source(self.onnx, weights_sha, arch, dtype, path)
         else:
+            dtype = dtype or "fp32"
             path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
-            self.onnx = _load_or_export(checkpoint.path, path, dtype, threads, providers)
+            want = (weights_sha, arch, dtype)
+            self.onnx = _load_or_export(checkpoint.path, path, want, threads, providers)
         self.dtype = self.onnx.dtype
         self.export_dir = path
         if self.config.architecture == "transformer":
@@ -122,28 +125,45 @@ def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (lse - target).astype(np.float64)
 
 
-def _load_or_export(ckpt_path: Path, path: Path, dtype: str, threads, providers) -> OnnxModel:
-    """Reuse a cached export when it verifies; otherwise (re)write it."""
+def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers) -> OnnxModel:
+    """Reuse a cached export when it verifies and was made from these weights in this dtype;
+    otherwise (re)write it. want: (weights digest, architecture, dtype)."""
     from fastlm.export import export
 
+    weights_sha, arch, dtype = want
     if path.exists():
         try:
-            return OnnxModel.load(path, threads, providers)
+            cached = OnnxModel.load(path, threads, providers)
+            _check_source(cached, weights_sha, arch, dtype, path)
+            return cached
         except ExportDirError:
             pass  # corrupt or half-edited cache entry: export again over it
+        except ValueError:
+            pass  # a valid export of other weights or another dtype under this key: replace it
     try:
         export(ckpt_path, path, dtype=dtype, force=path.exists())
     except FileExistsError:
         pass  # another process finished the same export first; it is verified below
-    return OnnxModel.load(path, threads, providers)
+    loaded = OnnxModel.load(path, threads, providers)
+    _check_source(loaded, weights_sha, arch, dtype, path)
+    return loaded
 
 
-def _check_source(onnx_model: OnnxModel, weights_sha: str, path: Path) -> None:
+def _check_source(
+    onnx_model: OnnxModel, weights_sha: str, arch: str, dtype: str | None, path: Path
+) -> None:
+    """The export must come from exactly these weights (the checkpoint's weights digest: LM +
+    embedding tower), be of the same architecture and, when a dtype was asked for, be in it."""
     source = onnx_model.manifest.get("source", {}).get("weights_sha256")
-    if source != weights_sha:
+    if source != weights_sha or onnx_model.architecture != arch:
         raise ValueError(
-            f"{path} was exported from different weights (sha256 {str(source)[:12]}...) "
-            f"than the checkpoint being loaded ({weights_sha[:12]}...)"
+            f"{path} was exported from different weights (sha256 {str(source)[:12]}..., "
+            f"{onnx_model.architecture}) than the checkpoint being loaded "
+            f"({weights_sha[:12]}..., {arch})"
+        )
+    if dtype is not None and onnx_model.dtype != dtype:
+        raise ValueError(
+            f"{path} holds a {onnx_model.dtype} export, not the requested dtype {dtype!r}"
         )
 
 

@@ -3,8 +3,10 @@
 Two forms, one interface:
 - a *trained tower*: its own copy of the LM's token table and encoder (same architecture,
   initialised from the LM, then trained for similarity; the LM's output layer dropped) plus a
-  linear projection. Shipped beside the LM as embedder.safetensors, so similarity training can
-  never make generation or scoring worse.
+  linear projection of [mean of top-layer states, mean of token-table rows] (B, 2C) -> (B, dim):
+  the token-table mean carries the lexical signal that next-token states lose. Shipped beside
+  the LM as embedder.safetensors, so similarity training can never make generation or scoring
+  worse.
 - the *LM itself* (checkpoints without a tower, e.g. fresh from `fastlm train`): the masked mean
   of the LM's top-layer states, no projection.
 
@@ -26,10 +28,14 @@ EMBEDDER_PREFIX = "encoder."  # tensor names in embedder.safetensors: encoder.*,
 class EmbeddingTower(nn.Module):
     def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
         """encoder: a language model whose `hidden_states(ids)` gives top-layer states (B, T, C)
-        (or (states, (h, c)) for the LSTM). proj: C -> dim, or None for the plain mean."""
+        (or (states, (h, c)) for the LSTM). proj: 2C -> dim (states and token-table means), or
+        None for the plain mean of the states."""
         super().__init__()
         self.encoder = encoder
         self.proj = proj
+        width = encoder.config.embed_dim
+        if proj is not None and proj.in_features != 2 * width:
+            raise ValueError(f"proj must take {2 * width} features, not {proj.in_features}")
 
     @property
     def config(self):
@@ -44,12 +50,19 @@ class EmbeddingTower(nn.Module):
         out = self.encoder.hidden_states(input_ids)
         return out[0] if isinstance(out, tuple) else out
 
-    def project(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(B, C) pooled states -> (B, dim)."""
-        return pooled if self.proj is None else self.proj(pooled)
+    def project(
+        self, pooled: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, C) pooled top-layer states of input_ids (B, T) -> (B, dim). Backends that compute
+        the states their own way (kernels) call this for the rest of the tower."""
+        if self.proj is None:
+            return pooled
+        tokens = mean_pool(self.encoder.embedding(input_ids), attention_mask)  # (B, C)
+        return self.proj(torch.cat([pooled, tokens], dim=1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.project(mean_pool(self.states(input_ids), attention_mask))
+        pooled = mean_pool(self.states(input_ids), attention_mask)  # (B, C)
+        return self.project(pooled, input_ids, attention_mask)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors embedder.safetensors holds (a trained tower only)."""
@@ -64,13 +77,13 @@ def _headless(lm: nn.Module) -> nn.Module:
 
 
 def new_tower(lm_like: nn.Module, dim: int | None = None) -> EmbeddingTower:
-    """A trainable tower initialised from a trained LM (a deep copy: the LM is untouched); the
-    projection starts as the identity, so the tower starts as the LM's mean pooling."""
+    """A trainable tower initialised from a trained LM (a deep copy: the LM is untouched). The
+    projection starts as [I, 0]: the tower starts as the LM's mean pooling."""
     enc = _headless(copy.deepcopy(lm_like))
     width = enc.config.embed_dim
-    proj = nn.Linear(width, dim or width)
+    proj = nn.Linear(2 * width, dim or width)
     with torch.no_grad():
-        proj.weight.copy_(torch.eye(proj.out_features, width))
+        proj.weight.copy_(torch.eye(proj.out_features, 2 * width))
         proj.bias.zero_()
     return EmbeddingTower(enc, proj)
 
@@ -81,13 +94,13 @@ def tower_from_weights(empty_lm: nn.Module, tensors: dict[str, torch.Tensor]) ->
     enc = _headless(empty_lm)
     if "proj.weight" not in tensors:
         raise ValueError("embedder weights have no proj.weight")
-    out_dim, width = tensors["proj.weight"].shape
-    if width != enc.config.embed_dim:
+    out_dim, features = tensors["proj.weight"].shape
+    if features != 2 * enc.config.embed_dim:
         raise ValueError(
-            f"proj.weight is {tuple(tensors['proj.weight'].shape)}, "
-            f"the encoder width is {enc.config.embed_dim}"
+            f"proj.weight is {tuple(tensors['proj.weight'].shape)}, the encoder needs "
+            f"{2 * enc.config.embed_dim} input features"
         )
-    tower = EmbeddingTower(enc, nn.Linear(width, out_dim))
+    tower = EmbeddingTower(enc, nn.Linear(features, out_dim))
     expected = set(tower.state_dict())
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+
+from fastlm.validation import check_float, check_optional_int, check_seed
 
 
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
@@ -65,7 +68,11 @@ def sample_next(
     """Pick next tokens from logits (B, V) -> (B,) int64. temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # Shift so the best logit is 0 before dividing, in float64: a tiny temperature (1e-300)
+    # then sends the others to -inf (greedy in the limit) instead of every logit to +/-inf and
+    # the softmax to NaN.
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -81,13 +88,15 @@ def sample_next(
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Validate sampling parameters with messages a user can act on."""
-    if not isinstance(temperature, (int, float)) or temperature < 0 or math.isnan(temperature):
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    """Validate sampling parameters with messages a user can act on (fastlm.validation rules:
+    TypeError for a wrong type, ValueError for a value out of range or not finite)."""
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    check_float(temperature, "temperature", min=0.0)
+    check_optional_int(top_k, "top_k", min=1)
+    if top_p is not None:
+        check_float(top_p, "top_p", min=0.0, max=1.0, min_open=True)
 
 
 @contextmanager
@@ -106,7 +115,7 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    if seed is None:
+    if check_seed(seed) is None:
         return None
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,24 @@ def read_text(path: str | os.PathLike) -> tuple[str, int]:
     return text, bad
 
 
+def train_tokenizer(files: Sequence[Path], vocab_size: int) -> Tokenizer:
+    """A BPE trained on `files` under this module's bad-bytes policy.
+
+    The tokenizers library reads files as strict UTF-8 and fails on one bad byte; a file with
+    invalid bytes is trained on from a copy with them replaced by U+FFFD (warned by read_text).
+    """
+    with tempfile.TemporaryDirectory(prefix="fastlm-tok-") as tmp:
+        clean = []
+        for i, f in enumerate(files):
+            text, bad = read_text(f)
+            if bad:
+                f = Path(tmp) / f"{i}.txt"
+                f.write_text(text, encoding="utf-8")
+            clean.append(f)
+            del text
+        return Tokenizer.train(clean, vocab_size)
+
+
 def tokenize_text(tok: Tokenizer, text: str) -> np.ndarray:
     """Token ids (N,) uint16 of `text`, tokenised in newline-aligned chunks."""
     pieces, start = [], 0
@@ -97,7 +116,12 @@ def token_stream(
         parts += [tokenize_text(tok, text), np.array([EOT_ID], dtype=np.uint16)]
     stream = np.concatenate(parts)
     if cache is not None:
-        atomic_write(cache, lambda tmp: np.save(open(tmp, "wb"), stream))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, stream)
+
+        atomic_write(cache, write)
     return stream
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fastlm.tokenizer import EOT_ID, Tokenizer
 from fastlm.training.data import eval_windows, read_text, tokenize_text
+from fastlm.validation import check_positive_int
 
 
 @dataclass
@@ -77,7 +78,12 @@ def prepare_eval_stream(tok: Tokenizer, path: str | os.PathLike) -> tuple[np.nda
 
 
 def evaluate_file(model, tok: Tokenizer, path, seq_len: int = 256, device="cpu") -> EvalResult:
-    """Score a whole text file: every token predicted once; bits per byte over all its bytes."""
+    """Score a whole text file: every token predicted once; bits per byte over all its bytes.
+
+    seq_len: window length, an int in [1, the model's position table] (a negative or zero
+    window would score nothing and report perplexity 1).
+    """
+    check_positive_int(seq_len, "seq_len", max=model.config.max_len)
     stream, n_bytes = prepare_eval_stream(tok, path)
     if len(stream) < 2:
         raise ValueError(f"{path} holds no text to score")

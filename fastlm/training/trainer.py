@@ -29,12 +29,30 @@ from fastlm.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
+from fastlm.hub import read_latest
 from fastlm.io import atomic_write_text
 from fastlm.models import CONFIGS_BY_NAME, ModelConfig, build_model
+from fastlm.models.config import MAX_VOCAB, TransformerConfig
 from fastlm.tokenizer import Tokenizer
-from fastlm.training.data import WindowSampler, _mix, resolve_text_files, token_stream
+from fastlm.training.data import (
+    WindowSampler,
+    _mix,
+    resolve_text_files,
+    token_stream,
+    train_tokenizer,
+)
 from fastlm.training.distributed import DistInfo, barrier, setup_distributed, wrap_ddp
 from fastlm.training.evaluate import prepare_eval_stream, stream_nll
+from fastlm.validation import (
+    check_float,
+    check_int,
+    check_optional_int,
+    check_positive_int,
+    check_seed,
+)
+
+MAX_TRANSFORMER_SEQ = TransformerConfig().max_len
+RUN_FILES = ("latest", "log.jsonl", "train_config.json", "tokenizer.json", "checkpoints")
 
 
 @dataclass
@@ -68,19 +86,42 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        """Every field checked here, before any file is touched or tensor allocated: the CLI and
+        the API share these checks (fastlm.validation)."""
         if self.model not in CONFIGS_BY_NAME:
             raise ValueError(
                 f"--model must be one of {sorted(CONFIGS_BY_NAME)}, got {self.model!r}"
             )
-        if self.seq_len <= 1:
+        if check_int(self.seq_len, "seq_len") <= 1:
             raise ValueError(f"seq_len must be > 1, got {self.seq_len}")
+        if self.model == "transformer" and self.seq_len > MAX_TRANSFORMER_SEQ:
+            raise ValueError(
+                f"seq_len {self.seq_len} is longer than the Transformer's position table "
+                f"({MAX_TRANSFORMER_SEQ})"
+            )
         if self.tokens is None and self.steps is None:
             raise ValueError("give a budget: --tokens or --steps")
-        for name in ("batch_size", "eval_every", "ckpt_every", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
+        check_optional_int(self.tokens, "tokens", min=1)
+        check_optional_int(self.steps, "steps", min=1)  # 0 steps would write no checkpoint
+        check_int(self.vocab_size, "vocab_size", min=258, max=MAX_VOCAB)
+        for name in ("batch_size", "eval_every", "eval_tokens", "ckpt_every", "log_every"):
+            check_positive_int(getattr(self, name), name)
+        check_positive_int(self.keep_checkpoints, "keep_checkpoints")
+        check_int(self.warmup_steps, "warmup_steps", min=0)
+        check_float(self.lr, "lr", min=0.0, min_open=True)
+        check_float(self.min_lr_ratio, "min_lr_ratio", min=0.0, max=1.0)
+        check_float(self.weight_decay, "weight_decay", min=0.0)
+        # a negative max-norm flips every gradient (training uphill); 0 freezes the model
+        check_float(self.grad_clip, "grad_clip", min=0.0, min_open=True)
+        if self.dropout is not None:
+            check_float(self.dropout, "dropout", min=0.0, max=1.0, max_open=True)
+        check_seed(self.seed)
+        check_optional_int(self.threads, "threads", min=1)
+        if not isinstance(self.data, list | tuple) or not self.data:
+            raise ValueError("give at least one --data file or directory")
+        for name in ("resume", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -98,6 +139,8 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    if not cfg.resume:
+        _check_new_run_dir(out)  # every rank, before rank 0 writes anything into it
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     barrier(dist)
@@ -204,7 +247,8 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s and time count training work only
     bar.close()
-    return out / "checkpoints" / f"step_{total:07d}"
+    # the checkpoint of the last step (on a finished --resume: the one resumed from)
+    return out / "checkpoints" / f"step_{step:07d}"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -215,9 +259,23 @@ def _get_tokenizer(cfg: TrainConfig, out: Path, dist: DistInfo, resume_dir) -> T
         return Tokenizer.load(cfg.tokenizer)
     path = out / "tokenizer.json"
     if dist.is_main and not path.is_file():
-        Tokenizer.train(resolve_text_files(cfg.data), cfg.vocab_size).save(path)
+        train_tokenizer(resolve_text_files(cfg.data), cfg.vocab_size).save(path)
     barrier(dist)
     return Tokenizer.load(path)
+
+
+def _check_new_run_dir(out: Path) -> None:
+    """A new run starts in a new or empty directory: reusing a run directory would mix its
+    tokenizer, checkpoints (deleted by retention) and log with the new run's."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a directory")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found or (out.is_dir() and any(out.iterdir())):
+        what = f"a training run ({', '.join(found)})" if found else "files"
+        raise FileExistsError(
+            f"--out {out} already holds {what}; pass --resume to continue it, "
+            "or choose a new or empty directory"
+        )
 
 
 def _model_config(cfg: TrainConfig, tok: Tokenizer, resume_dir: Path | None) -> ModelConfig:
@@ -249,13 +307,9 @@ def _valid_stream(cfg: TrainConfig, files: list[Path], tok: Tokenizer):
 
 
 def _find_resume(out: Path) -> Path:
-    pointer = out / "latest"
-    if not pointer.is_file():
-        raise CheckpointError(f"--resume: no checkpoint in {out} (missing {pointer})")
-    ckpt = out / pointer.read_text(encoding="utf-8").strip()
-    if not ckpt.is_dir():
-        raise CheckpointError(f"--resume: {pointer} names {ckpt}, which does not exist")
-    return ckpt
+    if not (out / "latest").is_file():
+        raise CheckpointError(f"--resume: no checkpoint in {out} (missing {out / 'latest'})")
+    return read_latest(out)
 
 
 def _restore(ckpt: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, int, float]:
