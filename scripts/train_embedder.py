@@ -89,6 +89,7 @@ def main() -> None:
     p.add_argument("--dev", type=Path, default=Path("../shared/data/stsb-dev/sts-dev.tsv"))
     p.add_argument("--ict", type=Path, help="BEIR-layout retrieval set to monitor")
     p.add_argument("--cloze", type=int, default=0, help="inverse-cloze pairs from --cloze-data")
+    p.add_argument("--cloze-max-tokens", type=int, default=128, help="cut cloze contexts here")
     p.add_argument(
         "--cloze-data",
         type=Path,
@@ -117,8 +118,10 @@ def main() -> None:
     cloze = None
     if args.cloze:
         q, c = cloze_pairs(args.cloze_data, args.cloze, seed=cfg.seed)
-        enc = lambda texts: [s[:MAX_TOKENS] for s in tok.encode_many(texts)]  # noqa: E731
-        cloze = ClozeSet(enc(q), enc(c))
+        cut = min(args.cloze_max_tokens, MAX_TOKENS)
+        cloze = ClozeSet(
+            [s[:cut] for s in tok.encode_many(q)], [s[:cut] for s in tok.encode_many(c)]
+        )
         print(f"cloze: {len(q)} pairs")
     trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate, cloze)
     if trainer.resume():

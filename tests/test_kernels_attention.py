@@ -18,6 +18,14 @@ from fastlm.kernels import reference  # noqa: E402
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """On a GPU the references run there too: keep their fp32 matmuls out of TF32."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 DTYPE_TOLERANCES = [  # (dtype, atol, rtol)
     pytest.param(torch.float32, 3e-4, 1e-3, id="fp32"),
     pytest.param(torch.float16, 5e-3, 1e-2, id="fp16"),
@@ -163,3 +171,33 @@ def test_compiled_kernel_refuses_cpu_tensors() -> None:
     q, k, v = (t.cpu() for t in make_qkv(1, 1, 8, 16, torch.float16))
     with pytest.raises(ValueError, match="needs a CUDA device"):
         attention_kernels.causal_attention(q, k, v)
+
+
+def test_batches_past_the_grid_limit_launch_in_chunks(monkeypatch) -> None:
+    """B * NH over the 65,535 programs of grid axis 1 launches in batch chunks (the limit is
+    lowered here so that a small input crosses it: 3 x 2 heads with at most 4 per launch)."""
+    monkeypatch.setattr(attention_kernels, "MAX_GRID_YZ", 4)
+    q, k, v = make_qkv(3, 2, 19, 16, torch.float32, seed=5)
+    mask = make_padding_mask(3, 19, "right", seed=5)
+    out = attention_kernels.causal_attention(q, k, v, key_padding_mask=mask)
+    assert_close("out", out, reference.causal_attention(q, k, v, mask), 3e-4, 1e-3)
+
+
+def test_interpreter_runs_one_fixed_config() -> None:
+    """No timing loop under the interpreter; a real GPU tunes fp16/bf16 over several configs."""
+    configs = attention_kernels.attention_configs(torch.float16, 64)
+    assert len(configs) == (len(attention_kernels.TUNED_CONFIGS) if ON_GPU else 1)
+
+
+def test_autotune_prune_drops_wide_tiles_only_at_head_dim_128() -> None:
+    """The GPU autotuner's prune (not run on CPU) keeps every config spill-free per the AOT
+    check: 128x128 tiles go at head_dim 128, nothing else does."""
+    configs = attention_kernels._attn_fwd_tuned.configs
+    assert len(configs) == len(attention_kernels.TUNED_CONFIGS)
+    at_64 = attention_kernels._prune(configs, {}, HEAD_DIM=64)
+    at_128 = attention_kernels._prune(configs, {}, HEAD_DIM=128)
+    assert at_64 == configs
+    assert at_128 and all(c.kwargs["BLOCK_N"] < 128 for c in at_128)
+    assert len(at_128) == len(configs) - 1
+    for c in configs:  # the stage split needs BLOCK_M to be a multiple of BLOCK_N
+        assert c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0

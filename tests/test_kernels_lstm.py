@@ -17,6 +17,14 @@ from fastlm.kernels import reference  # noqa: E402
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    """On a GPU the references run there too: keep their fp32 matmuls out of TF32."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 DTYPE_TOLERANCES = [  # (dtype, atol, rtol)
     pytest.param(torch.float32, 3e-4, 1e-3, id="fp32"),
     pytest.param(torch.float16, 5e-3, 1e-2, id="fp16"),
@@ -158,3 +166,80 @@ def test_interpreter_refuses_bf16() -> None:
 def test_compiled_kernel_refuses_cpu_tensors() -> None:
     with pytest.raises(ValueError, match="needs a CUDA device"):
         lstm_kernels.lstm_step(*(t.cpu() for t in _step_args()))
+
+
+# ----------------------------------------------------------------------------- cell state precision
+
+
+def drift_inputs(B: int, T: int, H: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """fp32 (x_proj, h0, c0, w_hh, bias) with the forget gate biased to ~0.95: a long memory,
+    where c grows to several units and each step adds little to it. Rounding c to bf16 every
+    step (2**-5 apart at 4) loses those small updates: the drift the fp32 cell state fixes."""
+    x_proj, h0, c0, w_hh, bias = make_lstm_inputs(B, T, H, torch.float32, seed).values()
+    bias[H : 2 * H] += 3.0
+    return x_proj.cpu() * 0.5, h0.cpu() * 0, c0.cpu() * 0, w_hh.cpu(), bias.cpu()
+
+
+# c_T error bound after 1024 steps (|c| reaches ~4): what keeping c in fp32 must stay under
+# (measured with these seeds, bf16 / fp16: fp32 c 1.4e-3 / 4.6e-4; c rounded 2.6e-2 / 2.7e-3)
+DRIFT_BOUND = {torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_long_sequence_cell_state_does_not_drift(dtype: torch.dtype) -> None:
+    """T = 1024 through a plain-PyTorch simulation of the kernels' precision contract (h, x,
+    weights in `dtype`, c in fp32, fp32 math), against fp32 math on the same rounded inputs.
+    Plain PyTorch covers both dtypes at T = 1024 in a second (the interpreter cannot run bf16);
+    the next test runs the kernel itself over 512 steps in fp16. The control (c rounded to `dtype`
+    every step, as the kernels did before) must break the bound, or the bound proves nothing."""
+    x_proj, h0, c0, w_hh, bias = drift_inputs(2, 1024, 16)
+    low = [t.to(dtype) for t in (x_proj, h0, w_hh, bias)]
+    exact = reference.lstm_layer(low[0].float(), h0, c0, low[2].float(), low[3].float())[1][1]
+    kept = reference.lstm_layer(low[0], low[1], c0, low[2], low[3])[1][1]
+    rounded = reference.lstm_layer(low[0], low[1], c0.to(dtype), low[2], low[3])[1][1]
+    assert kept.dtype == torch.float32 and exact.abs().max() > 2  # a long memory indeed
+    kept_err = (kept - exact).abs().max().item()
+    rounded_err = (rounded.float() - exact).abs().max().item()
+    assert kept_err < DRIFT_BOUND[dtype], f"fp32 c drifted {kept_err:.2e}"
+    assert rounded_err > DRIFT_BOUND[dtype], f"control: rounded c only {rounded_err:.2e} off"
+
+
+@pytest.mark.slow  # ~5-15 s: one program walking 512 steps under the interpreter
+def test_sequence_kernel_cell_state_does_not_drift_over_512_steps() -> None:
+    """The persistent kernel itself, fp16 I/O with an fp32 c0, T = 512 (one program, so the
+    interpreter manages it): c_T is fp32, equals the fp32-c simulation above, and stays within
+    the fp16 drift bound of exact fp32 math where a c rounded every step does not (measured:
+    kernel 2.4e-4, rounded 8.2e-3)."""
+    x_proj, h0, c0, w_hh, bias = drift_inputs(1, 512, 16)
+    low = [t.to(DEVICE, torch.float16) for t in (x_proj, h0, w_hh, bias)]
+    h0, c0 = h0.to(DEVICE), c0.to(DEVICE)
+    out, (h_t, c_t) = lstm_kernels.lstm_sequence(low[0], low[1], c0, low[2], low[3])
+    assert out.dtype == h_t.dtype == torch.float16 and c_t.dtype == torch.float32
+    out_sim, (_, c_sim) = reference.lstm_layer(low[0], low[1], c0, low[2], low[3])
+    assert_close("out", out, out_sim, 5e-3, 1e-2)
+    assert_close("c_T", c_t, c_sim, 1e-4, 1e-4)
+    exact = reference.lstm_layer(low[0].float(), h0, c0, low[2].float(), low[3].float())[1][1]
+    rounded = reference.lstm_layer(low[0], low[1], c0.half(), low[2], low[3])[1][1]
+    bound = DRIFT_BOUND[torch.float16]
+    assert (c_t - exact).abs().max().item() < bound
+    assert (rounded.float() - exact).abs().max().item() > bound  # the control breaks it
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_lstm_step_takes_and_returns_fp32_cell_state(dtype: torch.dtype) -> None:
+    skip_unless_runnable(dtype)
+    a = make_lstm_inputs(3, 1, 40, dtype)
+    x_t, c = a["x_proj"][:, 0].contiguous(), a["c0"].float() * 3
+    h_new, c_new = lstm_kernels.lstm_step(x_t, a["h0"], c, a["w_hh"], a["bias"])
+    assert h_new.dtype == dtype and c_new.dtype == torch.float32
+    h_ref, c_ref = reference.lstm_step(x_t, a["h0"], c, a["w_hh"], a["bias"])
+    assert_close("h_new", h_new, h_ref, 5e-3, 1e-2)
+    assert_close("c_new", c_new, c_ref, 1e-3, 1e-3)
+
+
+def test_hidden_size_above_the_offset_limit_is_refused() -> None:
+    H = lstm_kernels.MAX_HIDDEN + 1
+    h = torch.zeros(1, H, device=DEVICE)
+    tiny = torch.zeros(4, device=DEVICE)  # never read: the size check comes first
+    with pytest.raises(ValueError, match="above the kernels' limit"):
+        lstm_kernels.lstm_step(tiny, h, h, tiny, tiny)

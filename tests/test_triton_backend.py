@@ -19,10 +19,12 @@ from fastlm.engine.triton_backend import (
     LSTMKernelDecoder,
     LSTMKernelWeights,
     lstm_hidden_states,
+    tower_embeddings,
     transformer_hidden_states,
 )
 from fastlm.kernels import triton_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.models.embedder import EmbeddingTower, new_tower
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -98,7 +100,7 @@ def test_lstm_forward_matches_nn_lstm(dtype: torch.dtype, atol: float) -> None:
     model = small_lstm()
     ids = random_ids(2, 5, seed=1)
     out, (h, c) = lstm_hidden_states(LSTMKernelWeights.from_model(model, dtype), ids)
-    assert out.dtype == h.dtype == c.dtype == dtype
+    assert out.dtype == h.dtype == dtype and c.dtype == torch.float32  # c: no per-step rounding
     want_out, (want_h, want_c) = model.hidden_states(ids)
     for name, got, want in (("out", out, want_out), ("h", h, want_h), ("c", c, want_c)):
         torch.testing.assert_close(
@@ -123,13 +125,42 @@ def test_lstm_decoder_matches_full_forward() -> None:
         )
 
 
+@needs_triton
+@pytest.mark.parametrize("trained", [False, True], ids=["lm-mean", "trained-tower"])
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+@torch.inference_mode()
+def test_tower_embeddings_match_the_tower(arch: str, trained: bool) -> None:
+    """embed's path: the tower's pooling and projection over kernel states == tower(ids, mask),
+    for the LM's own mean and for a trained tower (its own encoder copy, no output layer)."""
+    torch.manual_seed(0)
+    if arch == "lstm":  # a tower concatenates states and token rows: one width for both
+        model = SimpleLSTM_LM(vocab_size=50, embedding_dim=24, hidden_dim=24, num_layers=2)
+    else:
+        model = small_transformer()
+    model = model.to(DEVICE).eval()
+    tower = new_tower(model, dim=8) if trained else EmbeddingTower(model)
+    if trained:
+        torch.nn.init.normal_(tower.proj.weight)  # not the identity it starts as
+    tower = tower.to(DEVICE).eval()
+    ids = random_ids(3, 9, seed=4)
+    mask = torch.ones(3, 9, dtype=torch.int64, device=DEVICE)
+    mask[1, 5:] = 0  # right padding
+    mask[2, 2:] = 0
+    got = tower_embeddings(tower, ids, mask)
+    want = tower(ids, mask)
+    assert got.dtype == torch.float32 and got.shape == want.shape == (3, tower.dim)
+    torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- CUDA only
 
 
 @pytest.fixture
 def full_precision_cudnn(monkeypatch):
-    """Eager's fp32 cuDNN LSTM without TF32, so fp32 parity is a fair comparison."""
+    """Eager's fp32 cuDNN LSTM and matmuls without TF32 (cuDNN's default on Ampere and later
+    is TF32: ~5e-5 error against an atol of 1e-4), so fp32 parity is a fair comparison."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 @needs_gpu

@@ -3,6 +3,7 @@
     fastlm.kernels.reference  plain PyTorch (CPU fallback and parity oracle)
     fastlm.kernels.lstm       fused LSTM step and persistent LSTM layer (Triton)
     fastlm.kernels.attention  causal flash attention forward (Triton)
+    fastlm.kernels.aot        ahead-of-time compile of every variant for sm_90/sm_80, no GPU
 
 The Triton modules import triton at import time, so import them only after
 `triton_available()` (or `cuda_kernels_available()` for real GPU runs) says yes. On a CPU

@@ -16,6 +16,11 @@ end divides by 1 instead.
 
 q, k and v may be strided views (e.g. heads split off a fused qkv projection) as long as
 their last dimension is contiguous (stride 1); the output is a new contiguous tensor.
+
+Launch: fp16/bf16 on a GPU are autotuned over TUNED_CONFIGS, keyed on the length bucket
+(next power of two of T), head_dim and the mask flag; fp32 and the interpreter run one fixed
+config. The grid's second axis (B * NH) is capped at 65,535 by CUDA: larger batches launch
+in batch chunks. Offsets inside one (batch, head) are int32, checked by the launcher.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+MAX_GRID_YZ = 65_535  # CUDA limit on the 2nd and 3rd grid dimensions
 LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e))
 
 
@@ -75,10 +81,12 @@ def _attn_fwd_kernel(
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot,
-    NH, T, qk_scale,
+    NH, T, T_BUCKET, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
+    # T_BUCKET (next power of two of T) is unused here: it is the autotuner's cache key, so
+    # every length in a bucket shares one tuned config instead of tuning per length.
     start_m = tl.program_id(0) * BLOCK_M
     off_bh = tl.program_id(1)
     off_b = (off_bh // NH).to(tl.int64)  # int64: offsets of large batches overflow int32
@@ -136,7 +144,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                 f"{name} must have a contiguous last dimension (stride 1), got strides "
                 f"{t.stride()}; call .contiguous() on it first"
             )
-    interpreted = isinstance(_attn_fwd_kernel, InterpretedFunction)
+    interpreted = _interpreted()
     if not (q.is_cuda or interpreted):
         raise ValueError(
             f"q is on {q.device}: the Triton attention kernel needs a CUDA device "
@@ -171,13 +179,56 @@ def _key_mask_as_int8(key_padding_mask: torch.Tensor, q: torch.Tensor) -> torch.
     return keep.contiguous().view(torch.int8)  # bool and int8 share one byte: no copy
 
 
-def _block_sizes(dtype: torch.dtype, T: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is a multiple of BLOCK_N."""
-    if dtype == torch.float32:  # parity checks only: small tiles keep fp32 in shared memory
-        return 64, 32, 4, 2
-    if T <= 64:
-        return 64, 64, 4, 2
-    return 128, 64, 8, 3
+# fp16/bf16 configs the autotuner picks from: (BLOCK_M, BLOCK_N, num_warps, num_stages).
+# Started from the Triton tutorial's search; the AOT compile check (fastlm.kernels.aot) then
+# moved 128x64 tiles to 8 warps, which the tutorial drops: with 4 they spill on sm_90 at
+# head_dim 128 (352 B per thread) and at head_dim 32 with a mask. BLOCK_M is a multiple of
+# BLOCK_N (the stage split needs it).
+TUNED_CONFIGS = ((64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3))
+# fp32 (parity checks only): small tiles keep fp32 operands in shared memory; 8 warps, as
+# 4 spill 1.4 KB per thread at head_dim 64 (AOT compile check). head_dim 128 still spills.
+FP32_CONFIG = (64, 32, 8, 2)
+# under the interpreter (tests on CPU): one fixed config, never a timing loop
+INTERPRETER_CONFIG = (64, 32, 4, 2)
+
+
+def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
+    kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
+
+
+def _fits(block_n: int, head_dim: int) -> bool:
+    """128x128 tiles are left out at head_dim 128: they take 224 KiB of shared memory on sm_90
+    (one program per SM) and spill on sm_80 (the AOT compile check shows both)."""
+    return not (head_dim >= 128 and block_n >= 128)
+
+
+def attention_configs(dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
+    """The configs the launcher may run for this dtype and head_dim (one unless autotuned)."""
+    if _interpreted():
+        return [_config(*INTERPRETER_CONFIG)]
+    if dtype == torch.float32:
+        return [_config(*FP32_CONFIG)]
+    return [_config(*c) for c in TUNED_CONFIGS if _fits(c[1], head_dim)]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The autotuner's early prune: the same rule as attention_configs."""
+    return [c for c in configs if _fits(c.kwargs["BLOCK_N"], kwargs["HEAD_DIM"])]
+
+
+# Autotuned entry point for fp16/bf16 on a GPU. The key holds the length bucket, head_dim and
+# the mask flag; the autotuner adds the tensors' dtypes itself. The kernel only writes `out`,
+# so re-running it while timing configs is harmless.
+_attn_fwd_tuned = triton.autotune(
+    configs=[_config(*c) for c in TUNED_CONFIGS],
+    key=["T_BUCKET", "HEAD_DIM", "HAS_MASK"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_attn_fwd_kernel)
+
+
+def _interpreted() -> bool:
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
 
 
 def causal_attention(
@@ -192,28 +243,61 @@ def causal_attention(
     q, k, v: (B, NH, T, D), one dtype (fp32/fp16/bf16) and device, D in 16/32/64/128, last
     dimension contiguous (other strides are free). key_padding_mask: (B, T) bool or integer,
     True/non-zero = real token; None = all real. scale: default 1 / sqrt(D).
-    See reference.causal_attention for the exact semantics.
+    See reference.causal_attention for the exact semantics. fp16/bf16 on a GPU are autotuned
+    per (length bucket, head_dim, mask): the first call of each bucket times a few configs.
     """
     _check_inputs(q, k, v)
     B, NH, T, D = q.shape
     out = torch.empty(B, NH, T, D, dtype=q.dtype, device=q.device)
     if B * NH * T == 0:
         return out
+    _check_offsets(q, k, v)
     has_mask = key_padding_mask is not None
     # unused when HAS_MASK is False; any pointer will do
     keep = _key_mask_as_int8(key_padding_mask, q) if has_mask else q
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _block_sizes(q.dtype, T)
-    grid = (triton.cdiv(T, BLOCK_M), B * NH)
-    _attn_fwd_kernel[grid](
+    # grid axis 1 is B * NH, at most 65,535 programs: launch in batch chunks that fit it
+    rows = max(1, MAX_GRID_YZ // NH)
+    for b0 in range(0, B, rows):
+        b1 = min(B, b0 + rows)
+        mask_rows = keep[b0:b1] if has_mask else keep
+        _launch(q[b0:b1], k[b0:b1], v[b0:b1], mask_rows, out[b0:b1], scale, has_mask)
+    return out
+
+
+def _launch(q, k, v, keep, out, scale: float, has_mask: bool, config=None) -> None:
+    """One kernel launch over q's (B, NH) with B * NH <= MAX_GRID_YZ. config: a triton.Config
+    to run instead of the autotuned choice (the GPU check smoke-tests each one)."""
+    B, NH, T, D = q.shape
+    assert B * NH <= MAX_GRID_YZ, (B, NH)
+    configs = attention_configs(q.dtype, D) if config is None else [config]
+    tuned = len(configs) > 1
+    kernel = _attn_fwd_tuned if tuned else _attn_fwd_kernel
+    fixed = {} if tuned else {**configs[0].kwargs, "num_warps": configs[0].num_warps,
+                              "num_stages": configs[0].num_stages}  # fmt: skip
+
+    def grid(meta: dict) -> tuple[int, int]:
+        return (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
+
+    kernel[grid](
         q, k, v, keep, out,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        NH, T, scale * LOG2_E,
-        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HAS_MASK=has_mask,
+        NH, T, triton.next_power_of_2(T), scale * LOG2_E,
+        HEAD_DIM=D, HAS_MASK=has_mask,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages,
+        **fixed,
     )  # fmt: skip
-    return out
+
+
+def _check_offsets(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Offsets inside one (batch, head) slab are int32 in the kernel: check they fit."""
+    T = q.shape[2]
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if (T + 128) * t.stride(2) >= 2**31:  # + 128: the last block may run past T
+            raise ValueError(
+                f"{name}: T={T} rows {t.stride(2)} elements apart pass the kernel's int32 "
+                "offsets (2**31); split the sequence or use backend='eager'"
+            )
