@@ -57,6 +57,17 @@ def pytest_addoption(parser):
         help="paragraphs for the end-to-end suite (default 2000, smoke 200)",
     )
     group.addoption(
+        "--bench-long-docs",
+        type=int,
+        default=None,
+        help="documents for the long-document suite (default 120, smoke 24)",
+    )
+    group.addoption(
+        "--bench-minilm",
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        help="sentence-transformers model for the long-document comparison",
+    )
+    group.addoption(
         "--bench-no-gates",
         action="store_true",
         help="report ratios without enforcing bench/thresholds.py",

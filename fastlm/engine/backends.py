@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from fastlm.checkpoint import Checkpoint
 
+SCORE_CHUNK = 1024  # time steps per scoring chunk: bounds logits (and LSTM activation) memory
+
 
 class Decoder(Protocol):
     """Incremental decoding for one sequence (batch 1). Logits are float32 torch (V,) on CPU."""
@@ -80,12 +82,7 @@ class TorchBackend(Backend):
             return self.embedder(ids, mask).float().cpu().numpy()  # one host copy per batch
 
     def nll_batch(self, input_ids, attention_mask):
-        with torch.inference_mode():
-            ids = torch.from_numpy(input_ids).to(self.device)
-            mask = torch.from_numpy(attention_mask).to(self.device)
-            logits = self.model.fc(self._states(ids[:, :-1])).float()  # (B, T-1, V)
-            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            return (nll * mask[:, 1:]).sum(dim=1).double().cpu().numpy()
+        return chunked_nll(self.model, input_ids, attention_mask, self.device)
 
     def new_decoder(self, max_seq: int) -> Decoder:
         from fastlm.engine.decoding import build_step, make_decoder
@@ -93,6 +90,39 @@ class TorchBackend(Backend):
         if self._step is None:  # built once: the weights copied in step layout
             self._step = build_step(self.model)
         return make_decoder(self.model, self._step, max_seq, self.device)
+
+
+def chunked_nll(model, input_ids: np.ndarray, attention_mask: np.ndarray, device) -> np.ndarray:
+    """(B, T) -> (B,) float64 summed NLL, the logits made SCORE_CHUNK positions at a time.
+
+    The LSTM also runs its recurrence chunk by chunk carrying (h, c), so memory is bounded for
+    any length (a full-length pass costs ~23-39 KB per token); the Transformer's states are
+    computed once (its context is bounded) and only the logits are chunked."""
+    with torch.inference_mode():
+        ids = torch.from_numpy(input_ids).to(device)
+        mask = torch.from_numpy(attention_mask).to(device)
+        inputs, targets, weights = ids[:, :-1], ids[:, 1:], mask[:, 1:]
+        total = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
+        for start, states in _state_chunks(model, inputs):
+            stop = start + states.shape[1]
+            logits = model.fc(states).float()  # (B, chunk, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), targets[:, start:stop], reduction="none")
+            total += (nll * weights[:, start:stop]).sum(dim=1).double()
+        return total.cpu().numpy()
+
+
+def _state_chunks(model, inputs: torch.Tensor):
+    """(start, top-layer states (B, chunk, D)) over the time axis of inputs (B, T)."""
+    T = inputs.shape[1]
+    if model.config.architecture == "lstm":
+        state = None
+        for start in range(0, T, SCORE_CHUNK):
+            states, state = model.hidden_states(inputs[:, start : start + SCORE_CHUNK], state)
+            yield start, states
+        return
+    states = model.hidden_states(inputs)
+    for start in range(0, T, SCORE_CHUNK):
+        yield start, states[:, start : start + SCORE_CHUNK]
 
 
 _REGISTRY: dict[str, type[Backend]] = {"eager": TorchBackend}

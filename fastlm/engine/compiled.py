@@ -84,6 +84,8 @@ class CompileBackend(TorchBackend):
             return self._timed("embed", self._pool, ids, mask)[:B].cpu().numpy()
 
     def nll_batch(self, input_ids, attention_mask):
+        if self.config.architecture != "transformer":
+            return super().nll_batch(input_ids, attention_mask)  # eager, chunked (see __doc__)
         with torch.inference_mode():
             # +1 so the shifted (T-1) length is the bucketed one
             ids, mask, B = self._padded(input_ids, attention_mask, extra=1)

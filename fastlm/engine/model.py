@@ -5,11 +5,15 @@ the sampling loop and streaming. Backends only run padded numpy batches (engine/
 
 Documented behaviour for edge cases:
 - embed: [] -> (0, D) array; "" (no tokens) -> zero vector (stays zero when normalised);
-  whitespace-only text is ordinary text (it has tokens). Texts longer than the context
-  (`max_length`, default the model's position table, 5000 tokens) are truncated with a warning.
+  whitespace-only text is ordinary text (it has tokens). A text of any length embeds in bounded
+  memory: longer than the embedding window (`embed_window`: the Transformer's 256 trained
+  positions, 1,024 for the LSTM) it is embedded window by window and the windows pooled
+  (fastlm/batching.py); `max_length=` truncates first.
 - score: "" -> log_likelihood 0, perplexity 1, bits_per_byte 0, tokens 0. Every token is scored,
-  the first one given <|endoftext|> as context. Too-long text is a ValueError (truncating would
-  silently change the score).
+  the first one given <|endoftext|> as context. Text longer than the Transformer's context is a
+  ValueError (truncating would silently change the score); the LSTM scores any length, in
+  chunks that carry its state.
+- batches are bounded by `token_budget` padded tokens (and `batch_size` texts or windows).
 - generate: text prompts are preceded by <|endoftext|> (the document separator the models were
   trained with); generation stops at <|endoftext|>, at a stop string, or after max_new_tokens.
 """
@@ -24,7 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fastlm.batching import embed_sorted, truncate
+from fastlm.batching import (
+    DEFAULT_TOKEN_BUDGET,
+    embed_window,
+    embed_windowed,
+    l2_normalize,
+    plan_batches,
+    truncate,
+)
 from fastlm.engine.backends import Backend
 from fastlm.models.layers import check_sampling, make_generator, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
@@ -70,6 +81,12 @@ class LanguageModel:
         """Longest token sequence the model takes (None: unbounded, the LSTM)."""
         return self.config.max_len
 
+    @property
+    def embed_window(self) -> int:
+        """Tokens per embedding window: longer texts are embedded window by window."""
+        trained = getattr(self.config, "train_seq_len", None)
+        return embed_window(self.architecture, trained)
+
     # ------------------------------------------------------------------ embed
     def embed(
         self,
@@ -79,31 +96,54 @@ class LanguageModel:
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
         convert_to_tensor: bool = False,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
     ) -> np.ndarray | torch.Tensor:
-        """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order."""
+        """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order.
+
+        Texts longer than `embed_window` tokens are embedded window by window (token-weighted
+        mean of the windows, then normalised); `max_length` truncates each text first. A batch
+        holds at most `batch_size` windows and `token_budget` padded tokens."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
         check_positive_int(batch_size, "batch_size")
+        check_positive_int(token_budget, "token_budget")
         check_optional_int(max_length, "max_length", min=1)
-        seqs = truncate(self.tokenizer.encode_many(items), self.context_length, max_length)
+        seqs = truncate(self.tokenizer.encode_many(items), max_length)
         if show_progress_bar is None:
             show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS
 
         def bar(batches):
             return tqdm(batches, desc="embed", disable=not show_progress_bar)
 
-        out = embed_sorted(
-            seqs, self.embedding_dim, batch_size, self.backend.embed_batch, normalize, bar
+        out = embed_windowed(
+            seqs,
+            self.embedding_dim,
+            self.backend.embed_batch,
+            self.embed_window,
+            batch_size,
+            token_budget,
+            bar,
         )
+        if normalize:
+            out = l2_normalize(out)
         result = out[0] if single else out
         return torch.from_numpy(result) if convert_to_tensor else result
 
     # ------------------------------------------------------------------ score
-    def score(self, texts: str | Sequence[str], batch_size: int = 32):
-        """Log-likelihood, perplexity and bits per byte of each text (a list, or one result)."""
+    def score(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ):
+        """Log-likelihood, perplexity and bits per byte of each text (a list, or one result).
+
+        A batch holds at most `batch_size` texts and `token_budget` padded tokens (and, on
+        backends that materialise attention scores, a bounded number of score cells)."""
         single = isinstance(texts, str)
         items = _check_texts([texts] if single else texts)
         check_positive_int(batch_size, "batch_size")  # -1 would score nothing: PPL 1
+        check_positive_int(token_budget, "token_budget")
         seqs = [[EOT_ID] + s for s in self.tokenizer.encode_many(items)]
         limit = self.context_length
         for i, s in enumerate(seqs):
@@ -112,12 +152,12 @@ class LanguageModel:
                     f"texts[{i}] has {len(s) - 1} tokens; the model scores at most {limit - 1}"
                 )
         nll = np.zeros(len(seqs))
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        for start in range(0, len(order), batch_size):
-            idx = [i for i in order[start : start + batch_size] if len(seqs[i]) > 1]
-            if idx:
-                batch = pad_batch([seqs[i] for i in idx])
-                nll[idx] = self.backend.nll_batch(batch.input_ids, batch.attention_mask)
+        # scored lengths: a text of one token (just <|endoftext|>) has nothing to score
+        lengths = [len(s) if len(s) > 1 else 0 for s in seqs]
+        cells = getattr(self.backend, "max_attention_cells", None)
+        for idx in plan_batches(lengths, batch_size, token_budget, cells):
+            batch = pad_batch([seqs[i] for i in idx])
+            nll[idx] = self.backend.nll_batch(batch.input_ids, batch.attention_mask)
         results = [
             _score_result(n, len(s) - 1, len(t.encode("utf-8")))
             for n, s, t in zip(nll, seqs, items)

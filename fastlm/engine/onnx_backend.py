@@ -21,10 +21,18 @@ import onnxruntime  # noqa: F401  (a missing onnxruntime leaves this backend unr
 import torch
 
 from fastlm.checkpoint import Checkpoint
-from fastlm.engine.backends import Backend, register_backend
+from fastlm.engine.backends import SCORE_CHUNK, Backend, chunked_nll, register_backend
 from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
 
 log = logging.getLogger("fastlm")
+
+# lm.onnx has no state input: LSTM texts longer than this are scored by the eager LSTM in
+# chunks (bounded memory); shorter ones by ONNX Runtime, whose logits take 8 KB per token.
+LSTM_SCORE_MAX = 4096
+# Score cells (batch x T^2) per scoring batch: the exported attention materialises its
+# (B, heads, T, T) scores, 4 heads x 4 bytes = 16 bytes per cell per tensor; 2^24 cells bound a
+# tensor to 256 MB (a single text longer than that runs alone).
+ATTENTION_CELLS = 1 << 24
 
 
 def default_cache_dir() -> Path:
@@ -73,17 +81,24 @@ class OnnxBackend(Backend):
                 '(pip install "fastlm[gpu]" for onnxruntime-gpu)',
                 device,
             )
+        if self.config.architecture == "transformer":
+            self.max_attention_cells = ATTENTION_CELLS  # read by LanguageModel.score
 
     def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.onnx.embed_batch(input_ids, attention_mask)
 
     def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.config.architecture == "lstm" and input_ids.shape[1] - 1 > LSTM_SCORE_MAX:
+            # lm.onnx starts from a zero state, so it cannot score a long text in chunks:
+            # the checkpoint's eager LSTM does, carrying (h, c) (bounded memory).
+            return chunked_nll(self.checkpoint.model, input_ids, attention_mask, self.device)
         logits = self.onnx.logits(input_ids[:, :-1])  # (B, T-1, V) float32
-        shift = logits.max(axis=-1, keepdims=True)
-        lse = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]  # (B, T-1)
-        target = np.take_along_axis(logits, input_ids[:, 1:, None], axis=-1)[..., 0]
-        nll = (lse - target).astype(np.float64) * attention_mask[:, 1:]
-        return nll.sum(axis=1)
+        targets, weights = input_ids[:, 1:], attention_mask[:, 1:]
+        total = np.zeros(input_ids.shape[0])
+        for start in range(0, logits.shape[1], SCORE_CHUNK):  # bounds the numpy temporaries
+            part = slice(start, start + SCORE_CHUNK)
+            total += (_token_nll(logits[:, part], targets[:, part]) * weights[:, part]).sum(1)
+        return total
 
     def new_decoder(self, max_seq: int) -> TorchLogitsDecoder:
         return TorchLogitsDecoder(self.onnx.new_decoder())
@@ -109,6 +124,14 @@ class TorchLogitsDecoder:
 
     def step(self, token: int) -> torch.Tensor:
         return torch.from_numpy(self._decoder.step(token))
+
+
+def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """logits (B, T, V) float32, targets (B, T) -> (B, T) float64 NLL in nats."""
+    shift = logits.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]  # (B, T)
+    target = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return (lse - target).astype(np.float64)
 
 
 def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers) -> OnnxModel:
