@@ -79,6 +79,24 @@ def ict_evaluator(directory: Path, tokenizer):
     return evaluate
 
 
+def branch_scales(lm, token_weight: float, n: int = 512) -> tuple[float, float]:
+    """Initial projection scales (1/|states mean|, w/|token mean|), norms averaged over the first
+    n STS-B train sentences, so the tower starts as a balanced mix of the two branches."""
+    from fastlm.models.layers import mean_pool
+    from fastlm.tokenizer import pad_batch
+
+    s1, _, _ = read_sts_tsv(Path("../shared/data/stsb-train/sts-train.tsv"))
+    b = pad_batch([s[:MAX_TOKENS] for s in lm.tokenizer.encode_many(s1[:n])])
+    ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
+    net = lm.backend.model
+    with torch.no_grad():
+        out = net.hidden_states(ids)
+        states = mean_pool(out[0] if isinstance(out, tuple) else out, mask)
+        tokens = mean_pool(net.embedding(ids), mask)
+    n_states, n_tokens = states.norm(dim=1).mean().item(), tokens.norm(dim=1).mean().item()
+    return 1.0 / n_states, token_weight / n_tokens
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -97,6 +115,7 @@ def main() -> None:
         default=sorted(Path("../shared/data/gutenberg_en").glob("train-*.txt")),
     )
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--token-weight", type=float, default=2.0, help="initial lexical share")
     for f, v in EmbedTrainConfig().__dict__.items():
         p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     args = p.parse_args()
@@ -105,7 +124,7 @@ def main() -> None:
     cfg = EmbedTrainConfig(**{f: getattr(args, f) for f in EmbedTrainConfig().__dict__})
     lm = fastlm.load(args.model, backend="eager")
     tok = lm.tokenizer
-    tower = new_tower(lm.backend.model)
+    tower = new_tower(lm.backend.model, scales=branch_scales(lm, args.token_weight))
     pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
     distill = load_distill(args.distill, tok, args.teacher) if args.distill else None
     monitors = [sts_evaluator(args.dev, tok)] if args.dev.exists() else []

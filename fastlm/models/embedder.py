@@ -82,14 +82,21 @@ def _headless(lm: nn.Module) -> nn.Module:
     return lm
 
 
-def new_tower(lm_like: nn.Module, dim: int | None = None) -> EmbeddingTower:
+def new_tower(
+    lm_like: nn.Module, dim: int | None = None, scales: tuple[float, float] = (1.0, 0.0)
+) -> EmbeddingTower:
     """A trainable tower initialised from a trained LM (a deep copy: the LM is untouched). The
-    projection starts as [I, 0]: the tower starts as the LM's mean pooling."""
+    projection starts as [s_states * I, s_tokens * I]: with the default (1, 0) the tower starts
+    as the LM's mean pooling; `scales` that equalise the two means' norms start it as their mix
+    (the token-table mean is ~50x smaller than the post-norm states, so [I, 0] would leave the
+    lexical branch all but unused)."""
     enc = _headless(copy.deepcopy(lm_like))
-    width = enc.config.embed_dim
+    width, emb = enc.config.embed_dim, enc.embedding.embedding_dim
     proj = nn.Linear(pooled_width(enc), dim or width)
     with torch.no_grad():
-        proj.weight.copy_(torch.eye(proj.out_features, pooled_width(enc)))
+        proj.weight.zero_()
+        proj.weight[:, :width].copy_(scales[0] * torch.eye(proj.out_features, width))
+        proj.weight[:, width:].copy_(scales[1] * torch.eye(proj.out_features, emb))
         proj.bias.zero_()
     return EmbeddingTower(enc, proj)
 
