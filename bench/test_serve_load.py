@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +30,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from fastlm.serve.process import repo_env, start_server  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 16
 MAX_TEXTS_PER_REQUEST = 16
@@ -40,35 +39,11 @@ DEADLINE_S = 120.0
 MODEL = "transformer"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(device: str, threads: int | None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "fastlm", "serve", MODEL, "--port", str(port)]
-    cmd += ["--device", device, "--backend", "eager"] + (
+    args = ["--device", device, "--backend", "eager"] + (
         ["--threads", str(threads)] if threads else []
     )
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start within 120 s")
+    return start_server(MODEL, args, repo_env(ROOT), ROOT)
 
 
 def _requests(n_texts: int) -> list[list[int]]:

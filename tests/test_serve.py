@@ -24,37 +24,17 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from fastlm.serve.process import repo_env  # noqa: E402
+from fastlm.serve.process import start_server as _start  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lstm"
 LIMITS = ["--max-items", "8", "--max-chars", "2000", "--max-tokens", "64"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(*extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-m", "fastlm", "serve", MODEL, "--port", str(port), "--threads", "1"]
-    proc = subprocess.Popen(
-        [*cmd, *extra], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not come up in 120 s")
+    env = repo_env(ROOT, OMP_NUM_THREADS="1")
+    return _start(MODEL, ["--threads", "1", *extra], env, ROOT, stdout=subprocess.PIPE)
 
 
 def stop_server(proc: subprocess.Popen) -> int:
