@@ -127,9 +127,10 @@ def _half(init: onnx.TensorProto, name: str) -> onnx.TensorProto:
 def quantize_int8(src: Path, dst: Path, architecture: str) -> None:
     """Dynamic int8 quantization of the ONNX file `src` into `dst` (see the module docstring).
 
-    Every MatMul/Gemm with a constant weight (and the LSTM ops) is quantized, the output
-    projection included: on the trained models the certificate stays far inside its bounds
-    (docs/onnx.md), so no node needs to be excluded.
+    Every MatMul/Gemm with a constant weight (and the LSTM ops) is quantized, the LM's output
+    projection included (the certificate stays far inside its bounds, docs/onnx.md), except the
+    embedding tower's final projection: its input concatenates two means ~50x apart in scale,
+    and one per-tensor activation scale would flatten the smaller (lexical) half.
     """
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
@@ -143,8 +144,27 @@ def quantize_int8(src: Path, dst: Path, architecture: str) -> None:
             str(source),
             str(dst),
             op_types_to_quantize=ops,
+            nodes_to_exclude=_embedding_projection(source),
             per_channel=True,
             reduce_range=True,
             weight_type=QuantType.QInt8,
             extra_options={"MatMulConstBOnly": True},
         )
+
+
+def _embedding_projection(path: Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes that compute the graph output "embedding": the node that
+    writes it, or the matmul under its bias Add (quant_pre_process splits Gemm into the two)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    last = producer.get("embedding")
+    if last is None:
+        return []
+    candidates = [last] + [
+        producer[i] for i in last.input if i in producer and last.op_type == "Add"
+    ]
+    names = [n.name for n in candidates if n.op_type in ("MatMul", "Gemm") and n.name]
+    # quantize_dynamic first splits a Gemm into "<name>_MatMul" + "<name>_Add": exclude both
+    return names + [f"{n}_MatMul" for n in names]
