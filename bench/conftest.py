@@ -281,6 +281,15 @@ class Gates:
                 f"({row['ms']:.2f} ms vs {row['baseline']} {row['baseline_ms']:.2f} ms)"
             )
 
+    def apply_best(self, suite: str, arch: str, as_suite: str) -> None:
+        """Gate (or report) the fastest backend's row of `suite` for `arch` as `as_suite`."""
+        rows = [r for r in self.results if r["suite"] == suite and r["model"] == arch]
+        if not rows:
+            pytest.skip(f"no {suite} result for {arch} in this session")
+        best = max(rows, key=lambda r: r["ratio"])
+        keep = ("model", "backend", "shape", "ms", "baseline", "baseline_ms", "ratio")
+        self.apply({k: best[k] for k in keep} | {"suite": as_suite})
+
 
 @pytest.fixture(scope="session")
 def gates(pytestconfig, bench_results) -> Gates:

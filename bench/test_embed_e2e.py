@@ -84,16 +84,6 @@ def test_embed_e2e(bench, lms, paragraphs, seed_seconds, device, arch, key):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_embed_e2e_best_backend(bench_results, gates, arch):
+def test_embed_e2e_best_backend(gates, arch):
     """The best backend's end-to-end speed-up over the seed pipeline meets the target."""
-    rows = [r for r in bench_results if r["suite"] == "e2e" and r["model"] == arch]
-    if not rows:
-        pytest.skip(f"no end-to-end result for {arch} in this session")
-    best = max(rows, key=lambda r: r["ratio"])
-    gates.apply(
-        {
-            k: best[k]
-            for k in ("model", "backend", "shape", "ms", "baseline", "baseline_ms", "ratio")
-        }
-        | {"suite": "e2e-best"}
-    )
+    gates.apply_best("e2e", arch, "e2e-best")

@@ -98,14 +98,9 @@ def test_long_docs(
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_long_docs_best_backend(bench_results, gates, arch):
+def test_long_docs_best_backend(gates, arch):
     """The best backend's speed-up over the seed pipeline on long documents (a target)."""
-    rows = [r for r in bench_results if r["suite"] == "long" and r["model"] == arch]
-    if not rows:
-        pytest.skip(f"no long-document result for {arch} in this session")
-    best = max(rows, key=lambda r: r["ratio"])
-    keep = ("model", "backend", "shape", "ms", "baseline", "baseline_ms", "ratio")
-    gates.apply({k: best[k] for k in keep} | {"suite": "long-best"})
+    gates.apply_best("long", arch, "long-best")
 
 
 # ----------------------------------------------------------------------------- peak RSS
