@@ -113,10 +113,13 @@ def _data(n=24):
     return pairs, DistillSet(seqs, teacher)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
-def test_tower_training_resumes_bit_exactly(tmp_path, arch):
+def test_tower_training_resumes_bit_exactly(tmp_path, arch, dropout):
     pairs, distill = _data()
-    cfg = EmbedTrainConfig(steps=6, warmup=2, pair_batch=4, text_batch=8, save_every=3)
+    cfg = EmbedTrainConfig(
+        steps=6, warmup=2, pair_batch=4, text_batch=8, save_every=3, dropout=dropout
+    )
     lm = _tiny_lm(arch)
     before = {k: v.clone() for k, v in lm.state_dict().items()}
     straight = TowerTrainer(new_tower(lm), cfg, pairs, distill, tmp_path / "a")

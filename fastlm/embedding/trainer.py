@@ -47,6 +47,7 @@ class EmbedTrainConfig:
     infonce_weight: float = 1.0
     simmse_weight: float = 10.0  # the cosine-matrix MSE is ~1e-2 in size; this evens it out
     temperature: float = 0.05
+    dropout: float = 0.0  # in the tower's encoder while training (regularises 5.7k pairs)
     grad_clip: float = 1.0
     seed: int = 0
     save_every: int = 200
@@ -152,9 +153,11 @@ class TowerTrainer:
 
     def train(self, log=print) -> None:
         cfg = self.cfg
-        self.tower.eval()  # dropout off: the loss alone decides, and resume stays exact
+        _set_dropout(self.tower, cfg.dropout)
+        self.tower.train(cfg.dropout > 0)
         t0 = time.time()
         while self.step < cfg.steps:
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout masks: resume exact
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, cfg)
             loss, parts = self._loss(self.step)
@@ -217,6 +220,19 @@ class TowerTrainer:
         self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.step = state["step"]
         return True
+
+
+def _set_dropout(tower: torch.nn.Module, p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    for m in tower.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if isinstance(m, torch.nn.LSTM):
+            m.dropout = p if m.num_layers > 1 else 0.0
+    for m in tower.modules():  # the Transformer's attention reads its own dropout attribute
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = p
 
 
 def embed_texts(tower: EmbeddingTower, seqs: list[list[int]], batch: int = 128) -> np.ndarray:
