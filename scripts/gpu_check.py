@@ -202,8 +202,8 @@ def load_texts(n: int = N_TEXTS) -> list[str]:
     path: Path = ARGS.texts
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: run --prepare-texts on a machine with ../shared and copy build/gpu_check to the "
-            "GPU machine (no synthetic stand-in: it would time nothing real)"
+            f"{path} is missing: run --prepare-texts on a machine with ../shared and copy "
+            "build/gpu_check to the GPU machine (no synthetic stand-in: it would time nothing real)"
         )
     texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [texts[i % len(texts)] for i in range(n)]
