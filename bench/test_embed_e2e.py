@@ -17,11 +17,11 @@ from fastlm.bench_cli import ARCHS, BACKENDS, dtype_of, median, timed
 ROUNDS = 2  # one run of 2,000 paragraphs takes seconds
 
 
-def seed_pipeline(model, tokenizer, texts: list[str], device: str, batch_size: int = 32):
-    """(n, D) float32 unnormalised mean-pooled embeddings, the seed's way."""
+def seed_pipeline(embedder, tokenizer, texts: list[str], device: str, batch_size: int = 32):
+    """(n, D) float32 unnormalised embeddings, the seed's way: caller order, batches of 32
+    padded to their longest, no_grad, eager. `embedder` is the checkpoint's embedding tower
+    (models/embedder.py), so both pipelines compute the same function."""
     import torch
-
-    from fastlm.models.layers import mean_pool
 
     pooled = []
     with torch.no_grad():
@@ -29,9 +29,7 @@ def seed_pipeline(model, tokenizer, texts: list[str], device: str, batch_size: i
             batch = tokenizer.encode_batch(texts[start : start + batch_size])
             ids = torch.from_numpy(batch.input_ids).to(device)
             mask = torch.from_numpy(batch.attention_mask).to(device)
-            out = model.hidden_states(ids)
-            states = out[0] if isinstance(out, tuple) else out  # LSTM: (states, (h, c))
-            pooled.append(mean_pool(states, mask))
+            pooled.append(embedder(ids, mask))
     return torch.cat(pooled).cpu().numpy()
 
 
@@ -43,7 +41,7 @@ def seed_seconds(lms, paragraphs, device, smoke):
     def get(arch: str) -> float:
         if arch not in cache:
             eager = lms(arch, "eager")
-            model, tok = eager.backend.model, eager.tokenizer
+            model, tok = eager.backend.checkpoint.embedder, eager.tokenizer
 
             def run():
                 return seed_pipeline(model, tok, paragraphs.texts, device)

@@ -50,7 +50,7 @@ def long_seed_seconds(lms, long_corpus, device):
     def get(arch: str) -> float:
         if arch not in cache:
             eager = lms(arch, "eager")
-            model, tok = eager.backend.model, eager.tokenizer
+            model, tok = eager.backend.checkpoint.embedder, eager.tokenizer
             seed_pipeline(model, tok, long_corpus.texts[:4], device)  # warm-up
             cache[arch] = timed(lambda: seed_pipeline(model, tok, long_corpus.texts, device))
         return cache[arch]
