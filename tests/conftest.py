@@ -149,3 +149,17 @@ def _restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 references on a GPU without TF32 (cuDNN's and cuBLAS's default on Ampere and later:
+    ~5e-5 error against fp32 tolerances of 1e-4). Saved and restored by hand: these are
+    properties of torch's backend modules, which pytest's monkeypatch cannot always undo."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

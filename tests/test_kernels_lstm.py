@@ -19,10 +19,8 @@ DEVICE = "cuda" if ON_GPU else "cpu"
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32(monkeypatch):
+def _no_tf32(no_tf32):
     """On a GPU the references run there too: keep their fp32 matmuls out of TF32."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 DTYPE_TOLERANCES = [  # (dtype, atol, rtol)

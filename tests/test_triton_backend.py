@@ -156,11 +156,8 @@ def test_tower_embeddings_match_the_tower(arch: str, trained: bool) -> None:
 
 
 @pytest.fixture
-def full_precision_cudnn(monkeypatch):
-    """Eager's fp32 cuDNN LSTM and matmuls without TF32 (cuDNN's default on Ampere and later
-    is TF32: ~5e-5 error against an atol of 1e-4), so fp32 parity is a fair comparison."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def full_precision_cudnn(no_tf32):
+    """Eager's fp32 cuDNN LSTM and matmuls without TF32, so fp32 parity is a fair comparison."""
 
 
 @needs_gpu
