@@ -158,7 +158,9 @@ def _tensor(out, t):
 
 # ---------------------------------------------------------------------- the cases
 S = "\ud800"  # a lone surrogate: not encodable as UTF-8
-E = [
+
+# embed: every target, the runtime included
+EMBED_CASES = [
     Case("embed-empty-list", lambda t: t.model.embed([]), _shape(0, D)),
     Case("embed-empty-str", lambda t: t.model.embed(""), _zero_vector),
     Case("embed-empty-unnormalised", lambda t: t.model.embed("", normalize=False), _zero_vector),
@@ -226,7 +228,9 @@ E = [
         Raises(TypeError, "max_length"),
     ),
 ]
-G = [
+
+# generate: on the engine and, where marked, on the runtime too
+SHARED_CASES = [
     Case(
         "gen-new-0",
         lambda t: t.generate("hi", max_new_tokens=0),
@@ -342,7 +346,8 @@ def _lm(case_id, call, expect, compute=False):
 
 
 LONG = "a " * 6000  # > 5000 tokens: beyond the Transformer's position table
-L = [
+# the engine only: top_p, stop, stream, score, rank, Index, tensors (the runtime has none of them)
+ENGINE_CASES = [
     _lm("gen-topp-0", lambda t: t.generate("hi", top_p=0), Raises(ValueError, "top_p")),
     _lm("gen-topp-big", lambda t: t.generate("hi", top_p=1.5), Raises(ValueError, "top_p")),
     _lm("gen-topp-nan", lambda t: t.generate("hi", top_p=math.nan), Raises(ValueError, "top_p")),
@@ -410,13 +415,13 @@ L = [
     ),
 ]
 # Architecture-specific: only the Transformer has a position table.
-T = [
+POSITION_TABLE_CASES = [
     _lm("score-too-long", lambda t: t.model.score(LONG), Raises(ValueError, "scores at most")),
     _lm(
         "gen-too-long", lambda t: t.generate([5] * 4990), Raises(ValueError, "exceeds the context")
     ),
 ]
-R = [  # the runtime's own API
+RUNTIME_CASES = [  # the runtime's own API
     Case(
         "runtime-generate-ids-greedy",
         lambda t: t.model.generate_ids([1, 40], max_new_tokens=2),
@@ -432,11 +437,13 @@ R = [  # the runtime's own API
 
 
 def _cases_for(arch: str, backend: str) -> list[Case]:
-    cases = E + G
+    cases = EMBED_CASES + SHARED_CASES
     if backend == "runtime":
-        cases = [c for c in cases if c.runtime] + (R if arch == "transformer" else R[:1])
+        cases = [c for c in cases if c.runtime] + (
+            RUNTIME_CASES if arch == "transformer" else RUNTIME_CASES[:1]
+        )
     else:
-        cases = cases + L + (T if arch == "transformer" else [])
+        cases = cases + ENGINE_CASES + (POSITION_TABLE_CASES if arch == "transformer" else [])
     if backend == "compile":
         cases = [c for c in cases if not c.compute]
     return cases
