@@ -91,7 +91,7 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(config_to_json(model.config), encoding="utf-8")
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
         if optimizer is not None:
-            tensors, meta = _flatten_optimizer(optimizer)
+            tensors, meta = flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / OPTIM_FILE), metadata={"param_groups": meta})
         if trainer_state is not None:
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
@@ -216,7 +216,7 @@ def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimiz
         raise CheckpointError(f"{f} is corrupt: {err}") from None
     tensors = _load_tensors(f)
     try:
-        state = _unflatten_optimizer(tensors, json.loads(meta["param_groups"]))
+        state = unflatten_optimizer(tensors, json.loads(meta["param_groups"]))
         optimizer.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{f} does not fit this model's optimizer: {err!r}") from None
@@ -246,7 +246,8 @@ def _load_tensors(f: Path, device="cpu") -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{f} is corrupt or truncated: {err}") from None
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """Optimizer state as safetensors-ready tensors ("<param index>.<key>") + JSON groups."""
     sd = opt.state_dict()
     tensors = {}
     for idx, state in sd["state"].items():
@@ -256,7 +257,8 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, json.dumps(sd["param_groups"])
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict[str, Any]:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict[str, Any]:
+    """The inverse of flatten_optimizer: a dict for `optimizer.load_state_dict`."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         idx, key = name.split(".", 1)

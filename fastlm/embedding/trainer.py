@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from fastlm.checkpoint import flatten_optimizer, unflatten_optimizer
 from fastlm.embedding.data import BatchSchedule, StsPairs, padded
 from fastlm.embedding.losses import (
     cosent_loss,
@@ -29,7 +30,7 @@ from fastlm.embedding.losses import (
     similarity_mse,
     teacher_infonce,
 )
-from fastlm.io import atomic_write_dir
+from fastlm.io import atomic_write_dir, atomic_write_text
 from fastlm.models.embedder import EmbeddingTower
 
 
@@ -186,21 +187,14 @@ class TowerTrainer:
             save_file(self.tower.weights(), str(tmp / "tower.safetensors"))
             if self.head is not None:
                 save_file(dict(self.head.state_dict()), str(tmp / "head.safetensors"))
-            tensors, groups = {}, []
-            sd = self.opt.state_dict()
-            for idx, state in sd["state"].items():
-                for key, value in state.items():
-                    tensors[f"{idx}.{key}"] = torch.as_tensor(value).detach().clone()
-            groups = sd["param_groups"]
+            tensors, groups = flatten_optimizer(self.opt)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             state = {"step": self.step, "config": asdict(self.cfg), "param_groups": groups}
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_dir(self.out / f"step_{self.step:06d}", fill)
-        tmp = self.out / "latest.tmp"
-        tmp.write_text(f"step_{self.step:06d}")
-        tmp.replace(self.out / "latest")
+        atomic_write_text(self.out / "latest", f"step_{self.step:06d}")
 
     def resume(self) -> bool:
         """Load the latest saved state if there is one; returns whether it did."""
@@ -213,11 +207,7 @@ class TowerTrainer:
         if self.head is not None:
             self.head.load_state_dict(load_file(str(d / "head.safetensors")))
         tensors = load_file(str(d / "optimizer.safetensors"))
-        opt_state: dict = {}
-        for name, t in tensors.items():
-            idx, key = name.split(".", 1)
-            opt_state.setdefault(int(idx), {})[key] = t
-        self.opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.opt.load_state_dict(unflatten_optimizer(tensors, json.loads(state["param_groups"])))
         self.step = state["step"]
         return True
 
