@@ -20,14 +20,14 @@ import torch
 import fastlm
 from fastlm.embedding.corpus import cloze_pairs
 from fastlm.embedding.data import load_sts_pairs, read_sts_tsv
-from fastlm.embedding.metrics import spearman
+from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts
 from fastlm.embedding.teacher import SHARD
 from fastlm.embedding.trainer import (
     ClozeSet,
     DistillSet,
     EmbedTrainConfig,
+    TowerEmbedder,
     TowerTrainer,
-    embed_texts,
 )
 from fastlm.models.embedder import new_tower
 
@@ -49,32 +49,17 @@ def load_distill(d: Path, tokenizer, teacher: str) -> DistillSet:
     return DistillSet([ids[i] for i in keep], np.concatenate(vecs)[keep])
 
 
-def sts_evaluator(path: Path, tokenizer):
-    s1, s2, gold = read_sts_tsv(path)
-    a, b = tokenizer.encode_many(s1), tokenizer.encode_many(s2)
+def monitor(tokenizer, dev: Path | None, ict: Path | None):
+    """tower -> {"stsb_dev", "ict_ndcg10"}: the same evaluation `fastlm evaluate` runs."""
 
     def evaluate(tower) -> dict:
-        u, v = embed_texts(tower, a), embed_texts(tower, b)
-        return {"stsb_dev": round(100 * spearman((u * v).sum(1), gold), 2)}
-
-    return evaluate
-
-
-def ict_evaluator(directory: Path, tokenizer):
-    """nDCG@10 on a BEIR-layout retrieval set (scripts/make_ict_retrieval.py)."""
-    from fastlm.embedding.evaluate import read_beir
-    from fastlm.embedding.metrics import ndcg_at_k, top_k_ids
-
-    corpus, queries, qrels = read_beir(directory)
-    doc_ids, qids = list(corpus), [q for q in queries if q in qrels]
-    docs = [s[:MAX_TOKENS] for s in tokenizer.encode_many([corpus[d] for d in doc_ids])]
-    qs = [s[:MAX_TOKENS] for s in tokenizer.encode_many([queries[q] for q in qids])]
-
-    def evaluate(tower) -> dict:
-        d, q = embed_texts(tower, docs), embed_texts(tower, qs)
-        ranked = top_k_ids(q @ d.T, doc_ids, 10)
-        ndcg = [ndcg_at_k(r, qrels[qid], 10) for r, qid in zip(ranked, qids)]
-        return {"ict_ndcg10": round(100 * float(np.mean(ndcg)), 2)}
+        model = TowerEmbedder(tower, tokenizer, MAX_TOKENS)
+        out = {}
+        if dev is not None:
+            out["stsb_dev"] = round(evaluate_sts(model, dev)["spearman"], 2)
+        if ict is not None:
+            out["ict_ndcg10"] = round(evaluate_retrieval(model, ict)["ndcg@10"], 2)
+        return out
 
     return evaluate
 
@@ -82,6 +67,7 @@ def ict_evaluator(directory: Path, tokenizer):
 def branch_scales(lm, token_weight: float, n: int = 512) -> tuple[float, float]:
     """Initial projection scales (1/|states mean|, w/|token mean|), norms averaged over the first
     n STS-B train sentences, so the tower starts as a balanced mix of the two branches."""
+    from fastlm.models.embedder import EmbeddingTower
     from fastlm.models.layers import mean_pool
     from fastlm.tokenizer import pad_batch
 
@@ -90,8 +76,7 @@ def branch_scales(lm, token_weight: float, n: int = 512) -> tuple[float, float]:
     ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
     net = lm.backend.model
     with torch.no_grad():
-        out = net.hidden_states(ids)
-        states = mean_pool(out[0] if isinstance(out, tuple) else out, mask)
+        states = EmbeddingTower(net)(ids, mask)  # the LM's own mean of top-layer states
         tokens = mean_pool(net.embedding(ids), mask)
     n_states, n_tokens = states.norm(dim=1).mean().item(), tokens.norm(dim=1).mean().item()
     return 1.0 / n_states, token_weight / n_tokens
@@ -127,13 +112,8 @@ def main() -> None:
     tower = new_tower(lm.backend.model, scales=branch_scales(lm, args.token_weight))
     pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
     distill = load_distill(args.distill, tok, args.teacher) if args.distill else None
-    monitors = [sts_evaluator(args.dev, tok)] if args.dev.exists() else []
-    if args.ict:
-        monitors.append(ict_evaluator(args.ict, tok))
-
-    def evaluate(tower) -> dict:
-        return {k: v for m in monitors for k, v in m(tower).items()}
-
+    dev = args.dev if args.dev.exists() else None
+    evaluate = monitor(tok, dev, args.ict) if dev or args.ict else None
     cloze = None
     if args.cloze:
         q, c = cloze_pairs(args.cloze_data, args.cloze, seed=cfg.seed)

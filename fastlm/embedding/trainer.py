@@ -238,6 +238,18 @@ def embed_texts(tower: EmbeddingTower, seqs: list[list[int]], batch: int = 128) 
     return out
 
 
+class TowerEmbedder:
+    """`embed(texts)` of a tower being trained, cut at `max_tokens`: what the evaluation
+    functions (fastlm/embedding/evaluate.py) take, so training monitors measure as users do."""
+
+    def __init__(self, tower: EmbeddingTower, tokenizer, max_tokens: int):
+        self.tower, self.tokenizer, self.max_tokens = tower, tokenizer, max_tokens
+
+    def embed(self, texts, batch_size: int = 128) -> np.ndarray:
+        seqs = [s[: self.max_tokens] for s in self.tokenizer.encode_many(list(texts))]
+        return embed_texts(self.tower, seqs, batch_size)
+
+
 def tower_forward(tower: EmbeddingTower, seqs: list[list[int]]) -> torch.Tensor:
     ids, mask = padded(seqs)
     return tower(torch.from_numpy(ids), torch.from_numpy(mask))
