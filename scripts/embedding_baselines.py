@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from fastlm.embedding.data import read_sts_tsv
-from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts, read_beir
+from fastlm.embedding.evaluate import (
+    evaluate_retrieval,
+    evaluate_sts,
+    judged_queries,
+    read_beir,
+    retrieval_metrics,
+)
+from fastlm.embedding.metrics import spearman
 
 
 class TeacherModel:
@@ -31,7 +38,9 @@ class TeacherModel:
 
 
 class CharTfidf:
-    """TF-IDF over character 3-5-grams (within word boundaries), fitted on `fit_texts`."""
+    """TF-IDF over character 3-5-grams (within word boundaries), fitted on `fit_texts`. Rows are
+    L2-normalised scipy sparse matrices (dense ones would take GBs): scored here, with the same
+    metrics `fastlm evaluate` uses."""
 
     def __init__(self, fit_texts):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -39,37 +48,17 @@ class CharTfidf:
         self.vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True)
         self.vec.fit(fit_texts)
 
-    def embed(self, texts, batch_size=64):
-        x = self.vec.transform(list(texts))  # rows L2-normalised already
-        return _Sparse(x)
+    def sts(self, path: Path) -> float:
+        s1, s2, gold = read_sts_tsv(path)
+        u, v = self.vec.transform(s1), self.vec.transform(s2)
+        return 100 * spearman(np.asarray(u.multiply(v).sum(axis=1)).ravel(), gold)
 
-
-class _Sparse:
-    """Just enough of an array for evaluate_*: row products and (Q, N) scores as dense."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def __mul__(self, other):
-        return _RowDot(self.x.multiply(other.x).sum(axis=1))
-
-    def __getitem__(self, s):
-        return _Sparse(self.x[s])
-
-    def __matmul__(self, other):
-        return np.asarray((self.x @ other.x).todense())
-
-    @property
-    def T(self):
-        return _Sparse(self.x.T)
-
-
-class _RowDot:
-    def __init__(self, m):
-        self.v = np.asarray(m).ravel()
-
-    def sum(self, axis=None):
-        return self.v
+    def retrieval(self, directory: Path) -> dict:
+        corpus, queries, qrels = read_beir(directory)
+        doc_ids, qids = list(corpus), judged_queries(queries, qrels)
+        d = self.vec.transform([corpus[i] for i in doc_ids])
+        q = self.vec.transform([queries[i] for i in qids])
+        return retrieval_metrics(lambda rows: (q[rows] @ d.T).toarray(), qids, doc_ids, qrels)
 
 
 class LmMeanPool:
@@ -77,17 +66,10 @@ class LmMeanPool:
 
     def __init__(self, name: str):
         import fastlm
-        from fastlm.checkpoint import load_checkpoint
-        from fastlm.hub import resolve_checkpoint
         from fastlm.models.embedder import EmbeddingTower
 
-        ck = load_checkpoint(resolve_checkpoint(name))
-        ck.embedder = EmbeddingTower(ck.model)
-        from fastlm.engine.backends import TorchBackend
-        from fastlm.engine.model import LanguageModel
-
-        self.lm = LanguageModel(name, TorchBackend(ck, __import__("torch").device("cpu"), None))
-        del fastlm
+        self.lm = fastlm.load(name, backend="eager")
+        self.lm.backend.embedder = EmbeddingTower(self.lm.backend.model)
 
     def embed(self, texts, batch_size=64):
         return self.lm.embed(list(texts), batch_size=batch_size, show_progress_bar=False)
@@ -101,16 +83,15 @@ def main() -> None:
     ap.add_argument("--which", nargs="+", default=["teacher", "tfidf", "lm-transformer", "lm-lstm"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    s1, s2, _ = read_sts_tsv(args.sts)
     results = {}
     for which in args.which:
         row = {}
         if which == "tfidf":
-            row["sts"] = evaluate_sts(CharTfidf(s1 + s2), args.sts)["spearman"]
+            s1, s2, _ = read_sts_tsv(args.sts)
+            row["sts"] = CharTfidf(s1 + s2).sts(args.sts)
             for d in args.retrieval:
-                corpus, queries, _ = read_beir(d)
-                m = CharTfidf(list(corpus.values()))
-                row[f"retrieval:{d.name}"] = evaluate_retrieval(m, d)
+                corpus, _, _ = read_beir(d)
+                row[f"retrieval:{d.name}"] = CharTfidf(list(corpus.values())).retrieval(d)
         else:
             m = TeacherModel(args.teacher) if which == "teacher" else LmMeanPool(which[3:])
             row["sts"] = evaluate_sts(m, args.sts)["spearman"]

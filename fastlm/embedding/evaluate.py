@@ -76,16 +76,27 @@ def read_beir(directory: str | Path) -> tuple[dict, dict, dict]:
 
 def evaluate_retrieval(model, directory: str | Path, batch_size: int = 64) -> dict:
     corpus, queries, qrels = read_beir(directory)
-    qids = [q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())]
+    qids = judged_queries(queries, qrels)
     if not qids or not corpus:
         raise ValueError(f"{directory}: no query with a relevant document, or an empty corpus")
     doc_ids = list(corpus)
     docs = model.embed([corpus[i] for i in doc_ids], batch_size=batch_size)
     qs = model.embed([queries[q] for q in qids], batch_size=batch_size)
+    return retrieval_metrics(lambda rows: qs[rows] @ docs.T, qids, doc_ids, qrels)
+
+
+def judged_queries(queries: dict, qrels: dict) -> list[str]:
+    """Query ids with at least one relevant document (the others are skipped, as trec_eval)."""
+    return [q for q in queries if any(r > 0 for r in qrels.get(q, {}).values())]
+
+
+def retrieval_metrics(scores, qids: list[str], doc_ids: list[str], qrels: dict) -> dict:
+    """nDCG@10 and Recall@100 x100. scores(rows: slice) -> (len(rows), N) dense similarities of
+    those queries to every document, asked for 256 queries at a time (bounded memory)."""
     ndcg, recall = [], []
-    for start in range(0, len(qids), 256):  # bounded (256, N) score blocks
-        scores = qs[start : start + 256] @ docs.T
-        for q, ranked in zip(qids[start : start + 256], top_k_ids(scores, doc_ids, 100)):
+    for start in range(0, len(qids), 256):
+        block = slice(start, start + 256)
+        for q, ranked in zip(qids[block], top_k_ids(scores(block), doc_ids, 100)):
             ndcg.append(ndcg_at_k(ranked, qrels[q], 10))
             recall.append(recall_at_k(ranked, qrels[q], 100))
     return {
