@@ -127,3 +127,28 @@ def test_read_beir_joins_title_and_rejects_bad_lines(tmp_path):
     (d / "qrels.tsv").unlink()
     with pytest.raises(FileNotFoundError, match="qrels"):
         read_beir(d)
+
+
+def test_evaluate_command(tmp_path, small_checkpoints, capsys):
+    """`fastlm evaluate` end to end: the JSON carries the figures evaluate_* compute."""
+    from fastlm.cli import main
+
+    sts = tmp_path / "sts.tsv"
+    sts.write_text(
+        "sentence1\tsentence2\tscore\nA cat sat.\tA cat sat.\t5\nA cat sat.\tRain fell.\t0\n"
+        "Boats float.\tShips float.\t4\n",
+        encoding="utf-8",
+    )
+    beir = _beir(tmp_path, "q1\td1\t1\nq2\td2\t1\n")
+    ckpt = str(small_checkpoints["transformer"])
+    args = ["evaluate", ckpt, "--sts", str(sts), "--retrieval", str(beir), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["sts"][str(sts)]["pairs"] == 3
+    assert -100 <= out["sts"][str(sts)]["spearman"] <= 100
+    r = out["retrieval"][str(beir)]
+    assert r["queries"] == 2 and r["documents"] == 3 and 0 <= r["ndcg@10"] <= 100
+    with pytest.raises(SystemExit) as usage:
+        main(["evaluate", ckpt, "--sts", str(sts), "--batch-size", "0"])
+    assert usage.value.code == 2
+    assert main(["evaluate", ckpt]) == 1  # neither --sts nor --retrieval: one-line error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from fastlm.cli import positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def add_parser(sub) -> None:
         help="BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv (or qrels/test.tsv)",
     )
     p.add_argument("--backend", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
