@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import thresholds
 
-from fastlm.bench_cli import (
+from fastlm.benchmarking import (
     BackendUnavailable,
     docstring_corpus,
+    dtype_of,
     env_info,
     load_model,
     matmul_gflops,
@@ -203,7 +204,7 @@ class Bench:
     def run(self, candidate, baseline=None, rounds: int = 5, warmup: int = 1) -> Timing:
         """pytest-benchmark times `candidate`; our own timer times it too and, before each round
         (warm-up rounds included) and once after the last, times `baseline`: every candidate
-        run is bracketed by baseline runs (see fastlm.bench_cli.speed_ratio). Smoke mode: one
+        run is bracketed by baseline runs (see fastlm.benchmarking.speed_ratio). Smoke mode: one
         baseline run, then one candidate run, no warm-up."""
         cand, base = [], []
         setup = (lambda: base.append(timed(baseline, self.device))) if baseline else None
@@ -219,6 +220,11 @@ class Bench:
 
     def info(self, **facts) -> None:
         self.benchmark.extra_info.update(facts)
+
+    def describe(self, suite: str, model: str, key: str, dtype: str | None = None, **facts) -> None:
+        """extra_info for one model/backend case: what ran (the dtype follows from the backend
+        key unless given), then the case's own figures. The device is in the environment."""
+        self.info(suite=suite, model=model, backend=key, dtype=dtype or dtype_of(key), **facts)
 
     def check(
         self,

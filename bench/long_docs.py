@@ -34,7 +34,7 @@ def source_text() -> tuple[str, str]:
     path = SHARED_DATA / "gutenberg_en" / "valid.txt"
     if path.is_file():
         return path.read_text(encoding="utf-8"), "../shared/data/gutenberg_en/valid.txt"
-    from fastlm.bench_cli import docstring_corpus
+    from fastlm.benchmarking import docstring_corpus
 
     return docstring_corpus(), "Python docstrings"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.bench_cli import ARCHS, BACKENDS, decode_flops, dtype_of, greedy_decode, random_batch
+from fastlm.benchmarking import ARCHS, BACKENDS, decode_flops, greedy_decode, random_batch
 
 PROMPT, NEW = 16, 128
 ROUNDS, WARMUP = 5, 1
@@ -16,19 +16,17 @@ ROUNDS, WARMUP = 5, 1
 
 @pytest.mark.parametrize("key", list(BACKENDS))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_decode(bench, lms, device, arch, key):
+def test_decode(bench, lms, arch, key):
     lm, eager = lms(arch, key), lms(arch, "eager")
     prompt = random_batch(1, PROMPT, lm.config.vocab_size, seed=1)[0][0].tolist()
     candidate = lambda: greedy_decode(lm.backend, prompt, NEW)  # noqa: E731
     baseline = (lambda: greedy_decode(eager.backend, prompt, NEW)) if key != "eager" else None
     timing = bench.run(candidate, baseline, ROUNDS, WARMUP)
     flops = decode_flops(eager.backend.model, PROMPT, NEW)
-    bench.info(
-        suite="decode",
-        model=arch,
-        backend=key,
-        dtype=dtype_of(key),
-        device=device,
+    bench.describe(
+        "decode",
+        arch,
+        key,
         prompt_tokens=PROMPT,
         new_tokens=NEW,
         batch=1,

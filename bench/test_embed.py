@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.bench_cli import ARCHS, BACKENDS, dtype_of, embed_flops, random_batch
+from fastlm.benchmarking import ARCHS, BACKENDS, embed_flops, random_batch
 
 # name -> (batch, tokens, rounds, warm-up rounds): fewer rounds where one call takes seconds
 SHAPES = {"1x16": (1, 16, 30, 3), "32x64": (32, 64, 10, 2), "256x128": (256, 128, 3, 1)}
@@ -19,7 +19,7 @@ SHAPES = {"1x16": (1, 16, 30, 3), "32x64": (32, 64, 10, 2), "256x128": (256, 128
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("key", list(BACKENDS))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_embed(bench, lms, bench_env, device, arch, key, shape):
+def test_embed(bench, lms, bench_env, arch, key, shape):
     lm, eager = lms(arch, key), lms(arch, "eager")
     batch, tokens, rounds, warmup = SHAPES[shape]
     ids, mask = random_batch(batch, tokens, lm.config.vocab_size)
@@ -28,12 +28,10 @@ def test_embed(bench, lms, bench_env, device, arch, key, shape):
     timing = bench.run(candidate, baseline, rounds, warmup)
     flops = embed_flops(eager.backend.model, batch, tokens)
     gflops = flops / timing.seconds / 1e9
-    bench.info(
-        suite="embed",
-        model=arch,
-        backend=key,
-        dtype=dtype_of(key),
-        device=device,
+    bench.describe(
+        "embed",
+        arch,
+        key,
         shape=[batch, tokens],
         tokens=batch * tokens,
         gflop=round(flops / 1e9, 3),

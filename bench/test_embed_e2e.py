@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastlm.bench_cli import ARCHS, BACKENDS, dtype_of, median, timed
+from fastlm.benchmarking import ARCHS, BACKENDS, median, timed
 
 ROUNDS = 2  # one run of 2,000 paragraphs takes seconds
 
@@ -57,19 +57,17 @@ def seed_seconds(lms, paragraphs, device, smoke):
 
 @pytest.mark.parametrize("key", list(BACKENDS))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_embed_e2e(bench, lms, paragraphs, seed_seconds, device, arch, key):
+def test_embed_e2e(bench, lms, paragraphs, seed_seconds, arch, key):
     lm = lms(arch, key)
     texts = paragraphs.texts
     lm.embed(texts[:64], show_progress_bar=False)  # warm-up on a slice: a full run takes seconds
     seed = seed_seconds(arch)
     timing = bench.run(lambda: lm.embed(texts, show_progress_bar=False), None, ROUNDS, 0)
     n_tokens = sum(len(s) for s in lm.tokenizer.encode_many(texts))
-    bench.info(
-        suite="e2e",
-        model=arch,
-        backend=key,
-        dtype=dtype_of(key),
-        device=device,
+    bench.describe(
+        "e2e",
+        arch,
+        key,
         texts=len(texts),
         tokens=n_tokens,
         corpus=paragraphs.source,

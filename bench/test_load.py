@@ -14,7 +14,7 @@ import itertools
 
 import pytest
 
-from fastlm.bench_cli import ARCHS, BACKENDS, BackendUnavailable, dtype_of, load_model, timed
+from fastlm.benchmarking import ARCHS, BACKENDS, BackendUnavailable, load_model, timed
 
 LOAD_BUDGET_S = 3.0  # rounds per backend: as many as fit (1..5), judged by the first load
 
@@ -34,12 +34,10 @@ def test_load_time(bench, sources, device, threads, arch, key):
         (lambda: load_model(sources[arch], "eager", device, threads)) if key != "eager" else None
     )
     timing = bench.run(load, eager, rounds, 0)
-    bench.info(
-        suite="load",
-        model=arch,
-        backend=key,
-        dtype=dtype_of(key),
-        device=device,
+    bench.describe(
+        "load",
+        arch,
+        key,
         source=str(sources[arch]),
         first_load_ms=round(1000 * first, 1),
         load_ms=round(1000 * timing.seconds, 1),

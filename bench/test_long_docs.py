@@ -25,7 +25,7 @@ from long_docs import build_corpus, peak_rss_mb
 from test_embed_e2e import seed_pipeline
 
 import fastlm
-from fastlm.bench_cli import ARCHS, BACKENDS, dtype_of, median, timed
+from fastlm.benchmarking import ARCHS, BACKENDS, median, timed
 
 KEYS = [*BACKENDS, "auto"]
 FULL_DOCS, SMOKE_DOCS, SMOKE_CAP = 120, 24, 1200  # full: ~13 min on the shared 2-core CPU
@@ -77,12 +77,12 @@ def test_long_docs(
     timing = bench.run(lambda: lm.embed(texts, show_progress_bar=False), None, rounds, 0)
     n_tokens = sum(len(s) for s in lm.tokenizer.encode_many(texts))
     lengths = sorted(len(s) for s in lm.tokenizer.encode_many(texts))
-    bench.info(
-        suite="long",
-        model=arch,
-        backend=key if key != "auto" else f"auto={lm.backend.name}",
-        dtype=dtype_of(key) if key != "auto" else getattr(lm.backend, "dtype", "fp32"),
-        device=device,
+    auto = key == "auto"
+    bench.describe(
+        "long",
+        arch,
+        f"auto={lm.backend.name}" if auto else key,
+        getattr(lm.backend, "dtype", "fp32") if auto else None,
         texts=len(texts),
         tokens=n_tokens,
         median_tokens=lengths[len(lengths) // 2],
@@ -109,7 +109,7 @@ def test_long_docs_best_backend(gates, arch):
 # address space. ru_maxrss is the fallback elsewhere.
 RSS_CHILD = textwrap.dedent("""
     import json, resource, sys
-    from fastlm.bench_cli import load_model
+    from fastlm.benchmarking import load_model
 
     def peak_mb():
         try:

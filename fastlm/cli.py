@@ -34,7 +34,7 @@ COMMAND_MODULES = (
     "fastlm.cli_infer",  # embed, generate, score
     "fastlm.serve.cli",  # serve
     "fastlm.cli_export",  # export (outside fastlm.export: its package imports onnx)
-    "fastlm.bench_cli",  # bench
+    "fastlm.cli_bench",  # bench
     "fastlm.embedding.cli",  # evaluate
 )
 

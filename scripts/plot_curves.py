@@ -25,11 +25,9 @@ def main() -> None:
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/valid_curves.png"))
     args = p.parse_args()
-    import matplotlib
+    from fastlm.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("scripts/plot_curves.py")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for log in args.logs:
         x, y = read_eval(log)

@@ -1,12 +1,11 @@
-"""`fastlm bench`: a quick latency/throughput table per backend, and the helpers bench/ shares.
+"""How fastlm measures speed: the helpers `fastlm bench` and the `pytest bench/` suites share.
 
-    fastlm bench                                  # eager vs compile vs onnx, both models
-    fastlm bench --batch-sizes 1 8 64 --plot docs/bench_plot.png
-
-The helpers (backend keys, model loading that turns "not available" into one exception, a
-timer that synchronises the device, FLOP counts, environment facts) are used by the `pytest
-bench/` suites too, so the CLI and the regression suites measure the same way. Heavy imports
-(torch, numpy, matplotlib) happen inside functions: `fastlm --help` stays fast.
+Backend keys (what a user compares) and their loading, which turns "cannot run here" into one
+exception; scratch checkpoints for packages without shipped weights; a timer that synchronises
+the device, medians and bracketed speed ratios; FLOP counts and the machine's matmul roof;
+environment facts recorded with each number; random batches, greedy decoding and warm-up.
+Sharing them keeps the CLI and the regression suites measuring the same way. Heavy imports
+(torch, numpy) happen inside functions: the CLI's parser imports this module.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -258,157 +256,3 @@ def warm_up(lm, decode: bool = True) -> None:
     lm.backend.embed_batch(ids, mask)
     if decode:
         greedy_decode(lm.backend, list(range(2, 18)), 2)
-
-
-# ----------------------------------------------------------------------------- CLI
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="quick embedding latency/throughput table per backend")
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=list(ARCHS),
-        choices=ARCHS,
-        help="architectures (shipped weights, else random-weight checkpoints)",
-    )
-    p.add_argument(
-        "--backends",
-        nargs="+",
-        default=["eager", "compile", "onnx-fp32", "onnx-int8"],
-        choices=sorted(BACKENDS),
-    )
-    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16, 64])
-    p.add_argument("--seq-len", type=int, default=64, help="tokens per text")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
-    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
-    p.add_argument("--plot", metavar="FILE.png", help="draw latency and throughput vs batch size")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    import torch
-
-    if min(args.batch_sizes) < 1 or args.seq_len < 1 or args.repeats < 1:
-        raise ValueError("batch sizes, --seq-len and --repeats must be >= 1")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        sources = model_sources(Path(tmp))
-        for arch in args.models:
-            rows += _bench_model(arch, sources[arch], args, device)
-    info = env_info(device)
-    print(
-        f"device {device} ({info.get('gpu') or info['cpu']}), threads {info['threads']}, "
-        f"torch {info['torch_version']}, onnxruntime {info['onnxruntime_version']}"
-    )
-    print(format_table(rows))
-    if args.plot:
-        plot(rows, args.plot)
-        print(f"plot written to {args.plot}")
-    return 0
-
-
-def _bench_model(arch: str, source, args, device: str) -> list[dict]:
-    models = {}
-    for key in sorted(dict.fromkeys(args.backends), key=lambda k: k != "eager"):  # eager first
-        start = time.perf_counter()
-        try:
-            models[key] = load_model(source, key, device, args.threads)
-        except BackendUnavailable as err:
-            print(f"skip {arch}/{key}: {err}")
-            continue
-        loaded = time.perf_counter()
-        warm_up(models[key], decode=False)
-        print(
-            f"{arch}/{key}: load {loaded - start:.1f} s (ONNX: export on first use), "
-            f"first calls (torch.compile: compilation) {time.perf_counter() - loaded:.1f} s"
-        )
-    if not models:
-        return []
-    rows = []
-    for batch in args.batch_sizes:
-        ids, mask = random_batch(batch, args.seq_len, next(iter(models.values())).config.vocab_size)
-        times = _round_robin(models, ids, mask, args.repeats, device)
-        eager = times.get("eager")
-        for key, ts in times.items():
-            ms = 1000 * median(ts[: args.repeats])
-            ratio = speed_ratio(ts, eager) if eager and key != "eager" else float("nan")
-            rows.append(
-                {
-                    "model": arch,
-                    "backend": key,
-                    "batch": batch,
-                    "seq_len": args.seq_len,
-                    "ms": ms,
-                    "texts_per_s": batch / ms * 1000,
-                    "vs_eager": 1.0 if key == "eager" else ratio,
-                }
-            )
-    return rows
-
-
-def _round_robin(models: dict, ids, mask, repeats: int, device: str) -> dict[str, list[float]]:
-    """Seconds per backend, one call of each per round so load drifts hit all alike. Round 0
-    warms the new shape up and is dropped; eager runs once more at the end, so every other
-    backend's runs are bracketed by eager runs (see speed_ratio)."""
-    times: dict[str, list[float]] = {key: [] for key in models}
-    for _ in range(repeats + 1):
-        for key, lm in models.items():
-            call = lm.backend.embed_batch
-            times[key].append(timed(lambda c=call: c(ids, mask), device))
-    times = {key: ts[1:] for key, ts in times.items()}
-    if "eager" in models:
-        call = models["eager"].backend.embed_batch
-        times["eager"].append(timed(lambda: call(ids, mask), device))
-    return times
-
-
-def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<12}{'backend':<11}{'batch':>6}{'ms':>10}{'texts/s':>10}{'x eager':>9}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['model']:<12}{r['backend']:<11}{r['batch']:>6}{r['ms']:>10.2f}"
-            f"{r['texts_per_s']:>10.0f}{r['vs_eager']:>9.2f}"
-        )
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict], path: str) -> None:
-    """Latency (ms) and throughput (texts/s) vs batch size, one line per model/backend."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'fastlm[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, (ax_ms, ax_tp) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"lstm": "--", "transformer": "-"}
-    colors = {key: f"C{i}" for i, key in enumerate(BACKENDS)}  # one colour per backend
-    for arch, key in dict.fromkeys((r["model"], r["backend"]) for r in rows):
-        pts = [r for r in rows if r["model"] == arch and r["backend"] == key]
-        xs = [r["batch"] for r in pts]
-        for ax, field in ((ax_ms, "ms"), (ax_tp, "texts_per_s")):
-            ax.plot(
-                xs,
-                [r[field] for r in pts],
-                styles.get(arch, "-"),
-                color=colors[key],
-                marker="o",
-                label=f"{arch} {key}",
-            )
-    seq = rows[0]["seq_len"] if rows else "?"
-    for ax, label in ((ax_ms, "latency per batch (ms)"), (ax_tp, "throughput (texts/s)")):
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.set_yscale("log")
-        ax.set_xlabel(f"batch size ({seq} tokens per text)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_tp.legend(fontsize=8)
-    fig.suptitle(f"fastlm embed, {cpu_name()}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
