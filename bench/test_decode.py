@@ -18,7 +18,7 @@ ROUNDS, WARMUP = 5, 1
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decode(bench, lms, arch, key):
     lm, eager = lms(arch, key), lms(arch, "eager")
-    prompt = random_batch(1, PROMPT, lm.config.vocab_size, seed=1)[0][0].tolist()
+    prompt = random_batch(1, PROMPT, lm.info.vocab_size, seed=1)[0][0].tolist()
     candidate = lambda: greedy_decode(lm.backend, prompt, NEW)  # noqa: E731
     baseline = (lambda: greedy_decode(eager.backend, prompt, NEW)) if key != "eager" else None
     timing = bench.run(candidate, baseline, ROUNDS, WARMUP)

@@ -22,7 +22,7 @@ SHAPES = {"1x16": (1, 16, 30, 3), "32x64": (32, 64, 10, 2), "256x128": (256, 128
 def test_embed(bench, lms, bench_env, arch, key, shape):
     lm, eager = lms(arch, key), lms(arch, "eager")
     batch, tokens, rounds, warmup = SHAPES[shape]
-    ids, mask = random_batch(batch, tokens, lm.config.vocab_size)
+    ids, mask = random_batch(batch, tokens, lm.info.vocab_size)
     candidate = lambda: lm.backend.embed_batch(ids, mask)  # noqa: E731
     baseline = (lambda: eager.backend.embed_batch(ids, mask)) if key != "eager" else None
     timing = bench.run(candidate, baseline, rounds, warmup)

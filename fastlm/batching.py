@@ -5,10 +5,11 @@ numpy only (no torch), so `fastlm.runtime` can use it on machines without PyTorc
 Why windows: the models were trained on windows of a few hundred tokens (the Transformer on
 256); positions beyond that were never seen in training, and a full-length pass costs
 O(T^2) attention and O(T) activation memory per text. So a text longer than the model's
-embedding window is split into near-equal windows, each window runs through the backend's
-`embed_batch` like any short text, and the text's vector is the token-weighted mean of its
-window vectors, taken *before* any head or normalisation. For mean-pooled features that mean
-equals the mean over all the text's tokens (each window pooled in its own context).
+embedding window (its architecture's `embed_window`) is split into near-equal windows, each
+window runs through the backend's `embed_batch` like any short text, and the text's vector is
+the token-weighted mean of its window vectors, taken *before* normalisation. For mean-pooled
+features that mean equals the mean over all the text's tokens (each window pooled in its own
+context).
 
 Why a token budget: a batch is bounded by padded tokens (B x T), and optionally by attention
 cells (B x T^2, for backends whose graphs materialise attention scores), not by a count of
@@ -31,11 +32,6 @@ RunBatch = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 DEFAULT_BATCH_SIZE = 64  # windows (or texts) per batch at most
 DEFAULT_TOKEN_BUDGET = 16_384  # padded tokens per batch: 64 windows of 256
-# Embedding window per architecture when the checkpoint does not say what it was trained on:
-# the Transformer's training windows (256 tokens). The LSTM's window was chosen by measurement
-# on long documents (docs/benchmarks.md, "Long documents"): 1,024 ranks as well as carrying the
-# state through the whole text and bounds the recurrent activations.
-DEFAULT_WINDOWS = {"transformer": 256, "lstm": 1024}
 
 
 class BatchMemoryError(MemoryError):
@@ -45,14 +41,6 @@ class BatchMemoryError(MemoryError):
 def check_size(value: object, name: str) -> int:
     """`value` as a positive int (bools are not sizes), else a typed error naming `name`."""
     return check_positive_int(value, name)
-
-
-def embed_window(architecture: str, trained_length: int | None = None) -> int:
-    """Tokens per embedding window: the trained length for the Transformer when known, else
-    DEFAULT_WINDOWS (the LSTM's is measured, not its 128-token training length)."""
-    if architecture == "transformer" and trained_length:
-        return check_size(trained_length, "trained_length")
-    return DEFAULT_WINDOWS[architecture]
 
 
 def truncate(seqs: list[list[int]], max_length: int | None) -> list[list[int]]:

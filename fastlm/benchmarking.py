@@ -173,23 +173,21 @@ def matmul_params(model, head: bool = False) -> int:
 
 def embed_flops(model, batch: int, tokens: int) -> float:
     """Forward FLOPs of one (batch, tokens) embedding pass: 2 * matmul params * B * T, plus the
-    Transformer's attention 4 * T^2 * d * layers * B (QK^T and AV, causal half not discounted)."""
-    flops = 2.0 * matmul_params(model) * batch * tokens
-    cfg = model.config
-    if cfg.architecture == "transformer":
-        flops += 4.0 * tokens * tokens * cfg.d_model * cfg.num_layers * batch
-    return flops
+    architecture's token mixing (attention's QK^T and AV: every token looks at all T)."""
+    from fastlm.models import architecture_of
+
+    mixing = architecture_of(model).mixing_flops(model.config, tokens, tokens)
+    return 2.0 * matmul_params(model) * batch * tokens + mixing * batch
 
 
 def decode_flops(model, prompt: int, new: int) -> float:
     """FLOPs to generate `new` tokens one at a time after a `prompt`-token prefill (logits too)."""
+    from fastlm.models import architecture_of
+
     per_token = 2.0 * matmul_params(model, head=True)
-    cfg = model.config
-    flops = per_token * (prompt + new)
-    if cfg.architecture == "transformer":  # each token attends over the tokens before it
-        seen = sum(range(1, prompt + new + 1))
-        flops += 4.0 * seen * cfg.d_model * cfg.num_layers
-    return flops
+    seen = sum(range(1, prompt + new + 1))  # each token looks at the tokens up to itself
+    mixing = architecture_of(model).mixing_flops(model.config, 1, seen)
+    return per_token * (prompt + new) + mixing
 
 
 # ----------------------------------------------------------------------------- environment
@@ -252,7 +250,7 @@ def greedy_decode(backend, prompt: list[int], new: int) -> list[int]:
 def warm_up(lm, decode: bool = True) -> None:
     """First calls (torch.compile graphs, ORT sessions) happen here, not in a timed region. One
     decode warms every generation up to 256 tokens: the compile backend buckets its cache."""
-    ids, mask = random_batch(2, 16, lm.config.vocab_size)
+    ids, mask = random_batch(2, 16, lm.info.vocab_size)
     lm.backend.embed_batch(ids, mask)
     if decode:
         greedy_decode(lm.backend, list(range(2, 18)), 2)

@@ -97,7 +97,7 @@ def _bench_model(arch: str, source, args, device: str) -> list[dict]:
         return []
     rows = []
     for batch in args.batch_sizes:
-        ids, mask = random_batch(batch, args.seq_len, next(iter(models.values())).config.vocab_size)
+        ids, mask = random_batch(batch, args.seq_len, next(iter(models.values())).info.vocab_size)
         times = _round_robin(models, ids, mask, args.repeats, device)
         eager = times.get("eager")
         for key, ts in times.items():

@@ -20,18 +20,11 @@ LICENSE = "MIT (the fastlm package's license, which covers the shipped weights)"
 
 
 def _architecture(config: dict) -> str:
-    if config.get("architecture") == "lstm":
-        return (
-            f"LSTM language model: {config.get('num_layers')} layers x "
-            f"{config.get('hidden_dim')} hidden units, {config.get('embedding_dim')}-d token "
-            "embeddings, unidirectional"
-        )
-    return (
-        f"Transformer language model: {config.get('num_layers')} post-norm layers, d_model "
-        f"{config.get('d_model')}, {config.get('nhead')} heads, feed-forward "
-        f"{config.get('dim_feedforward', '?')}, causal, sinusoidal positions "
-        f"(max {config.get('max_len', '?')} tokens)"
-    )
+    """One line on the model, from its architecture (any name an older card may carry)."""
+    from fastlm.models import architectures
+
+    arch = architectures().get(config.get("architecture"))
+    return arch.summary(config) if arch else f"{config.get('architecture')} language model"
 
 
 def _data_paths(command: str) -> list[str]:

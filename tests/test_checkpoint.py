@@ -19,6 +19,7 @@ from fastlm.checkpoint import (
 )
 from fastlm.io import atomic_write_dir
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.models.layers import NextTokenLogits
 
 ALLOWED_SUFFIXES = {".safetensors", ".json"}
 
@@ -35,8 +36,7 @@ def _model(arch: str):
 def _trained_optimizer(model):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.01)
     for _ in range(2):
-        out = model(torch.randint(0, 2000, (2, 5)))
-        logits = out[0] if isinstance(out, tuple) else out
+        logits = NextTokenLogits(model)(torch.randint(0, 2000, (2, 5)))
         opt.zero_grad()
         logits.square().mean().backward()
         opt.step()

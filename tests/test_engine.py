@@ -8,6 +8,7 @@ import torch
 from parity_helpers import run_in_threads
 
 import fastlm
+from fastlm.models.layers import NextTokenLogits
 from fastlm.tokenizer import EOT_ID
 
 ARCHS = ["lstm", "transformer"]
@@ -37,8 +38,7 @@ def _reference_embedding(model, text: str) -> np.ndarray:
         return np.zeros(model.embedding_dim, np.float32)
     tower = model.backend.checkpoint.embedder
     with torch.no_grad():
-        out = tower.encoder.hidden_states(torch.tensor([ids]))
-        states = out[0] if isinstance(out, tuple) else out
+        states = tower.encoder.hidden_states(torch.tensor([ids]))[0]
         pooled = states[0].mean(0, keepdim=True)  # (1, C)
         if tower.proj is not None:
             tokens = tower.encoder.embedding(torch.tensor(ids)).mean(0, keepdim=True)
@@ -167,8 +167,7 @@ def test_score_matches_direct_nll(model):
     ids = [EOT_ID] + model.tokenizer.encode(text)
     net = model.backend.model
     with torch.no_grad():
-        out = net(torch.tensor([ids]))
-        logits = out[0] if isinstance(out, tuple) else out
+        logits = NextTokenLogits(net)(torch.tensor([ids]))
         logp = torch.log_softmax(logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])
     assert res.tokens == len(ids) - 1 and res.bytes == len(text.encode())
     assert res.log_likelihood == pytest.approx(float(logp.sum()), rel=1e-4)

@@ -29,9 +29,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _logits(model, ids, state=None):
-    out = model(ids) if state is None else model(ids, state)
-    return out[0] if isinstance(out, tuple) else out
+def _logits(model, ids):
+    """Logits (B, T, V) through the model's own forward (the LSTM's also returns its state)."""
+    out = model(ids)
+    return out if isinstance(model, SimpleTransformer_LM) else out[0]
 
 
 def _small(arch: str, **kw):
@@ -118,7 +119,8 @@ def test_transformer_input_is_scaled_embedding_plus_positions():
     model = _small("transformer")
     ids = torch.randint(0, 97, (2, 9))
     seen = {}
-    model.layers[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    hook = model.layers[0].attn.qkv.register_forward_pre_hook  # the first op on the input
+    hook(lambda m, args: seen.setdefault("x", args[0]))
     model(ids)
     pos = torch.arange(9, dtype=torch.float32).unsqueeze(1)
     i = torch.arange(0, 32, 2, dtype=torch.float32)
@@ -155,7 +157,7 @@ def test_post_norm_layer_structure():
             torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-4)
     # post-norm consequence: with LayerNorm at its initial (1, 0), every output row is normalised
     with torch.no_grad():
-        top = model.hidden_states(torch.randint(0, 97, (1, 11)))
+        top = model.hidden_states(torch.randint(0, 97, (1, 11)))[0]
     torch.testing.assert_close(top.mean(-1), torch.zeros(1, 11), atol=1e-5, rtol=0)
     torch.testing.assert_close(top.var(-1, unbiased=False), torch.ones(1, 11), atol=1e-3, rtol=0)
 
@@ -194,7 +196,7 @@ def test_lstm_bad_state():
     model = _small("lstm")
     ids = torch.randint(0, 97, (2, 4))
     with pytest.raises(ValueError, match="shape"):
-        model(ids, model.init_state(3))
+        model(ids, model.new_state(3))
     with pytest.raises(TypeError, match="tuple"):
         model(ids, torch.zeros(2, 2, 32))
 
@@ -204,15 +206,32 @@ def test_transformer_kv_cache_equals_full_forward():
     ids = torch.randint(0, 97, (2, 17))
     with torch.no_grad():
         full = model(ids)
-        caches = model.new_caches(batch=2, max_seq=20)
+        state = model.new_state(batch=2, max_seq=20)
         pieces, start = [], 0
         for size in (5, 1, 3, 1, 7):  # prefill, then steps and chunks of odd sizes
-            pos = torch.arange(start, start + size)
-            pieces.append(model.forward_cached(ids[:, start : start + size], pos, caches))
+            states, state = model.hidden_states(ids[:, start : start + size], state)
+            pieces.append(model.fc(states))
             start += size
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    assert int(state.length) == 17
     with pytest.raises(ValueError, match="position table"):
-        model.new_caches(batch=1, max_seq=65)
+        model.new_state(batch=1, max_seq=65)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+@pytest.mark.parametrize("static", [False, True])
+def test_step_module_equals_full_forward(arch, static):
+    """The decode step (weights in addmm layout; static: the whole cache under a mask) gives the
+    full forward's logits token after token, its state carried from a plain prefill."""
+    model = _small(arch)
+    ids = torch.randint(0, 97, (1, 12))
+    step = model.step_module(static=static)
+    with torch.no_grad():
+        full = _logits(model, ids)
+        _, state = model.hidden_states(ids[:, :5], model.new_state(1, 16))
+        for t in range(5, 12):
+            logits, state = step(ids[0, t : t + 1], state)
+            torch.testing.assert_close(logits[0], full[0, t], atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------- bad input

@@ -15,15 +15,11 @@ from parity_helpers import row_cosines
 import fastlm
 from fastlm.engine.backends import backend_names, get_backend_class
 from fastlm.engine.loading import pick_auto_backend
-from fastlm.engine.triton_backend import (
-    LSTMKernelDecoder,
-    LSTMKernelWeights,
-    lstm_hidden_states,
-    tower_embeddings,
-    transformer_hidden_states,
-)
+from fastlm.engine.decoding import TorchDecoder
+from fastlm.engine.triton_backend import tower_embeddings
 from fastlm.kernels import triton_available
-from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM, architecture_of
+from fastlm.models.lstm import LSTMKernelWeights, lstm_hidden_states
 from fastlm.models.embedder import EmbeddingTower, new_tower
 
 ON_GPU = torch.cuda.is_available()
@@ -86,8 +82,8 @@ def test_transformer_forward_matches_eager(dtype: torch.dtype, atol: float) -> N
     """Triton attention in the model's own layers == model.hidden_states (fp32 SDPA)."""
     model = small_transformer()
     ids = random_ids(2, 17)
-    got = transformer_hidden_states(model, ids, dtype)
-    want = model.hidden_states(ids)
+    got = architecture_of(model).kernel_model(model, dtype).hidden_states(ids)[0]
+    want = model.hidden_states(ids)[0]
     assert got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=atol, rtol=atol)
 
@@ -114,11 +110,13 @@ def test_lstm_decoder_matches_full_forward() -> None:
     """Prefill (lstm_sequence) then lstm_step per token: the logits of a full forward pass."""
     model = small_lstm()
     ids = random_ids(1, 6, seed=2)[0].tolist()
-    decoder = LSTMKernelDecoder(LSTMKernelWeights.from_model(model), DEVICE)
+    kernel = architecture_of(model).kernel_model(model, torch.float32)
+    decoder = TorchDecoder(kernel, kernel.step_module(), 6, DEVICE)
     logits = [decoder.prefill(ids[:4]), decoder.step(ids[4]), decoder.step(ids[5])]
     want = model(torch.tensor([ids], device=DEVICE))[0][0, 3:].float().cpu()  # (3, V)
     for i, got in enumerate(logits):
-        assert got.shape == (50,) and got.dtype == torch.float32 and got.device.type == "cpu"
+        assert got.shape == (50,) and got.dtype == np.float32
+        got = torch.from_numpy(got)
         where = f"position {3 + i}"
         torch.testing.assert_close(
             got, want[i], atol=1e-4, rtol=1e-4, msg=lambda m, where=where: f"{where}: {m}"

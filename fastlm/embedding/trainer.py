@@ -218,10 +218,9 @@ def _set_dropout(tower: torch.nn.Module, p: float) -> None:
     for m in tower.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
-        if isinstance(m, torch.nn.LSTM):
-            m.dropout = p if m.num_layers > 1 else 0.0
-    for m in tower.modules():  # the Transformer's attention reads its own dropout attribute
-        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+        # modules that apply dropout themselves keep its rate in a float attribute (nn.LSTM
+        # between its layers, the Transformer's attention)
+        if isinstance(getattr(m, "dropout", None), float):
             m.dropout = p
 
 

@@ -3,7 +3,7 @@
 from fastlm.engine.backends import Backend, backend_names, register_backend
 from fastlm.engine.index import Index, IndexFileError
 from fastlm.engine.loading import load
-from fastlm.engine.model import LanguageModel, ScoreResult
+from fastlm.language_model import LanguageModel, ScoreResult
 
 __all__ = [
     "Backend",

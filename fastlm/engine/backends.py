@@ -1,109 +1,92 @@
-"""The backend seam: every way of running a model implements `Backend`.
+"""The torch backends' base (`TorchBackend`, the eager reference) and the backend registry.
 
-A backend takes padded numpy batches and returns numpy results, so the user-facing
-`LanguageModel` (batching, sorting, validation, sampling loop) is written once for all of them.
-Backends are registered by name; "onnx" and "triton" register themselves from their modules.
-
-Padding note: both models are causal and batches are right-padded, so pad tokens never influence
-the states of real tokens; backends need no key-padding mask, only masked pooling.
+Every backend implements fastlm/backend.py's `Backend` (numpy in, numpy out); what a model
+computes is asked of its architecture (fastlm/models/), never tested here. Backends are
+registered by name; "compile", "onnx" and "triton" register themselves from their modules.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo
 from fastlm.checkpoint import Checkpoint
-
-SCORE_CHUNK = 1024  # time steps per scoring chunk: bounds logits (and LSTM activation) memory
-
-
-class Decoder(Protocol):
-    """Incremental decoding for one sequence (batch 1). Logits are float32 torch (V,) on CPU."""
-
-    def prefill(self, ids: list[int]) -> torch.Tensor: ...
-
-    def step(self, token: int) -> torch.Tensor: ...
+from fastlm.engine.decoding import TorchDecoder
+from fastlm.models import architecture_of
+from fastlm.threads import torch_threads
 
 
-class Backend:
-    """Runs one loaded checkpoint. Subclasses override the three methods below."""
-
-    name = "base"
-
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, threads: int | None):
-        self.checkpoint = checkpoint
-        self.config = checkpoint.config
-        self.device = device
-
-    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) int64 ids + mask -> (B, D) float32 output of the checkpoint's embedding tower
-        (models/embedder.py: pooled over real tokens, projected), not normalised."""
-        raise NotImplementedError
-
-    def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, T) -> (B,) float64 summed NLL (nats) of tokens 1..len-1 given their prefixes."""
-        raise NotImplementedError
-
-    def new_decoder(self, max_seq: int) -> Decoder:
-        """A decoder able to hold `max_seq` tokens (prompt + generated)."""
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"backend": self.name, "device": str(self.device)}
+def model_info(checkpoint: Checkpoint) -> ModelInfo:
+    cfg = checkpoint.config
+    return ModelInfo(
+        architecture=cfg.architecture,
+        vocab_size=cfg.vocab_size,
+        embedding_dim=checkpoint.embedder.dim,
+        context_length=cfg.max_len,
+        embed_window=architecture_of(cfg).embed_window(cfg),
+    )
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch under inference_mode: the reference every other backend is tested against."""
+    """Eager PyTorch under inference_mode: the reference every other backend is tested against.
+
+    threads: torch intra-op threads for this backend's calls only (`torch_threads`)."""
 
     name = "eager"
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, threads: int | None):
-        super().__init__(checkpoint, device, threads)
-        if threads:
-            torch.set_num_threads(threads)
+        self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
+        self.threads = threads
+        self.architecture = architecture_of(checkpoint.config)
+        self.info = model_info(checkpoint)
+        self.tokenizer = checkpoint.tokenizer
         self.model = checkpoint.model.to(device).eval()
         self.embedder = checkpoint.embedder.to(device).eval()
-        self._hidden: Callable = self.model.hidden_states
         self._step = None
 
-    def _states(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self._hidden(ids)
-        return out[0] if isinstance(out, tuple) else out  # LSTM returns (states, (h, c))
+    def scope(self):
+        """The context every call into torch runs in (this backend's thread count)."""
+        return torch_threads(self.threads)
 
     def embed_batch(self, input_ids, attention_mask):
-        with torch.inference_mode():
+        with self.scope(), torch.inference_mode():
             ids = torch.from_numpy(input_ids).to(self.device)
             mask = torch.from_numpy(attention_mask).to(self.device)
-            return self.embedder(ids, mask).float().cpu().numpy()  # one host copy per batch
+            return self._embed(ids, mask).float().cpu().numpy()  # one host copy per batch
+
+    def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.embedder(ids, mask)
 
     def nll_batch(self, input_ids, attention_mask):
-        return chunked_nll(self.model, input_ids, attention_mask, self.device)
+        with self.scope():
+            return chunked_nll(
+                self.model, self.architecture.carries_state, input_ids, attention_mask
+            )
 
-    def new_decoder(self, max_seq: int) -> Decoder:
-        from fastlm.engine.decoding import build_step, make_decoder
-
+    def new_decoder(self, max_seq: int) -> TorchDecoder:
         if self._step is None:  # built once: the weights copied in step layout
-            self._step = build_step(self.model)
-        return make_decoder(self.model, self._step, max_seq, self.device)
+            self._step = self.model.step_module()
+        return TorchDecoder(self.model, self._step, max_seq, self.device, self.scope)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": str(self.device), "threads": self.threads}
 
 
-def chunked_nll(model, input_ids: np.ndarray, attention_mask: np.ndarray, device) -> np.ndarray:
+def chunked_nll(model, carries_state: bool, input_ids: np.ndarray, attention_mask: np.ndarray):
     """(B, T) -> (B,) float64 summed NLL, the logits made SCORE_CHUNK positions at a time.
 
-    The LSTM also runs its recurrence chunk by chunk carrying (h, c), so memory is bounded for
-    any length (a full-length pass costs ~23-39 KB per token); the Transformer's states are
-    computed once (its context is bounded) and only the logits are chunked."""
+    A model whose state carries a text on (the LSTM) runs its states chunk by chunk too, so
+    memory is bounded for any length (a full-length pass costs ~23-39 KB per token); otherwise
+    the states are computed once (the context is bounded) and only the logits are chunked."""
+    device = model.fc.weight.device
     with torch.inference_mode():
         ids = torch.from_numpy(input_ids).to(device)
         mask = torch.from_numpy(attention_mask).to(device)
         inputs, targets, weights = ids[:, :-1], ids[:, 1:], mask[:, 1:]
         total = torch.zeros(ids.shape[0], dtype=torch.float64, device=device)
-        for start, states in _state_chunks(model, inputs):
+        for start, states in _state_chunks(model, carries_state, inputs):
             stop = start + states.shape[1]
             logits = model.fc(states).float()  # (B, chunk, V)
             nll = F.cross_entropy(logits.transpose(1, 2), targets[:, start:stop], reduction="none")
@@ -111,16 +94,16 @@ def chunked_nll(model, input_ids: np.ndarray, attention_mask: np.ndarray, device
         return total.cpu().numpy()
 
 
-def _state_chunks(model, inputs: torch.Tensor):
+def _state_chunks(model, carries_state: bool, inputs: torch.Tensor):
     """(start, top-layer states (B, chunk, D)) over the time axis of inputs (B, T)."""
     T = inputs.shape[1]
-    if model.config.architecture == "lstm":
+    if carries_state:
         state = None
         for start in range(0, T, SCORE_CHUNK):
             states, state = model.hidden_states(inputs[:, start : start + SCORE_CHUNK], state)
             yield start, states
         return
-    states = model.hidden_states(inputs)
+    states = model.hidden_states(inputs)[0]
     for start in range(0, T, SCORE_CHUNK):
         yield start, states[:, start : start + SCORE_CHUNK]
 

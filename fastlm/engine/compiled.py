@@ -4,11 +4,12 @@
   1, so batches are padded to >= 2 rows and sequence lengths to a multiple of `bucket`; after
   the first call no new shape recompiles (tests count compiled frames). Right-padding is exact
   here: the models are causal, so pad rows/columns never touch real tokens' states.
-- Decode step: `build_step(..., static=True)` compiled with fullgraph=True on fixed shapes; the
-  KV cache length is rounded up to a multiple of 256 so generations of different lengths share
-  one graph.
-- The LSTM's embedding path stays eager: torch.compile leaves nn.LSTM as one opaque op (no gain,
-  measured); its decode step, written out, is compiled.
+- Decode step: `model.step_module(static=True)` compiled with fullgraph=True on fixed shapes;
+  a cache sized for the whole generation (`Architecture.sized_state`) is rounded up to a
+  multiple of 256 tokens so generations of different lengths share one graph.
+- Architectures whose full-sequence pass torch.compile does not speed up
+  (`Architecture.compiles_sequence` False: the LSTM, whose nn.LSTM stays one opaque op, no gain
+  measured) embed and score eagerly; their decode step, written out, is compiled.
 
 Compile time is measured apart (`compile_seconds`) and reported by describe().
 """
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fastlm.engine.backends import TorchBackend, register_backend
-from fastlm.engine.decoding import build_step, make_decoder
+from fastlm.engine.decoding import TorchDecoder
 
 CACHE_BUCKET = 256
 
@@ -35,19 +36,14 @@ class CompileBackend(TorchBackend):
         self.bucket = bucket
         self.compile_seconds: dict[str, float] = {}
         self._seen: set = set()
-        transformer = self.config.architecture == "transformer"
+        sequence = self.architecture.compiles_sequence
         self._pool = (
             torch.compile(self._pool_eager, dynamic=True, backend=compile_backend)
-            if transformer
+            if sequence
             else self._pool_eager
         )
-        self._nll = (
-            torch.compile(self._nll_eager, dynamic=True, backend=compile_backend)
-            if transformer
-            else self._nll_eager
-        )
-        step = build_step(self.model, static=True)
-        self._step_eager = step
+        self._nll = torch.compile(self._nll_eager, dynamic=True, backend=compile_backend)
+        step = self.model.step_module(static=True)
         self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=compile_backend)
 
     # eager bodies that torch.compile traces
@@ -55,7 +51,7 @@ class CompileBackend(TorchBackend):
         return self.embedder(ids, mask)
 
     def _nll_eager(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.model.fc(self._states(ids[:, :-1])).float()
+        logits = self.model.fc(self.model.hidden_states(ids[:, :-1])[0]).float()
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         return (nll * mask[:, 1:]).sum(dim=1)
 
@@ -79,14 +75,14 @@ class CompileBackend(TorchBackend):
         return out
 
     def embed_batch(self, input_ids, attention_mask):
-        with torch.inference_mode():
+        with self.scope(), torch.inference_mode():
             ids, mask, B = self._padded(input_ids, attention_mask)
             return self._timed("embed", self._pool, ids, mask)[:B].cpu().numpy()
 
     def nll_batch(self, input_ids, attention_mask):
-        if self.config.architecture != "transformer":
+        if not self.architecture.compiles_sequence:
             return super().nll_batch(input_ids, attention_mask)  # eager, chunked (see __doc__)
-        with torch.inference_mode():
+        with self.scope(), torch.inference_mode():
             # +1 so the shifted (T-1) length is the bucketed one
             ids, mask, B = self._padded(input_ids, attention_mask, extra=1)
             return self._timed("score", self._nll, ids, mask)[:B].double().cpu().numpy()
@@ -94,9 +90,9 @@ class CompileBackend(TorchBackend):
     def new_decoder(self, max_seq: int):
         limit = self.config.max_len or max_seq
         cache_len = min(limit, -(-max_seq // CACHE_BUCKET) * CACHE_BUCKET)
-        key = f"decode-{cache_len}" if self.config.architecture == "transformer" else "decode"
+        key = f"decode-{cache_len}" if self.architecture.sized_state else "decode"
         step = _TimedStep(self, key)
-        return make_decoder(self.model, step, cache_len, self.device)
+        return TorchDecoder(self.model, step, cache_len, self.device, self.scope)
 
     def describe(self) -> dict:
         return {**super().describe(), "compile_seconds": dict(self.compile_seconds)}

@@ -50,7 +50,7 @@ class Index:
 
     def search(self, query: str, top_k: int = 10) -> list[dict]:
         """Best matches first: [{"corpus_id", "score", "text"}]."""
-        from fastlm.engine.model import _top_hits
+        from fastlm.language_model import _top_hits
 
         _check_text(query, "query")
         if not self.texts:

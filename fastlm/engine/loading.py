@@ -8,9 +8,9 @@ import torch
 
 from fastlm.checkpoint import load_checkpoint
 from fastlm.engine.backends import backend_names, get_backend_class
-from fastlm.engine.model import LanguageModel
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
+from fastlm.language_model import LanguageModel
 from fastlm.validation import check_optional_int
 
 
@@ -42,7 +42,9 @@ def load(
     """Load a shipped model by name ("transformer", "lstm") or a checkpoint/run directory.
 
     backend: "auto" | "eager" | "compile" | "onnx" | "triton". device: "cpu", "cuda", ... (default:
-    CUDA when available). threads: intra-op threads for this process (None leaves the default).
+    CUDA when available). threads: intra-op threads for this model's calls (torch's count is
+    set for each call and restored after it; ONNX Runtime's belongs to its sessions); None
+    leaves the defaults.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")

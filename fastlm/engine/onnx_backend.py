@@ -17,22 +17,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime  # noqa: F401  (a missing onnxruntime leaves this backend unregistered)
 import torch
 
 from fastlm.checkpoint import Checkpoint
-from fastlm.engine.backends import SCORE_CHUNK, Backend, chunked_nll, register_backend
-from fastlm.runtime import ExportDirError, OnnxDecoder, OnnxModel, default_providers
+from fastlm.engine.backends import chunked_nll, register_backend
+from fastlm.export.format import ExportDirError, verify_export_dir
+from fastlm.models import architecture_of
+from fastlm.runtime import OrtBackend, default_providers
 
 log = logging.getLogger("fastlm")
 
-# lm.onnx has no state input: LSTM texts longer than this are scored by the eager LSTM in
-# chunks (bounded memory); shorter ones by ONNX Runtime, whose logits take 8 KB per token.
-LSTM_SCORE_MAX = 4096
-# Score cells (batch x T^2) per scoring batch: the exported attention materialises its
-# (B, heads, T, T) scores, 4 heads x 4 bytes = 16 bytes per cell per tensor; 2^24 cells bound a
-# tensor to 256 MB (a single text longer than that runs alone).
-ATTENTION_CELLS = 1 << 24
+# lm.onnx has no state input: texts of an architecture whose state carries them on (the LSTM)
+# longer than this are scored by the checkpoint's torch model in chunks (bounded memory);
+# shorter ones by ONNX Runtime, whose logits take 8 KB per token.
+ONNX_SCORE_MAX = 4096
 
 
 def default_cache_dir() -> Path:
@@ -40,8 +38,8 @@ def default_cache_dir() -> Path:
     return Path(root) / "fastlm" / "onnx"
 
 
-class OnnxBackend(Backend):
-    name = "onnx"
+class OnnxBackend(OrtBackend):
+    """The runtime's `OrtBackend` over the checkpoint's cached (or given) export."""
 
     def __init__(
         self,
@@ -52,99 +50,54 @@ class OnnxBackend(Backend):
         export_dir: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
-        super().__init__(checkpoint, device, threads)
         from fastlm.export import DTYPES
 
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(
                 f"unknown dtype {dtype!r} for the onnx backend; choose one of {', '.join(DTYPES)}"
             )
-        providers = default_providers()
-        if device.type != "cuda":
-            providers = ["CPUExecutionProvider"]
+        providers = default_providers() if device.type == "cuda" else ["CPUExecutionProvider"]
         weights_sha = checkpoint.weights_digest  # LM + embedding tower
         arch = checkpoint.config.architecture
         if export_dir is not None:  # dtype None: whatever the export holds
             path = Path(export_dir)
-            self.onnx = OnnxModel.load(path, threads, providers)
-            _check_source(self.onnx, weights_sha, arch, dtype, path)
+            manifest = verify_export_dir(path)
+            _check_source(manifest, weights_sha, arch, dtype, path)
         else:
             dtype = dtype or "fp32"
             path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
-            want = (weights_sha, arch, dtype)
-            self.onnx = _load_or_export(checkpoint.path, path, want, threads, providers)
-        self.dtype = self.onnx.dtype
-        self.export_dir = path
-        if device.type == "cuda" and "CUDAExecutionProvider" not in self.onnx.providers:
+            manifest = _load_or_export(checkpoint.path, path, (weights_sha, arch, dtype))
+        super().__init__(path, manifest, threads, providers)
+        self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
+        self.carries_state = architecture_of(checkpoint.config).carries_state
+        if device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
                 "device is %s but this onnxruntime has no CUDA provider: running on CPU "
                 '(pip install "fastlm[gpu]" for onnxruntime-gpu)',
                 device,
             )
-        if self.config.architecture == "transformer":
-            self.max_attention_cells = ATTENTION_CELLS  # read by LanguageModel.score
-
-    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return self.onnx.embed_batch(input_ids, attention_mask)
 
     def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        if self.config.architecture == "lstm" and input_ids.shape[1] - 1 > LSTM_SCORE_MAX:
-            # lm.onnx starts from a zero state, so it cannot score a long text in chunks:
-            # the checkpoint's eager LSTM does, carrying (h, c) (bounded memory).
-            return chunked_nll(self.checkpoint.model, input_ids, attention_mask, self.device)
-        logits = self.onnx.logits(input_ids[:, :-1])  # (B, T-1, V) float32
-        targets, weights = input_ids[:, 1:], attention_mask[:, 1:]
-        total = np.zeros(input_ids.shape[0])
-        for start in range(0, logits.shape[1], SCORE_CHUNK):  # bounds the numpy temporaries
-            part = slice(start, start + SCORE_CHUNK)
-            total += (_token_nll(logits[:, part], targets[:, part]) * weights[:, part]).sum(1)
-        return total
-
-    def new_decoder(self, max_seq: int) -> TorchLogitsDecoder:
-        return TorchLogitsDecoder(self.onnx.new_decoder())
+        if self.carries_state and input_ids.shape[1] - 1 > ONNX_SCORE_MAX:
+            model = self.checkpoint.model.to(self.device).eval()
+            return chunked_nll(model, True, input_ids, attention_mask)
+        return super().nll_batch(input_ids, attention_mask)
 
     def describe(self) -> dict:
-        return {
-            **super().describe(),
-            "dtype": self.dtype,
-            "providers": self.onnx.providers,
-            "export_dir": str(self.export_dir),
-        }
+        return {**super().describe(), "device": str(self.device), "export_dir": str(self.path)}
 
 
-class TorchLogitsDecoder:
-    """The runtime's numpy decoder, returning float32 torch logits (V,) on CPU like
-    engine/decoding.py's decoders."""
-
-    def __init__(self, decoder: OnnxDecoder):
-        self._decoder = decoder
-
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        return torch.from_numpy(self._decoder.prefill(ids))
-
-    def step(self, token: int) -> torch.Tensor:
-        return torch.from_numpy(self._decoder.step(token))
-
-
-def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """logits (B, T, V) float32, targets (B, T) -> (B, T) float64 NLL in nats."""
-    shift = logits.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]  # (B, T)
-    target = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return (lse - target).astype(np.float64)
-
-
-def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers) -> OnnxModel:
-    """Reuse a cached export when it verifies and was made from these weights in this dtype;
-    otherwise (re)write it. want: (weights digest, architecture, dtype)."""
+def _load_or_export(ckpt_path: Path, path: Path, want: tuple) -> dict:
+    """The manifest of a cached export that verifies and was made from these weights in this
+    dtype; otherwise (re)write it first. want: (weights digest, architecture, dtype)."""
     from fastlm.export import export
 
     weights_sha, arch, dtype = want
     if path.exists():
         try:
-            cached = OnnxModel.load(path, threads, providers)
-            _check_source(cached, weights_sha, arch, dtype, path)
-            return cached
+            manifest = verify_export_dir(path)
+            _check_source(manifest, weights_sha, arch, dtype, path)
+            return manifest
         except ExportDirError:
             pass  # corrupt or half-edited cache entry: export again over it
         except ValueError:
@@ -159,27 +112,26 @@ def _load_or_export(ckpt_path: Path, path: Path, want: tuple, threads, providers
         export(ckpt_path, path, dtype=dtype, force=path.exists())
     except FileExistsError:
         pass  # another process finished the same export first; it is verified below
-    loaded = OnnxModel.load(path, threads, providers)
-    _check_source(loaded, weights_sha, arch, dtype, path)
-    return loaded
+    manifest = verify_export_dir(path)
+    _check_source(manifest, weights_sha, arch, dtype, path)
+    return manifest
 
 
 def _check_source(
-    onnx_model: OnnxModel, weights_sha: str, arch: str, dtype: str | None, path: Path
+    manifest: dict, weights_sha: str, arch: str, dtype: str | None, path: Path
 ) -> None:
     """The export must come from exactly these weights (the checkpoint's weights digest: LM +
     embedding tower), be of the same architecture and, when a dtype was asked for, be in it."""
-    source = onnx_model.manifest.get("source", {}).get("weights_sha256")
-    if source != weights_sha or onnx_model.architecture != arch:
+    source = manifest.get("source", {}).get("weights_sha256")
+    exported = manifest["model"]["architecture"]
+    if source != weights_sha or exported != arch:
         raise ValueError(
             f"{path} was exported from different weights (sha256 {str(source)[:12]}..., "
-            f"{onnx_model.architecture}) than the checkpoint being loaded "
-            f"({weights_sha[:12]}..., {arch})"
+            f"{exported}) than the checkpoint being loaded ({weights_sha[:12]}..., {arch})"
         )
-    if dtype is not None and onnx_model.dtype != dtype:
-        raise ValueError(
-            f"{path} holds a {onnx_model.dtype} export, not the requested dtype {dtype!r}"
-        )
+    have = manifest.get("dtype", "fp32")
+    if dtype is not None and have != dtype:
+        raise ValueError(f"{path} holds a {have} export, not the requested dtype {dtype!r}")
 
 
 register_backend("onnx", OnnxBackend)

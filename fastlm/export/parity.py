@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastlm.models import SimpleLSTM_LM
 from fastlm.models.embedder import EmbeddingTower
 from fastlm.runtime import OnnxModel
+from fastlm.threads import torch_threads
 from fastlm.tokenizer import EOT_ID, Tokenizer, pad_batch
 
 PROBE_TEXTS = (
@@ -65,13 +65,9 @@ def certify(
 
     PyTorch runs on one thread here: the probes are small, and on a busy machine its
     multi-threaded LSTM steps measured ~1000x slower (threads waiting on each other)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         embedder = (embedder or EmbeddingTower(model)).eval().cpu()
         return _certify(model.eval().cpu(), embedder, tokenizer, onnx_model, dtype)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _certify(model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
@@ -79,10 +75,9 @@ def _certify(model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype
     ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
     with torch.inference_mode():
         ref_emb = embedder(ids, mask).numpy()
-        states = model.hidden_states(ids)
-        ref_logits = model.fc(states[0] if isinstance(states, tuple) else states).numpy()
-    emb = onnx_model.embed_batch(batch.input_ids, batch.attention_mask)
-    logits = onnx_model.logits(batch.input_ids)
+        ref_logits = model.fc(model.hidden_states(ids)[0]).numpy()
+    emb = onnx_model.backend.embed_batch(batch.input_ids, batch.attention_mask)
+    logits = onnx_model.backend.logits(batch.input_ids)
     real = batch.attention_mask.astype(bool)
     greedy = _greedy(model, tokenizer, onnx_model)
     report = {
@@ -151,29 +146,14 @@ def _top_overlap(a: np.ndarray, ref: np.ndarray) -> float:
 @torch.inference_mode()
 def _torch_greedy(model: nn.Module, ids: list[int]) -> tuple[list[int], np.ndarray]:
     """GREEDY_TOKENS greedy tokens after `ids` and each step's logits (V,), by the model's own
-    incremental paths: the LSTM carries (h, c), the Transformer fills its KV cache."""
+    incremental path (`hidden_states` carrying its state: the LSTM's (h, c), the Transformer's
+    KV cache)."""
     x = torch.tensor([ids])
-    if isinstance(model, SimpleLSTM_LM):
-
-        def run(x):
-            nonlocal state
-            out, state = model.hidden_states(x, state)
-            return model.fc(out[0, -1])
-
-        state = None
-    else:
-        caches = model.new_caches(1, len(ids) + GREEDY_TOKENS)
-        start = 0
-
-        def run(x):
-            nonlocal start
-            pos = torch.arange(start, start + x.shape[1])
-            start += x.shape[1]
-            return model.forward_cached(x, pos, caches)[0, -1]
-
+    state = model.new_state(1, len(ids) + GREEDY_TOKENS)
     tokens, steps = [], []
     for _ in range(GREEDY_TOKENS):
-        last = run(x)
+        states, state = model.hidden_states(x, state)
+        last = model.fc(states[0, -1])
         steps.append(last.numpy())
         tokens.append(int(last.argmax()))
         x = torch.tensor([[tokens[-1]]])
@@ -185,7 +165,7 @@ def _greedy(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel) -> di
     for prompt in GREEDY_PROMPTS:
         ids = [EOT_ID] + tokenizer.encode(prompt)
         ref_tokens, ref_logits = _torch_greedy(model, ids)
-        forced = onnx_model.new_decoder()  # teacher-forced along PyTorch's tokens
+        forced = onnx_model.backend.new_decoder(len(ids) + GREEDY_TOKENS)  # teacher-forced
         logits = [forced.prefill(ids)] + [forced.step(t) for t in ref_tokens[:-1]]
         logits = np.stack(logits)
         finite &= bool(np.isfinite(logits).all())

@@ -1,6 +1,6 @@
 """`export()`: a checkpoint -> one ONNX directory, certified against PyTorch and written atomically.
 
-Layout of DIR (format "fastlm-onnx/1"):
+Layout of DIR (fastlm/export/format.py):
     embed.onnx, lm.onnx, decode.onnx   the graphs (fastlm/export/onnx_export.py), in `dtype`
     tokenizer.json, config.json        the checkpoint's tokenizer and model config
     parity.json                        the certificate (fastlm/export/parity.py)
@@ -23,20 +23,21 @@ import torch
 
 import fastlm
 from fastlm.checkpoint import MODEL_FILE, load_checkpoint
-from fastlm.export.onnx_export import OPSET, export_graphs, model_facts
-from fastlm.export.parity import certify, check
-from fastlm.export.precision import quantize_int8, to_fp16
-from fastlm.hub import resolve_checkpoint
-from fastlm.io import atomic_write_dir, sha256_file
-from fastlm.models.config import config_to_json
-from fastlm.runtime import (
+from fastlm.export.format import (
     CONFIG_FILE,
     FORMAT,
     MANIFEST_FILE,
     PARITY_FILE,
     TOKENIZER_FILE,
-    OnnxModel,
 )
+from fastlm.export.onnx_export import OPSET, export_graphs, model_facts
+from fastlm.export.parity import certify, check
+from fastlm.export.precision import quantize_int8, to_fp16
+from fastlm.hub import resolve_checkpoint
+from fastlm.io import atomic_write_dir, sha256_file
+from fastlm.models import architecture_of
+from fastlm.models.config import config_to_json
+from fastlm.runtime import OnnxModel, OrtBackend
 
 DTYPES = ("fp32", "fp16", "int8")
 
@@ -83,7 +84,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     manifest = {
         "format": FORMAT,
         "dtype": dtype,
-        "model": model_facts(ckpt.config),
+        "model": model_facts(ckpt.config, ckpt.embedder.dim),
         "graphs": {f.stem: _graph_io(f) for f in sorted(tmp.glob("*.onnx"))},
         "source": {
             "checkpoint": str(ckpt.path),
@@ -100,7 +101,8 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
         },
     }
     # The certificate is measured on the CPU provider (whatever this machine has), one thread.
-    runtime_model = OnnxModel.open(tmp, manifest, threads=1, providers=["CPUExecutionProvider"])
+    backend = OrtBackend(tmp, manifest, threads=1, providers=["CPUExecutionProvider"])
+    runtime_model = OnnxModel(str(tmp), backend)
     report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype, ckpt.embedder)
     check(report)
     (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -131,7 +133,7 @@ def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str, embedder=Non
             if dtype == "fp16":
                 onnx.save(to_fp16(onnx.load(str(src))), str(dst))
             else:
-                quantize_int8(src, dst, model.config.architecture)
+                quantize_int8(src, dst, architecture_of(model).quantized_onnx_ops)
 
 
 def _graph_io(path: Path) -> dict:

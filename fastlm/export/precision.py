@@ -124,20 +124,21 @@ def _half(init: onnx.TensorProto, name: str) -> onnx.TensorProto:
 
 
 # ---------------------------------------------------------------------- int8
-def quantize_int8(src: Path, dst: Path, architecture: str) -> None:
+def quantize_int8(src: Path, dst: Path, extra_ops: tuple[str, ...] = ()) -> None:
     """Dynamic int8 quantization of the ONNX file `src` into `dst` (see the module docstring).
 
-    Every MatMul/Gemm with a constant weight (and the LSTM ops) is quantized, the LM's output
+    Every MatMul/Gemm with a constant weight (and the architecture's `extra_ops`, e.g. LSTM) is
+    quantized, the LM's output
     projection included (the certificate stays far inside its bounds, docs/onnx.md), except the
     embedding tower's final projection: its input concatenates two means ~50x apart in scale,
     and one per-tensor activation scale would flatten the smaller (lexical) half.
     """
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-    ops = ["MatMul", "Gemm"] + (["LSTM"] if architecture == "lstm" else [])
+    ops = ["MatMul", "Gemm", *extra_ops]
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
         source = src
-        if architecture == "lstm":
+        if extra_ops:  # ORT quantizes recurrent ops only after its shape inference pass
             source = Path(tmp) / "pre.onnx"
             quant_pre_process(str(src), str(source), skip_optimization=False)
         quantize_dynamic(

@@ -27,8 +27,8 @@ EMBEDDER_PREFIX = "encoder."  # tensor names in embedder.safetensors: encoder.*,
 
 class EmbeddingTower(nn.Module):
     def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
-        """encoder: a language model whose `hidden_states(ids)` gives top-layer states (B, T, C)
-        (or (states, (h, c)) for the LSTM). proj: C + E -> dim (state and token-table means), or
+        """encoder: a model of the `fastlm.models.adapter` protocol (its hidden_states gives the
+        top-layer states (B, T, C)). proj: C + E -> dim (state and token-table means), or
         None for the plain mean of the states."""
         super().__init__()
         self.encoder = encoder
@@ -48,22 +48,21 @@ class EmbeddingTower(nn.Module):
 
     def states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) -> top-layer states (B, T, C)."""
-        out = self.encoder.hidden_states(input_ids)
-        return out[0] if isinstance(out, tuple) else out
+        return self.encoder.hidden_states(input_ids)[0]
 
-    def project(
-        self, pooled: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    def pool(
+        self, states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        """(B, C) pooled top-layer states of input_ids (B, T) -> (B, dim). Backends that compute
-        the states their own way (kernels) call this for the rest of the tower."""
+        """Top-layer states (B, T, C) of input_ids (B, T) -> (B, dim): the rest of the tower,
+        for backends that compute the states their own way (kernels)."""
+        pooled = mean_pool(states, attention_mask)  # (B, C)
         if self.proj is None:
             return pooled
         tokens = mean_pool(self.encoder.embedding(input_ids), attention_mask)  # (B, C)
         return self.proj(torch.cat([pooled, tokens], dim=1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooled = mean_pool(self.states(input_ids), attention_mask)  # (B, C)
-        return self.project(pooled, input_ids, attention_mask)
+        return self.pool(self.states(input_ids), input_ids, attention_mask)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors embedder.safetensors holds (a trained tower only)."""

@@ -1,16 +1,14 @@
-"""Pieces shared by both language models: input checks, pooling, sampling, positions."""
+"""Pieces every language model shares: input checks, pooling, positions, the reference generate."""
 
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-from fastlm.validation import check_float, check_optional_int, check_seed
+from fastlm.sampling import check_sampling, make_rng, sample_next
 
 
 def check_input_ids(input_ids: torch.Tensor, vocab_size: int, max_len: int | None) -> None:
@@ -58,45 +56,16 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return total / count
 
 
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick next tokens from logits (B, V) -> (B,) int64. temperature 0 means greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    # Shift so the best logit is 0 before dividing, in float64: a tiny temperature (1e-300)
-    # then sends the others to -inf (greedy in the limit) instead of every logit to +/-inf and
-    # the softmax to NaN.
-    logits = logits.double()
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token when the mass before it already reaches top_p (the first always stays)
-        drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+class NextTokenLogits(torch.nn.Module):
+    """Any model of the protocol as input_ids (B, T) -> logits (B, T, V): what training wraps
+    in DDP (the seed models' own forward differ by SPEC: the LSTM also returns its state)."""
 
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Validate sampling parameters with messages a user can act on (fastlm.validation rules:
-    TypeError for a wrong type, ValueError for a value out of range or not finite)."""
-    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    check_float(temperature, "temperature", min=0.0)
-    check_optional_int(top_k, "top_k", min=1)
-    if top_p is not None:
-        check_float(top_p, "top_p", min=0.0, max=1.0, min_open=True)
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.fc(self.model.hidden_states(input_ids)[0])
 
 
 @contextmanager
@@ -114,9 +83,44 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    if check_seed(seed) is None:
-        return None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen
+@torch.inference_mode()
+def reference_generate(
+    model: torch.nn.Module,
+    start_tokens: Sequence[int] | torch.Tensor,
+    max_length: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+) -> list[int]:
+    """The models' own `generate` (the SPEC seed API): continue until the sequence holds
+    `max_length` tokens, start tokens included, through the plain `hidden_states(ids, state)`
+    protocol and fastlm's one sampler. The reference the fast engine is tested against.
+    Runs with dropout off and restores the model's mode afterwards."""
+    check_sampling(temperature, top_k, None)
+    ids = _check_start_tokens(start_tokens, max_length)
+    limit = model.config.max_len
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the context ({limit})")
+    device = model.fc.weight.device
+    rng = make_rng(seed)
+    with eval_mode(model):
+        state = model.new_state(1, max(max_length, len(ids)), device)
+        x = torch.tensor([ids], device=device)
+        check_input_ids(x, model.config.vocab_size, limit)
+        while len(ids) < max_length:
+            states, state = model.hidden_states(x, state)
+            logits = model.fc(states[0, -1]).float().cpu().numpy()
+            ids.append(sample_next(logits, temperature, top_k, None, rng))
+            x = torch.tensor([[ids[-1]]], device=device)
+    return ids
+
+
+def _check_start_tokens(start_tokens, max_length: int) -> list[int]:
+    if isinstance(start_tokens, torch.Tensor):
+        start_tokens = start_tokens.flatten().tolist()
+    ids = [int(t) for t in start_tokens]
+    if not ids:
+        raise ValueError("start_tokens is empty: give at least one token id")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    return ids

@@ -1,67 +1,98 @@
-"""SimpleTransformer_LM: causal post-norm Transformer encoder LM (SPEC.md).
+"""The Transformer architecture: SimpleTransformer_LM (SPEC.md), its decode step, ONNX decode
+graph and kernel form, and the `Architecture` that tells the rest of fastlm about them.
 
-The encoder layer is written out (not nn.TransformerEncoderLayer) so that torch.compile and the
-ONNX exporter see every op (nn's inference "fast path" is one opaque kernel), and so that the
-decode path can use a static KV cache. Parameter count matches nn.TransformerEncoderLayer's.
+A causal post-norm encoder LM. The block's math is written once (`block`); what differs between
+training, the KV-cache decode step, the Triton kernels and the ONNX decode graph is only how
+attention reads its keys (`attend`) and how the linears are applied. The layer is written out
+(not nn.TransformerEncoderLayer) so torch.compile and the ONNX exporter see every op; the
+parameter count matches nn.TransformerEncoderLayer's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlm.models.config import TransformerConfig
-from fastlm.models.layers import (
-    check_input_ids,
-    check_sampling,
-    eval_mode,
-    make_generator,
-    sample_next,
-    sinusoidal_table,
+from fastlm.models.adapter import Architecture, detached_t, register
+from fastlm.models.config import (
+    MAX_FEEDFORWARD,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_bounded,
+    check_dropout,
+    check_parameters,
 )
+from fastlm.models.layers import check_input_ids, reference_generate, sinusoidal_table
+
+# attend(q, k, v) with q, k, v (B, NH, T, D) -> (B, NH, T, D)
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ATTENTION_HEAD_DIMS = (16, 32, 64, 128)  # what fastlm.kernels.attention compiles for
+EMBED_WINDOW = 256  # tokens per embedding window: the window the shipped model was trained on
+
+
+@dataclass
+class TransformerConfig:
+    architecture = "transformer"
+    vocab_size: int = 2000
+    d_model: int = 256  # also the embedding size returned by embed()
+    nhead: int = 4  # head_dim = d_model / nhead = 64
+    num_layers: int = 3
+    dim_feedforward: int = 512
+    dropout: float = 0.2
+    max_len: int = 5000  # rows of the fixed sinusoidal position table
+
+    def __post_init__(self):
+        check_bounded(self, vocab_size=MAX_VOCAB, d_model=MAX_WIDTH, nhead=MAX_HEADS)
+        check_bounded(self, num_layers=MAX_LAYERS, dim_feedforward=MAX_FEEDFORWARD)
+        check_bounded(self, max_len=MAX_POSITIONS)
+        check_dropout(self)
+        d, f = self.d_model, self.dim_feedforward
+        layer = 4 * d * (d + 1) + 2 * d * f + d + f + 4 * d
+        check_parameters(self.vocab_size * (2 * d + 1) + self.num_layers * layer)
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model={self.d_model} must be divisible by nhead={self.nhead}")
+        if self.d_model % 2:
+            raise ValueError("d_model must be even for the sinusoidal position table")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.d_model
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
 
 
 class KVCache(NamedTuple):
-    """Static cache for one layer: k, v (B, NH, max_seq, head_dim), sized once (gpt-fast style).
-
-    A tuple of tensors (not a module) so torch.compile treats it as plain inputs."""
+    """The decode state: k, v (L, B, NH, max_seq, D), sized once (gpt-fast style) and filled in
+    place, and `length` (1,) int64, the tokens already in it. A tuple of tensors (not a module)
+    so torch.compile treats it as plain inputs; length is a tensor so a compiled step is not
+    specialised on it."""
 
     k: torch.Tensor
     v: torch.Tensor
-
-    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, NH, T, D) at positions pos (T,); return the whole cache."""
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
-        return self.k, self.v
+    length: torch.Tensor
 
 
 class CausalSelfAttention(nn.Module):
+    """The attention's parameters (qkv: C -> 3C, out: C -> C); `block` applies them."""
+
     def __init__(self, d_model: int, nhead: int, dropout: float):
         super().__init__()
         self.nhead = nhead
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pos=None, mask=None):
-        """x (B, T, C) -> (B, T, C). With a cache, pos (T,) are the absolute positions of x and
-        mask (T, max_seq) bool says which cache slots each query may see."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.nhead, C // self.nhead).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.update(pos, k, v)  # (B, NH, max_seq, D)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            drop = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.out(y)
 
 
 class EncoderLayer(nn.Module):
@@ -76,10 +107,46 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache=None, pos=None, mask=None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, cache, pos, mask)))
-        ff = self.ff2(self.drop(F.relu(self.ff1(x))))
-        return self.norm2(x + self.drop(ff))
+    def linears(self) -> tuple[nn.Module, ...]:
+        return self.attn.qkv, self.attn.out, self.ff1, self.ff2
+
+    def forward(self, x: torch.Tensor, attend: Attend | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); attend defaults to causal SDPA (with the attention's
+        dropout in training)."""
+        if attend is None:
+            drop = self.attn.dropout if self.training else 0.0
+            attend = partial(F.scaled_dot_product_attention, is_causal=True, dropout_p=drop)
+        return block(self, x, attend)
+
+
+def block(layer: EncoderLayer, x: torch.Tensor, attend: Attend, linears=None) -> torch.Tensor:
+    """One encoder layer, x (B, T, C) -> (B, T, C). linears: callables for (qkv, out, ff1, ff2),
+    default the layer's own nn.Linear modules (the decode step passes addmm layouts)."""
+    qkv, out, ff1, ff2 = linears or layer.linears()
+    B, T, C = x.shape
+    nh = layer.attn.nhead
+    # (B, T, 3C) -> 3 x (B, NH, T, D) views; the head dimension stays contiguous
+    q, k, v = qkv(x).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
+    y = attend(q, k, v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+    x = layer.norm1(x + layer.drop(out(y)))
+    return layer.norm2(x + layer.drop(ff2(layer.drop(F.relu(ff1(x))))))
+
+
+def cached_attend(k_cache, v_cache, pos: torch.Tensor, static: bool) -> Attend:
+    """Attention through a static cache (B, NH, S, D): k, v are written at positions pos (T,),
+    each query sees the slots at or before its own position. static=True reads the whole cache
+    under a mask (fixed shapes for torch.compile); otherwise only the filled prefix."""
+
+    def attend(q, k, v):
+        k_cache.index_copy_(2, pos, k)
+        v_cache.index_copy_(2, pos, v)
+        n = k_cache.shape[2] if static else int(pos[-1]) + 1
+        visible = torch.arange(n, device=pos.device).unsqueeze(0) <= pos.unsqueeze(1)  # (T, n)
+        return F.scaled_dot_product_attention(
+            q, k_cache[:, :, :n], v_cache[:, :, :n], attn_mask=visible
+        )
+
+    return attend
 
 
 class SimpleTransformer_LM(nn.Module):
@@ -119,43 +186,43 @@ class SimpleTransformer_LM(nn.Module):
             c.vocab_size, c.d_model, c.nhead, c.num_layers, c.dim_feedforward, c.dropout, c.max_len
         )
 
-    def hidden_states(self, input_ids: torch.Tensor, caches=None, pos=None, mask=None):
-        """Top-layer states (B, T, d_model). No input checks. caches/pos/mask are the KV-cache
-        decode path's: one KVCache per layer, absolute positions pos (T,), visibility mask."""
-        T = input_ids.shape[1]
-        pe = self.pos_table[:T] if pos is None else self.pos_table[pos]  # (T, C)
-        x = self.drop(self.embedding(input_ids) * self.emb_scale + pe)  # (B, T, C)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if caches is None else caches[i], pos, mask)
-        return x
+    def embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor | slice):
+        """Scaled token embeddings plus sinusoidal positions, (B, T) -> (B, T, C)."""
+        return self.embedding(input_ids) * self.emb_scale + self.pos_table[positions]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.config.vocab_size, self.config.max_len)
-        return self.fc(self.hidden_states(input_ids))
-
-    # ------------------------------------------------------------------ KV cache
-    def new_caches(self, batch: int, max_seq: int, device=None, dtype=None) -> list[KVCache]:
-        """A static KV cache (B, NH, max_seq, D) per layer, owned by the caller (gpt-fast's
-        setup_caches, but not stored on the model so concurrent generations never share one)."""
+    def new_state(self, batch: int, max_seq: int, device=None, dtype=None) -> KVCache:
+        """An empty KV cache for `max_seq` tokens, owned by the caller (gpt-fast's setup_caches,
+        but not stored on the model so concurrent generations never share one)."""
         if max_seq > self.config.max_len:
             raise ValueError(
                 f"max_seq={max_seq} exceeds the position table ({self.config.max_len})"
             )
-        p = self.fc.weight
-        head_dim = self.config.d_model // self.config.nhead
-        shape = (batch, self.config.nhead, max_seq, head_dim)
+        p, cfg = self.fc.weight if self.fc is not None else self.embedding.weight, self.config
+        shape = (cfg.num_layers, batch, cfg.nhead, max_seq, cfg.d_model // cfg.nhead)
         kw = {"device": device or p.device, "dtype": dtype or p.dtype}
-        return [KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw)) for _ in self.layers]
+        length = torch.zeros(1, dtype=torch.int64, device=kw["device"])
+        return KVCache(torch.zeros(shape, **kw), torch.zeros(shape, **kw), length)
 
-    def forward_cached(self, input_ids: torch.Tensor, pos: torch.Tensor, caches) -> torch.Tensor:
-        """Logits (B, T, V) for input_ids (B, T) at absolute positions pos (T,), reading and
-        filling `caches`. Each query sees the cache slots at or before its own position."""
-        max_seq = caches[0].k.shape[2]
-        slots = torch.arange(max_seq, device=pos.device)
-        mask = slots.unsqueeze(0) <= pos.unsqueeze(1)  # (T, max_seq)
-        return self.fc(self.hidden_states(input_ids, caches, pos, mask))
+    def hidden_states(self, input_ids: torch.Tensor, state: KVCache | None = None):
+        """(top-layer states (B, T, d_model), state). No input checks. Without a state: one
+        causal pass. With one: the tokens continue the cached ones, and the filled cache is
+        returned with its length advanced."""
+        T = input_ids.shape[1]
+        if state is None:
+            x = self.drop(self.embed_tokens(input_ids, slice(0, T)))  # (B, T, C)
+            for layer in self.layers:
+                x = layer(x)
+            return x, None
+        pos = state.length + torch.arange(T, device=input_ids.device)  # (T,)
+        x = self.drop(self.embed_tokens(input_ids, pos))
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cached_attend(state.k[i], state.v[i], pos, static=False))
+        return x, state._replace(length=state.length + T)
 
-    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        check_input_ids(input_ids, self.config.vocab_size, self.config.max_len)
+        return self.fc(self.hidden_states(input_ids)[0])
+
     def generate(
         self,
         start_tokens: list[int],
@@ -164,22 +231,163 @@ class SimpleTransformer_LM(nn.Module):
         top_k: int | None = None,
         seed: int | None = None,
     ) -> list[int]:
-        """Continue until the sequence holds `max_length` tokens (start tokens included).
+        """Continue until the sequence holds `max_length` tokens (start tokens included; at
+        most the position table), through the KV cache. temperature 0 (the default) = greedy."""
+        return reference_generate(self, start_tokens, max_length, temperature, top_k, seed)
 
-        Naive full recompute each step: the reference the fast engine is tested against.
-        temperature 0 (the default) = greedy; > 0 samples. max_length may not exceed the
-        position table. Runs with dropout off (eval mode) and restores the model's mode afterwards.
-        """
-        from fastlm.models.lstm import _check_start_tokens
+    def step_module(self, static: bool = False) -> TransformerStep:
+        return TransformerStep(self, static).to(self.fc.weight.device).eval()
 
-        check_sampling(temperature, top_k, None)
-        ids = _check_start_tokens(start_tokens, max_length)
-        if max_length > self.config.max_len:
-            raise ValueError(f"max_length={max_length} exceeds the context ({self.config.max_len})")
-        device = self.fc.weight.device
-        gen = make_generator(seed, device)
-        with eval_mode(self):
-            while len(ids) < max_length:
-                logits = self(torch.tensor([ids], device=device))
-                ids.append(int(sample_next(logits[:, -1], temperature, top_k, None, gen)))
-        return ids
+
+class AddMM(nn.Module):
+    """A linear layer as addmm on a pre-transposed weight: (..., in) -> (..., out)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w, b = detached_t(linear)
+        self.register_buffer("w", w)
+        self.register_buffer("b", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b, x.reshape(-1, x.shape[-1]), self.w).view(*x.shape[:-1], -1)
+
+
+class TransformerStep(nn.Module):
+    """forward(token (1,) int64, KVCache) -> (logits (1, V), KVCache advanced by one token),
+    the cache filled in place. static=True attends over the whole cache under a mask (fixed
+    shapes for torch.compile); otherwise over the filled prefix, cheaper in eager mode."""
+
+    def __init__(self, model: SimpleTransformer_LM, static: bool = False):
+        super().__init__()
+        self.static = static
+        self.register_buffer("emb", model.embedding.weight.detach() * model.emb_scale)
+        self.register_buffer("pos_table", model.pos_table.detach().clone())
+        self.layers = model.layers  # for the norms; the linears run as AddMM below
+        self.linears = nn.ModuleList(
+            nn.ModuleList(AddMM(lin) for lin in layer.linears()) for layer in model.layers
+        )
+        self.fc = AddMM(model.fc)
+
+    def forward(self, token: torch.Tensor, state: KVCache):
+        pos = state.length  # (1,)
+        x = (self.emb[token] + self.pos_table[pos]).unsqueeze(0)  # (1, 1, C)
+        for i, (layer, linears) in enumerate(zip(self.layers, self.linears)):
+            attend = cached_attend(state.k[i], state.v[i], pos, self.static)
+            x = block(layer, x, attend, linears)
+        return self.fc(x[0]), state._replace(length=pos + 1)
+
+
+class TransformerDecodeGraph(nn.Module):
+    """decode.onnx: (input_ids (B, T), past_key, past_value (L, B, NH, P, Dh)) -> (last logits
+    (B, V), present_key, present_value (L, B, NH, P + T, Dh)). A growing cache with an explicit
+    additive mask, so the past length P stays dynamic in the traced graph."""
+
+    def __init__(self, model: SimpleTransformer_LM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, past_key, past_value):
+        m = self.model
+        P, T = past_key.shape[3], input_ids.shape[1]
+        x = m.embed_tokens(input_ids, slice(P, P + T))  # (B, T, C)
+        q_pos = torch.arange(T, device=x.device) + P  # (T,)
+        k_pos = torch.arange(P + T, device=x.device)  # (P + T,)
+        bias = torch.zeros(T, P + T, device=x.device).masked_fill(
+            k_pos.unsqueeze(0) > q_pos.unsqueeze(1), float("-inf")
+        )  # (T, P + T): a query sees keys at or before its own position
+        keys, values = [], []
+        for i, layer in enumerate(m.layers):
+
+            def attend(q, k, v, i=i):
+                k = torch.cat([past_key[i], k], dim=2)  # (B, NH, P + T, D)
+                v = torch.cat([past_value[i], v], dim=2)
+                keys.append(k)
+                values.append(v)
+                att = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(q.shape[-1])) + bias
+                return att.softmax(dim=-1) @ v
+
+            x = layer(x, attend)
+        return m.fc(x[:, -1]), torch.stack(keys), torch.stack(values)
+
+
+class KernelTransformer(nn.Module):
+    """SimpleTransformer_LM with fastlm's Triton causal attention in place of SDPA, the linears
+    and attention under autocast in `dtype` (LayerNorm and residuals stay fp32). Decoding keeps
+    the eager KV-cache path: there is no Triton decode-attention kernel."""
+
+    def __init__(self, model: SimpleTransformer_LM, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+        self.config, self.embedding, self.fc = model.config, model.embedding, model.fc
+
+    def new_state(self, batch: int, max_seq: int, device=None) -> KVCache:
+        return self.model.new_state(batch, max_seq, device)
+
+    def hidden_states(self, input_ids, state=None):
+        if state is not None:
+            return self.model.hidden_states(input_ids, state)
+        from fastlm.kernels.attention import causal_attention
+
+        x = self.model.embed_tokens(input_ids, slice(0, input_ids.shape[1]))
+        autocast = self.dtype != torch.float32
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=autocast):
+            for layer in self.model.layers:
+                x = layer(x, causal_attention)
+        return x.float(), None
+
+    def step_module(self, static: bool = False) -> TransformerStep:
+        return self.model.step_module(static)
+
+
+class TransformerArchitecture(Architecture):
+    name = "transformer"
+    config_class = TransformerConfig
+    model_class = SimpleTransformer_LM
+    sized_state = True
+    compiles_sequence = True
+    attention_scores = True
+
+    def summary(self, config: dict) -> str:
+        return (
+            f"Transformer language model: {config.get('num_layers')} post-norm layers, d_model "
+            f"{config.get('d_model')}, {config.get('nhead')} heads, feed-forward "
+            f"{config.get('dim_feedforward', '?')}, causal, sinusoidal positions "
+            f"(max {config.get('max_len', '?')} tokens)"
+        )
+
+    def embed_window(self, config) -> int:
+        """The training window: positions beyond it were never seen in training."""
+        return min(EMBED_WINDOW, config.max_len)
+
+    def decode_graph(self, model, batch):
+        cfg = model.config
+        # Traced with a non-empty past (3 slots) so the graph keeps P symbolic.
+        past = torch.zeros(cfg.num_layers, batch, cfg.nhead, 3, cfg.d_model // cfg.nhead)
+        inputs = {"past_key": {1: "batch", 3: "past"}, "past_value": {1: "batch", 3: "past"}}
+        outputs = {
+            "present_key": {1: "batch", 3: "total"},
+            "present_value": {1: "batch", 3: "total"},
+        }
+        return TransformerDecodeGraph(model), (past, past.clone()), inputs, outputs
+
+    def state_facts(self, config) -> dict:
+        return {"nhead": config.nhead, "head_dim": config.d_model // config.nhead}
+
+    def kernel_model(self, model, dtype) -> KernelTransformer:
+        return KernelTransformer(model, dtype)
+
+    def kernel_ready(self, config) -> str | None:
+        head_dim = config.d_model // config.nhead
+        if head_dim not in ATTENTION_HEAD_DIMS:
+            return (
+                f"the triton attention kernel takes head_dim in {ATTENTION_HEAD_DIMS}, "
+                f"not {head_dim}"
+            )
+        return None
+
+    def mixing_flops(self, config, queries: int, keys: int) -> float:
+        """QK^T and AV: 4 * queries * keys * d_model per layer (the causal half not discounted)."""
+        return 4.0 * queries * keys * config.d_model * config.num_layers
+
+
+TRANSFORMER = register(TransformerArchitecture())

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastlm.models import architecture_of
 from fastlm.tokenizer import EOT_ID, Tokenizer
 from fastlm.training.data import eval_windows, read_text, tokenize_text
 from fastlm.validation import check_positive_int
@@ -54,13 +55,12 @@ def stream_nll(
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    recurrent = model.config.architecture == "lstm"
+    carries_state = architecture_of(model).carries_state
     for inputs, targets in eval_windows(stream, seq_len, max_tokens):
         inputs, targets = inputs.to(device), targets.to(device)
-        if recurrent:
-            logits, state = model(inputs, state)
-        else:
-            logits = model(inputs)
+        states, new_state = model.hidden_states(inputs, state)
+        state = new_state if carries_state else None
+        logits = model.fc(states)
         total += F.cross_entropy(
             logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"
         ).item()

@@ -31,8 +31,10 @@ from fastlm.checkpoint import (
 )
 from fastlm.hub import read_latest
 from fastlm.io import atomic_write_text
-from fastlm.models import CONFIGS_BY_NAME, ModelConfig, build_model
-from fastlm.models.config import MAX_VOCAB, TransformerConfig
+from fastlm.models import ModelConfig, build_model, config_classes
+from fastlm.models.config import MAX_VOCAB
+from fastlm.models.layers import NextTokenLogits
+from fastlm.threads import torch_threads
 from fastlm.tokenizer import Tokenizer
 from fastlm.training.data import (
     WindowSampler,
@@ -51,7 +53,6 @@ from fastlm.validation import (
     check_seed,
 )
 
-MAX_TRANSFORMER_SEQ = TransformerConfig().max_len
 RUN_FILES = ("latest", "log.jsonl", "train_config.json", "tokenizer.json", "checkpoints")
 
 
@@ -88,16 +89,16 @@ class TrainConfig:
     def __post_init__(self):
         """Every field checked here, before any file is touched or tensor allocated: the CLI and
         the API share these checks (fastlm.validation)."""
-        if self.model not in CONFIGS_BY_NAME:
-            raise ValueError(
-                f"--model must be one of {sorted(CONFIGS_BY_NAME)}, got {self.model!r}"
-            )
+        configs = config_classes()
+        if self.model not in configs:
+            raise ValueError(f"--model must be one of {sorted(configs)}, got {self.model!r}")
         if check_int(self.seq_len, "seq_len") <= 1:
             raise ValueError(f"seq_len must be > 1, got {self.seq_len}")
-        if self.model == "transformer" and self.seq_len > MAX_TRANSFORMER_SEQ:
+        limit = configs[self.model]().max_len  # the SPEC config's context (None: unbounded)
+        if limit is not None and self.seq_len > limit:
             raise ValueError(
-                f"seq_len {self.seq_len} is longer than the Transformer's position table "
-                f"({MAX_TRANSFORMER_SEQ})"
+                f"seq_len {self.seq_len} is longer than the {self.model} model's position "
+                f"table ({limit})"
             )
         if self.tokens is None and self.steps is None:
             raise ValueError("give a budget: --tokens or --steps")
@@ -134,10 +135,14 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train per `cfg`; returns the path of the final checkpoint."""
+    """Train per `cfg`; returns the path of the final checkpoint. cfg.threads: torch's thread
+    count for the run, restored after it."""
+    with torch_threads(cfg.threads or None):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     dist = setup_distributed(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     if not cfg.resume:
         _check_new_run_dir(out)  # every rank, before rank 0 writes anything into it
@@ -163,7 +168,7 @@ def train(cfg: TrainConfig) -> Path:
     step, tokens_seen, elapsed = 0, 0, 0.0
     if resume_dir is not None:
         step, tokens_seen, elapsed = _restore(resume_dir, model, optimizer, cfg)
-    ddp_model = wrap_ddp(model, dist)
+    ddp_model = wrap_ddp(NextTokenLogits(model), dist)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * dist.world
     total = cfg.steps if cfg.steps is not None else max(1, cfg.tokens // tokens_per_step)
@@ -192,8 +197,7 @@ def train(cfg: TrainConfig) -> Path:
         torch.manual_seed(_mix(cfg.seed, dist.rank, step))  # dropout: a function of the step
         inputs, targets = (t.to(dist.device, non_blocking=True) for t in sampler.batch(step))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            logits = ddp_model(inputs)
-            logits = logits[0] if isinstance(logits, tuple) else logits
+            logits = ddp_model(inputs)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,7 +294,7 @@ def _model_config(cfg: TrainConfig, tok: Tokenizer, resume_dir: Path | None) -> 
                 stacklevel=3,
             )
         return saved
-    model_cfg = CONFIGS_BY_NAME[cfg.model](vocab_size=tok.vocab_size)
+    model_cfg = config_classes()[cfg.model](vocab_size=tok.vocab_size)
     if cfg.dropout is not None:
         model_cfg.dropout = cfg.dropout
     return model_cfg

@@ -1,7 +1,9 @@
-"""`LanguageModel`: what `fastlm.load` returns, the same object whatever the backend.
+"""`LanguageModel`: what `fastlm.load` and `fastlm.runtime.load` return, whatever the backend.
 
 It owns everything backends share: input validation, tokenisation, length-sorted batching,
-the sampling loop and streaming. Backends only run padded numpy batches (engine/backends.py).
+windows, the sampling loop (fastlm/sampling.py) and streaming. Backends only run padded numpy
+batches (fastlm/backend.py). No torch: the torch-free runtime is this same class over ONNX
+Runtime.
 
 Documented behaviour for edge cases:
 - embed: [] -> (0, D) array; "" (no tokens) -> zero vector (stays zero when normalised);
@@ -25,19 +27,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from fastlm.backend import Backend, ModelInfo
 from fastlm.batching import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_TOKEN_BUDGET,
-    embed_window,
     embed_windowed,
     l2_normalize,
     plan_batches,
     truncate,
 )
-from fastlm.engine.backends import Backend
-from fastlm.models.layers import check_sampling, make_generator, sample_next
+from fastlm.sampling import check_sampling, make_rng, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
 from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
 
@@ -59,8 +60,10 @@ class LanguageModel:
     def __init__(self, name: str, backend: Backend):
         self.name = name
         self.backend = backend
-        self.config = backend.config
-        self.tokenizer = backend.checkpoint.tokenizer
+        self.info: ModelInfo = backend.info
+        self.tokenizer = backend.tokenizer
+        # the checkpoint's config dataclass on torch backends; None on the torch-free runtime
+        self.config = getattr(backend, "config", None)
 
     def __repr__(self) -> str:
         return (
@@ -70,34 +73,33 @@ class LanguageModel:
 
     @property
     def architecture(self) -> str:
-        return self.config.architecture
+        return self.info.architecture
 
     @property
     def embedding_dim(self) -> int:
-        return self.config.embed_dim
+        return self.info.embedding_dim
 
     @property
     def context_length(self) -> int | None:
         """Longest token sequence the model takes (None: unbounded, the LSTM)."""
-        return self.config.max_len
+        return self.info.context_length
 
     @property
     def embed_window(self) -> int:
         """Tokens per embedding window: longer texts are embedded window by window."""
-        trained = getattr(self.config, "train_seq_len", None)
-        return embed_window(self.architecture, trained)
+        return self.info.embed_window
 
     # ------------------------------------------------------------------ embed
     def embed(
         self,
         texts: str | Sequence[str],
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         normalize: bool = True,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
         convert_to_tensor: bool = False,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
-    ) -> np.ndarray | torch.Tensor:
+    ) -> np.ndarray:
         """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order.
 
         Texts longer than `embed_window` tokens are embedded window by window (token-weighted
@@ -127,7 +129,11 @@ class LanguageModel:
         if normalize:
             out = l2_normalize(out)
         result = out[0] if single else out
-        return torch.from_numpy(result) if convert_to_tensor else result
+        if convert_to_tensor:  # a torch.Tensor, as sentence-transformers returns
+            import torch
+
+            return torch.from_numpy(result)
+        return result
 
     # ------------------------------------------------------------------ score
     def score(
@@ -154,7 +160,7 @@ class LanguageModel:
         nll = np.zeros(len(seqs))
         # scored lengths: a text of one token (just <|endoftext|>) has nothing to score
         lengths = [len(s) if len(s) > 1 else 0 for s in seqs]
-        cells = getattr(self.backend, "max_attention_cells", None)
+        cells = self.backend.max_attention_cells
         for idx in plan_batches(lengths, batch_size, token_budget, cells):
             batch = pad_batch([seqs[i] for i in idx])
             nll[idx] = self.backend.nll_batch(batch.input_ids, batch.attention_mask)
@@ -233,7 +239,7 @@ class LanguageModel:
         if start_tokens is not None:
             if prompt is not None:
                 raise TypeError("give either prompt_or_ids or start_tokens, not both")
-            ids = _check_ids(start_tokens, self.config.vocab_size)
+            ids = _check_ids(start_tokens, self.info.vocab_size)
             if max_length is None:
                 max_length = len(ids) + (
                     check_optional_int(max_new_tokens, "max_new_tokens") or 100
@@ -250,7 +256,7 @@ class LanguageModel:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if isinstance(prompt, str):
             return [EOT_ID] + self.tokenizer.encode(prompt), True, max_new_tokens, False
-        return _check_ids(prompt, self.config.vocab_size), False, max_new_tokens, False
+        return _check_ids(prompt, self.info.vocab_size), False, max_new_tokens, False
 
     def _sample(self, ids: list[int], new: int, temperature, top_k, top_p, seed) -> Iterator[int]:
         limit = self.context_length
@@ -259,14 +265,14 @@ class LanguageModel:
                 f"prompt ({len(ids)} tokens) + {new} new tokens exceeds the context ({limit})"
             )
         decoder = self.backend.new_decoder(len(ids) + new)  # checks run before the first yield
-        gen = make_generator(seed)
+        rng = make_rng(seed)
 
         def run() -> Iterator[int]:
             if new == 0:
                 return
             logits = decoder.prefill(ids)
             for i in range(new):
-                token = int(sample_next(logits.unsqueeze(0), temperature, top_k, top_p, gen))
+                token = sample_next(logits, temperature, top_k, top_p, rng)
                 if token == EOT_ID:
                     return
                 yield token
@@ -313,7 +319,7 @@ def _top_hits(scores: np.ndarray, top_k: int | None, docs: Sequence[str]) -> lis
 
 
 def _check_ids(ids, vocab_size: int) -> list[int]:
-    if isinstance(ids, torch.Tensor | np.ndarray):
+    if hasattr(ids, "reshape") and hasattr(ids, "tolist"):  # a numpy array or torch tensor
         ids = ids.reshape(-1).tolist()
     if not isinstance(ids, Sequence) or isinstance(ids, str | bytes):
         raise TypeError(f"token ids must be a list of int, got {type(ids).__name__}")

@@ -1,0 +1,73 @@
+"""The backend seam, with no torch: what `LanguageModel` needs from whatever runs the model.
+
+A backend takes padded numpy batches and returns numpy results, so `LanguageModel` (validation,
+tokenisation, batching, pooling of windows, sampling, streaming) is written once for all of them:
+the torch backends (fastlm/engine/) and ONNX Runtime (fastlm/runtime.py) alike.
+
+Padding: every model is causal and batches are right-padded, so pad tokens never influence the
+states of real tokens; backends need no key-padding mask, only masked pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fastlm.tokenizer import Tokenizer
+
+SCORE_CHUNK = 1024  # time steps per scoring chunk: bounds logits (and LSTM activation) memory
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What callers may know about a loaded model, whatever runs it."""
+
+    architecture: str
+    vocab_size: int
+    embedding_dim: int
+    context_length: int | None  # longest token sequence it takes; None: unbounded (recurrent)
+    embed_window: int  # tokens per embedding window: longer texts are embedded window by window
+
+
+class Decoder(Protocol):
+    """Incremental decoding of one sequence: logits (V,) float32 numpy after each call."""
+
+    def prefill(self, ids: list[int]) -> np.ndarray: ...
+
+    def step(self, token: int) -> np.ndarray: ...
+
+
+class Backend:
+    """Runs one model. Subclasses set `info` and `tokenizer` and override the methods below."""
+
+    name = "base"
+    info: ModelInfo
+    tokenizer: Tokenizer
+    # Score cells (batch x T^2) per scoring batch, for backends whose graphs materialise
+    # attention scores; None: no such bound.
+    max_attention_cells: int | None = None
+
+    def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) int64 ids + mask -> (B, D) float32 embedding-tower output, not normalised."""
+        raise NotImplementedError
+
+    def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """(B, T) -> (B,) float64 summed NLL (nats) of tokens 1..len-1 given their prefixes."""
+        raise NotImplementedError
+
+    def new_decoder(self, max_seq: int) -> Decoder:
+        """A decoder able to hold `max_seq` tokens (prompt + generated)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """logits (B, T, V) float32, targets (B, T) -> (B, T) float64 NLL in nats."""
+    shift = logits.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(logits - shift).sum(axis=-1)) + shift[..., 0]  # (B, T)
+    target = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return (lse - target).astype(np.float64)

@@ -1,0 +1,106 @@
+"""`Architecture`: everything the rest of fastlm may ask about one model family.
+
+Backends, export, parity, training and benchmarks never test which model they hold; they ask
+its architecture (`fastlm.models.architecture_of(config)`). An architecture lives in one file,
+fastlm/models/<name>.py, holding the `nn.Module`, its one-token step module, its ONNX decode
+graph, its kernel form and a subclass of `Architecture` registered with `register`.
+
+Every model module speaks one protocol (both seed models implement it):
+- `hidden_states(input_ids (B, T), state=None) -> (states (B, T, C), state)`: top-layer states;
+  `state` continues a sequence (None: start one). What a state holds is the model's business
+  (the LSTM's (h, c), the Transformer's KV cache); callers only pass it back.
+- `new_state(batch, max_seq, device=None) -> state`: an empty state able to hold `max_seq` tokens.
+- `fc`: the output projection C -> vocab (None in an embedding tower's encoder);
+  `embedding`: the token table; `config`: the dataclass of fastlm/models/config.py.
+- `step_module()`: an `nn.Module` `(token (1,) int64, state) -> (logits (1, V), state)`, the
+  batch-1 decode step, weights laid out for speed; `step_module(static=True)` has fixed shapes
+  for torch.compile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Architecture:
+    """The knowledge of one architecture. Subclasses set the class attributes and override the
+    methods that raise NotImplementedError."""
+
+    name: str  # the config's `architecture` string
+    config_class: type
+    model_class: type[nn.Module]
+    # True: the state from hidden_states carries a text on across chunks at constant memory
+    # (recurrent), so any length can be scored and embedded in one pass. False: chunks are
+    # independent, and a text is bounded by config.max_len.
+    carries_state: bool = False
+    # True: the decode state is a cache sized for the whole generation (compiled decode steps
+    # are specialised per cache size).
+    sized_state: bool = False
+    # True: torch.compile speeds up the full-sequence pass (embed, score); False: it stays eager.
+    compiles_sequence: bool = False
+    # True: full-sequence graphs materialise (B, heads, T, T) attention scores, so scoring
+    # batches on such backends are also bounded in score cells.
+    attention_scores: bool = False
+    # Extra ONNX op types int8 quantization covers besides MatMul/Gemm.
+    quantized_onnx_ops: tuple[str, ...] = ()
+
+    def build(self, config) -> nn.Module:
+        return self.model_class.from_config(config)
+
+    def summary(self, config: dict) -> str:
+        """One line describing a model of this architecture from its config.json (a dict that
+        may lack fields), for model cards."""
+        raise NotImplementedError
+
+    def embed_window(self, config) -> int:
+        """Tokens per embedding window: longer texts are embedded window by window."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ ONNX
+    def decode_graph(self, model: nn.Module, batch: int) -> tuple[nn.Module, tuple, dict, dict]:
+        """(module, example state tensors, state input axes, state output axes) for decode.onnx:
+        module(input_ids (B, T), *state) -> (last logits (B, V), *new state). The axes dicts map
+        names to their dynamic axes; the runtime feeds outputs back as inputs, in order."""
+        raise NotImplementedError
+
+    def state_facts(self, config) -> dict[str, Any]:
+        """The state's sizes, stored in an export's manifest for readers of the graphs."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ kernels
+    def kernel_model(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
+        """The model on fastlm's Triton kernels: the same protocol (hidden_states, new_state,
+        fc, embedding, config, step_module), states and logits in float32."""
+        raise NotImplementedError
+
+    def kernel_ready(self, config) -> str | None:
+        """Why the kernels cannot run this config (None: they can)."""
+        return None
+
+    # ------------------------------------------------------------------ cost
+    def mixing_flops(self, config, queries: int, keys: int) -> float:
+        """FLOPs spent mixing tokens beyond the weight matmuls when `queries` tokens each look
+        at `keys` tokens (attention's QK^T and AV); 0 when the weights do all the mixing."""
+        return 0.0
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    _REGISTRY[architecture.name] = architecture
+    return architecture
+
+
+def registered() -> dict[str, Architecture]:
+    """What `register` has seen; `fastlm.models.architectures()` imports every file first."""
+    return dict(_REGISTRY)
+
+
+def detached_t(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W^T contiguous (in, out), bias (out,)) of a linear layer, for `torch.addmm`: on a CPU
+    single-row decode step F.linear's transposed-weight path measured ~1.8x slower."""
+    return linear.weight.detach().t().contiguous(), linear.bias.detach().clone()
