@@ -41,23 +41,15 @@ class Case:
     call: Callable[[Any], Any]
     expect: Raises | Callable[[Any, Any], None]
     compute: bool = False  # runs the network (skipped on the compile target)
-    runtime: bool = True  # applies to fastlm.runtime.OnnxModel too
 
 
 @dataclass
 class Target:
     arch: str
     backend: str
-    model: Any  # LanguageModel, or OnnxModel for the runtime
-
-    @property
-    def is_runtime(self) -> bool:
-        return self.backend == "runtime"
+    model: Any  # a LanguageModel (the runtime's OnnxModel is one too)
 
     def generate(self, prompt=None, **kw):
-        """generate() on either API: the runtime takes token ids through generate_ids."""
-        if self.is_runtime and not isinstance(prompt, str):
-            return self.model.generate_ids(prompt, **kw)
         return self.model.generate(prompt, **kw)
 
 
@@ -229,7 +221,7 @@ EMBED_CASES = [
     ),
 ]
 
-# generate: on the engine and, where marked, on the runtime too
+# generate
 SHARED_CASES = [
     Case(
         "gen-new-0",
@@ -342,11 +334,11 @@ SHARED_CASES = [
 
 
 def _lm(case_id, call, expect, compute=False):
-    return Case(case_id, call, expect, compute, runtime=False)
+    return Case(case_id, call, expect, compute)
 
 
 LONG = "a " * 6000  # > 5000 tokens: beyond the Transformer's position table
-# the engine only: top_p, stop, stream, score, rank, Index, tensors (the runtime has none of them)
+# top_p, stop, stream, score, rank, Index, tensors
 ENGINE_CASES = [
     _lm("gen-topp-0", lambda t: t.generate("hi", top_p=0), Raises(ValueError, "top_p")),
     _lm("gen-topp-big", lambda t: t.generate("hi", top_p=1.5), Raises(ValueError, "top_p")),
@@ -421,29 +413,11 @@ POSITION_TABLE_CASES = [
         "gen-too-long", lambda t: t.generate([5] * 4990), Raises(ValueError, "exceeds the context")
     ),
 ]
-RUNTIME_CASES = [  # the runtime's own API
-    Case(
-        "runtime-generate-ids-greedy",
-        lambda t: t.model.generate_ids([1, 40], max_new_tokens=2),
-        _ids(2),
-        compute=True,
-    ),
-    Case(
-        "runtime-too-long",
-        lambda t: t.model.generate_ids([5] * 4990, max_new_tokens=20),
-        Raises(ValueError, "exceeds the context"),
-    ),
-]
 
 
 def _cases_for(arch: str, backend: str) -> list[Case]:
-    cases = EMBED_CASES + SHARED_CASES
-    if backend == "runtime":
-        cases = [c for c in cases if c.runtime] + (
-            RUNTIME_CASES if arch == "transformer" else RUNTIME_CASES[:1]
-        )
-    else:
-        cases = cases + ENGINE_CASES + (POSITION_TABLE_CASES if arch == "transformer" else [])
+    cases = EMBED_CASES + SHARED_CASES + ENGINE_CASES
+    cases += POSITION_TABLE_CASES if arch == "transformer" else []
     if backend == "compile":
         cases = [c for c in cases if not c.compute]
     return cases

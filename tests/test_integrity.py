@@ -252,9 +252,9 @@ def test_onnx_cache_entry_of_other_weights_is_not_used(
     )
     model = fastlm.load(small_checkpoints["transformer"], backend="onnx", cache_dir=cache)
     assert calls == [("transformer", "fp32", True)]
-    source = model.backend.onnx.manifest["source"]["weights_sha256"]
+    source = model.backend.manifest["source"]["weights_sha256"]
     assert source == _weights_digest(small_checkpoints["transformer"])
-    assert model.backend.onnx.architecture == "transformer"
+    assert model.backend.info.architecture == "transformer"
 
 
 def test_onnx_cache_entry_of_another_dtype_is_not_used(

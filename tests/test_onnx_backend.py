@@ -85,7 +85,7 @@ def test_exports_on_first_use_then_reuses(small_checkpoints, tmp_path, monkeypat
     ckpt = small_checkpoints["lstm"]
     model = fastlm.load(ckpt, backend="onnx", cache_dir=tmp_path)
     entry = tmp_path / f"{model_sha(ckpt)}-fp32"
-    assert model.backend.export_dir == entry and (entry / "parity.json").is_file()
+    assert model.backend.path == entry and (entry / "parity.json").is_file()
 
     def no_export(*args, **kwargs):
         raise AssertionError("the cached export should have been reused")
@@ -136,12 +136,14 @@ def test_rejects_the_same_bad_inputs_as_eager(pair):
 
 def test_sessions_are_thread_safe(pair):
     """InferenceSession.run from 8 threads at once gives the serial results."""
-    onnx = pair[1].backend.onnx
-    batch = onnx.tokenizer.encode_batch(TEXTS[:2] + TEXTS[3:])
+    model = pair[1]
+    batch = model.tokenizer.encode_batch(TEXTS[:2] + TEXTS[3:])
     feed = (batch.input_ids, batch.attention_mask)
-    serial_emb = onnx.embed_batch(*feed)
-    serial_gen = onnx.generate_ids([1, 50, 60], max_new_tokens=16)
-    results = run_in_threads(lambda: (onnx.embed_batch(*feed), onnx.generate_ids([1, 50, 60], 16)))
+    serial_emb = model.backend.embed_batch(*feed)
+    serial_gen = model.generate([1, 50, 60], max_new_tokens=16)
+    results = run_in_threads(
+        lambda: (model.backend.embed_batch(*feed), model.generate([1, 50, 60], 16))
+    )
     assert len(results) == 8
     for emb, gen in results:
         np.testing.assert_array_equal(emb, serial_emb)

@@ -102,20 +102,20 @@ def test_generate_options(transformer):
     assert a == transformer.generate(PROMPT, 12, temperature=1.0, seed=1)
     greedy = [transformer.generate(p, 6, temperature=0) for p in (PROMPT, "The")]
     assert transformer.generate([PROMPT, "The"], 6) == greedy  # a list; greedy by default
-    ids = transformer.generate_ids([1, 40], max_new_tokens=5, temperature=0.5, top_k=1)
-    assert ids == transformer.generate_ids([1, 40], max_new_tokens=5, temperature=0)
+    ids = transformer.generate([1, 40], max_new_tokens=5, temperature=0.5, top_k=1)
+    assert ids == transformer.generate([1, 40], max_new_tokens=5, temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         transformer.generate(PROMPT, max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
         transformer.generate(PROMPT, temperature=float("nan"))
     with pytest.raises(ValueError, match="top_k"):
         transformer.generate(PROMPT, temperature=1.0, top_k=0)
-    with pytest.raises(TypeError, match="prompt must be str"):
+    with pytest.raises(TypeError, match="token ids must be a list of int"):
         transformer.generate(123)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        transformer.generate_ids([1, 2000])
+        transformer.generate([1, 2000])
     with pytest.raises(ValueError, match="exceeds the context"):
-        transformer.generate_ids([1] * 4990, max_new_tokens=20)
+        transformer.generate([1] * 4990, max_new_tokens=20)
 
 
 def test_embed_options(transformer):
@@ -123,7 +123,7 @@ def test_embed_options(transformer):
     assert np.linalg.norm(raw) > 0
     np.testing.assert_allclose(transformer.embed(TEXTS[:1]), raw / np.linalg.norm(raw), atol=1e-6)
     ids = np.array([transformer.tokenizer.encode(TEXTS[4])[:3]])
-    first3 = transformer.embed_batch(ids, np.ones_like(ids))[0]
+    first3 = transformer.backend.embed_batch(ids, np.ones_like(ids))[0]
     np.testing.assert_allclose(
         transformer.embed(TEXTS[4], max_length=3), first3 / np.linalg.norm(first3), atol=1e-6
     )

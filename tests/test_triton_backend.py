@@ -14,13 +14,13 @@ from parity_helpers import row_cosines
 
 import fastlm
 from fastlm.engine.backends import backend_names, get_backend_class
-from fastlm.engine.loading import pick_auto_backend
 from fastlm.engine.decoding import TorchDecoder
+from fastlm.engine.loading import pick_auto_backend
 from fastlm.engine.triton_backend import tower_embeddings
 from fastlm.kernels import triton_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM, architecture_of
-from fastlm.models.lstm import LSTMKernelWeights, lstm_hidden_states
 from fastlm.models.embedder import EmbeddingTower, new_tower
+from fastlm.models.lstm import LSTMKernelWeights, lstm_hidden_states
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
