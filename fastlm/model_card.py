@@ -105,7 +105,7 @@ def _export_section(export: dict) -> list[str]:
         "## ONNX export",
         "",
         f"Weights in {export.get('dtype', '?')}; runs with ONNX Runtime alone "
-        "(`fastlm.runtime.OnnxModel`).",
+        "(`fastlm.runtime.load`).",
         "",
     ]
     if parity:
@@ -131,7 +131,7 @@ def render_model_card(manifest: dict, config: dict, name: str, export: dict | No
     files = (export or {}).get("files") or manifest.get("files") or {}
     dim = config.get("d_model") or config.get("hidden_dim")
     load = (
-        'from fastlm.runtime import OnnxModel\n\nmodel = OnnxModel.load("path/to/this/directory")'
+        'import fastlm.runtime\n\nmodel = fastlm.runtime.load("path/to/this/directory")'
         if export
         else f'import fastlm\n\nmodel = fastlm.load("{name}")'
     )

@@ -143,14 +143,6 @@ def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    """Tests that train set torch's thread count; give each module the count it started with."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def no_tf32():
     """fp32 references on a GPU without TF32 (cuDNN's and cuBLAS's default on Ampere and later:

@@ -9,10 +9,11 @@ import numpy as np
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine per row of (n, d) arrays; rows where either side is all zeros count as 1."""
+    """Cosine per row of (n, d) arrays: 1 where both rows are all zeros (an empty text on both
+    sides), 0 where only one is (a backend that lost a row never matches)."""
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     ok = (na > 0) & (nb > 0)
-    out = np.ones(len(a))
+    out = np.where((na == 0) & (nb == 0), 1.0, 0.0)
     out[ok] = (a[ok] * b[ok]).sum(1) / (na[ok] * nb[ok])
     return out
 

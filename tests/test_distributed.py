@@ -8,28 +8,26 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from fastlm.checkpoint import load_checkpoint, load_trainer_state
 from fastlm.models import LSTMConfig, build_model
+from fastlm.threads import torch_threads
 from fastlm.training.data import WindowSampler, token_stream
 
 BATCH, SEQ, STEPS, WORLD, LR, WARMUP = 4, 16, 6, 2, 3e-3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def _emulate_ddp(train_file, tokenizer, cache) -> dict[str, torch.Tensor]:
-    """The same run in one process, averaging the two ranks' gradients by hand."""
-    torch.set_num_threads(1)
+    """The same run in one process, averaging the two ranks' gradients by hand (one thread,
+    like each torchrun rank)."""
+    with torch_threads(1):
+        return _emulate_ddp_run(train_file, tokenizer, cache)
+
+
+def _emulate_ddp_run(train_file, tokenizer, cache) -> dict[str, torch.Tensor]:
     stream = token_stream([train_file], tokenizer, cache)
     samplers = [
         WindowSampler(stream, SEQ, BATCH, seed=0, rank=r, world_size=WORLD) for r in range(WORLD)

@@ -224,3 +224,26 @@ def test_load_errors(small_checkpoints):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             fastlm.load(small_checkpoints["lstm"], device="cuda")
+
+
+# ---------------------------------------------------------------------- threads
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_threads_apply_to_the_model_calls_only(small_checkpoints, arch):
+    """load(threads=n) runs the model's torch calls on n threads and never leaves torch's
+    process-wide count changed (neither at load nor after a call)."""
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    model = fastlm.load(small_checkpoints[arch], threads=want)
+    assert torch.get_num_threads() == before
+    seen = []
+    real = model.backend.model.hidden_states
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    model.backend.model.hidden_states = spy
+    model.score("the cat sat on the mat")
+    model.generate("the cat", max_new_tokens=3)
+    assert seen and set(seen) == {want}
+    assert torch.get_num_threads() == before

@@ -23,6 +23,7 @@ from fastlm.export.onnx_export import EmbedGraph, LMGraph
 from fastlm.export.precision import to_fp16
 from fastlm.io import sha256_file
 from fastlm.runtime import verify_export_dir
+from fastlm.threads import torch_threads
 
 ARCHS = ("lstm", "transformer")
 # (embedding atol, logits atol) against PyTorch fp32 on random ids, per dtype
@@ -60,13 +61,8 @@ def torch_embedders(small_checkpoints):
 def one_torch_thread():
     """Reference computations on one thread: on a busy 2-core machine torch's threads wait on
     each other (an LSTM step measured ~100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(1), torch.inference_mode():
+        yield
 
 
 def _session(path: Path) -> ort.InferenceSession:

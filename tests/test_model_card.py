@@ -48,7 +48,7 @@ def test_card_of_an_export_shows_dtype_and_parity():
     export = {"dtype": "int8", "parity": parity, "files": {"embed.onnx": "ab" * 32}}
     card = render_model_card(manifest, config, "transformer-int8", export)
     assert "Weights in int8" in card and "| embedding cosine (min) | 0.998760 |" in card
-    assert "| greedy token agreement | 96.9% |" in card and "OnnxModel.load" in card
+    assert "| greedy token agreement | 96.9% |" in card and "fastlm.runtime.load" in card
     assert f"- `embed.onnx` `{'ab' * 32}`" in card and "model.safetensors" not in card
 
 

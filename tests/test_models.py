@@ -17,16 +17,15 @@ from fastlm.models import (
     SimpleTransformer_LM,
     TransformerConfig,
 )
+from fastlm.threads import torch_threads
 
 V, D, FF = 2000, 256, 512
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):  # small models: one thread is fastest on a busy machine
+        yield
 
 
 def _logits(model, ids):

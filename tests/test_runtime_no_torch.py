@@ -38,13 +38,16 @@ CHILD = textwrap.dedent("""
     except ImportError:
         pass
     import numpy as np
-    from fastlm.runtime import OnnxModel
+    import fastlm.runtime
+    from fastlm.language_model import LanguageModel
 
     out = {}
     for key, path in json.loads(sys.argv[1]).items():
-        model = OnnxModel.load(path)
+        model = fastlm.runtime.load(path)
+        assert isinstance(model, LanguageModel)  # the engine's class, not a copy
         texts = json.loads(sys.argv[2])
         out[key] = {
+            "score": [r.log_likelihood for r in model.score(texts)],
             "embed": model.embed(texts, batch_size=2).tolist(),
             "single": model.embed(texts[0]).tolist(),
             "empty_shape": list(model.embed([]).shape),
@@ -84,9 +87,14 @@ def test_runtime_without_torch(dirs, small_checkpoints):
         # int8: activations are quantized per batch, so batch company moves results ~1e-4
         np.testing.assert_allclose(res["single"], emb[0], atol=1e-6 if dtype == "fp32" else 1e-3)
         np.testing.assert_allclose(np.linalg.norm(emb[[0, 2, 3, 4]], axis=1), 1.0, atol=1e-5)
+        want_ll = [r.log_likelihood for r in eager.score(TEXTS)]
         if dtype == "fp32":
             np.testing.assert_allclose(emb, want, atol=1e-5)
+            np.testing.assert_allclose(res["score"], want_ll, rtol=1e-4, atol=1e-3)
             assert res["greedy"] == eager.generate(PROMPT, max_new_tokens=24, temperature=0)
+            # one sampler: the same seed draws the same text on both
+            sampled = eager.generate(PROMPT, 16, temperature=0.9, top_k=50, seed=7)
+            assert res["sampled"][0] == sampled
         else:
             assert (emb * want).sum(axis=1)[[0, 2, 3, 4]].min() > 0.99
         assert res["sampled"][0] == res["sampled"][1]  # numpy-seeded sampling is reproducible

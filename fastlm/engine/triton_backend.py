@@ -20,6 +20,7 @@ them that way on small random models. The backend itself refuses to start withou
 from __future__ import annotations
 
 import torch
+import triton  # noqa: F401  (a missing triton leaves this backend unregistered: pip install "fastlm[gpu]")
 from torch import nn
 
 from fastlm.engine.backends import TorchBackend, backend_names, register_backend

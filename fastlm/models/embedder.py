@@ -22,8 +22,6 @@ from torch import nn
 
 from fastlm.models.layers import mean_pool
 
-EMBEDDER_PREFIX = "encoder."  # tensor names in embedder.safetensors: encoder.*, proj.*
-
 
 class EmbeddingTower(nn.Module):
     def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
