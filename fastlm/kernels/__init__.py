@@ -4,6 +4,7 @@
     fastlm.kernels.lstm       fused LSTM step and persistent LSTM layer (Triton)
     fastlm.kernels.attention  causal flash attention forward (Triton)
     fastlm.kernels.aot        ahead-of-time compile of every variant for sm_90/sm_80, no GPU
+    fastlm.kernels.common     what the Triton modules share: input checks, limits, configs
 
 The Triton modules import triton at import time, so import them only after
 `triton_available()` (or `cuda_kernels_available()` for real GPU runs) says yes. On a CPU

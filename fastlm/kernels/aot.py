@@ -9,8 +9,9 @@ What the compiler reports is what matters on a real GPU and what the interpreter
     shared memory          (bytes per program; over the SM's limit the launch fails)
 
 A variant is one (kernel, dtype, constexprs, launch options) combination the launchers can
-pick: the block sizes come from the launchers' own `step_config`, `sequence_config` and
-`attention_configs`, so this list cannot drift from what the engine launches. Arguments are
+pick: the configs come from the launchers' own `step_configs`, `sequence_configs` and
+`attention_configs` (every candidate the GPU autotuners may time, whatever mode this process
+imported the kernels in), so this list cannot drift from what the engine launches. Arguments are
 specialized as the runtime specializes them (pointers and multiples of 16 get
 tt.divisibility=16), so the code compiled here is the code a launch would compile.
 
@@ -33,13 +34,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fastlm.kernels import attention, lstm
+from fastlm.kernels.common import dot_precision
 
 # Shared memory a program may use (opt-in maximum per block): sm_80 163 KiB, sm_90 227 KiB
 SHARED_LIMIT = {80: 166_912, 90: 232_448}
 TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 DTYPES = tuple(TYPE_NAMES)
 HIDDEN_SIZES = (24, 40, 256)  # BLOCK_K 32 / 64 / 64 with odd and round H; 256 ships
-STEP_BATCHES = (1, 17, 33, 64)  # each BLOCK_B / BLOCK_H branch of lstm.step_config
+# batch sizes: 1 (decode: 16-row tiles only), odd 17 and 33 (every tile), 64 (B % 16 == 0
+# compiles other code); the coverage test checks they reach every config the autotuners hold
+STEP_BATCHES = (1, 17, 33, 64)
 _DIVISIBLE = [["tt.divisibility", 16]]
 
 
@@ -59,10 +63,8 @@ class Variant:
         blocks = "x".join(str(self.constexprs[k]) for k in names if k in self.constexprs)
         extra = [f"d{self.constexprs['HEAD_DIM']}"] if "HEAD_DIM" in self.constexprs else []
         extra += ["mask"] if self.constexprs.get("HAS_MASK") else []
-        if self.kernel == "lstm_step":  # B matters too: B % 16 == 0 compiles other code
+        if self.kernel.startswith("lstm"):  # B matters too: B % 16 == 0 compiles other code
             extra.append(f"B={self.sizes['B']} H={self.sizes['H']}")
-        elif self.kernel == "lstm_sequence":
-            extra.append(f"H={self.sizes['H']}")
         opts = f"w{self.options['num_warps']}s{self.options['num_stages']}"
         return " ".join([self.kernel, TYPE_NAMES[self.dtype], *extra, blocks, opts])
 
@@ -94,8 +96,11 @@ class Report:
 # ----------------------------------------------------------------------------- variants
 
 
-def _dot(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _lstm_variant(kernel: str, dtype: torch.dtype, config: triton.Config, sizes: dict) -> Variant:
+    constexprs = {**config.kwargs, "BLOCK_K": lstm.block_k(sizes["H"])}
+    constexprs["DOT_PRECISION"] = dot_precision(dtype)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return Variant(kernel, dtype, constexprs, options, sizes)
 
 
 def lstm_step_variants(dtypes=DTYPES, hidden=HIDDEN_SIZES, batches=STEP_BATCHES) -> list[Variant]:
@@ -103,20 +108,21 @@ def lstm_step_variants(dtypes=DTYPES, hidden=HIDDEN_SIZES, batches=STEP_BATCHES)
     for dtype in dtypes:
         for H in hidden:
             for B in batches:
-                constexprs, options = lstm.step_config(B, H)
-                constexprs = {**constexprs, "DOT_PRECISION": _dot(dtype)}
-                out.append(Variant("lstm_step", dtype, constexprs, options, {"B": B, "H": H}))
+                for config in lstm.step_configs(B, H, interpreted=False):
+                    out.append(_lstm_variant("lstm_step", dtype, config, {"B": B, "H": H}))
     return _unique(out)
 
 
-def lstm_sequence_variants(dtypes=DTYPES, hidden=HIDDEN_SIZES) -> list[Variant]:
+def lstm_sequence_variants(
+    dtypes=DTYPES, hidden=HIDDEN_SIZES, batches=STEP_BATCHES
+) -> list[Variant]:
     out = []
     for dtype in dtypes:
         for H in hidden:
-            constexprs, options = lstm.sequence_config(H)
-            constexprs = {**constexprs, "DOT_PRECISION": _dot(dtype)}
-            sizes = {"B": 3, "T": 7, "H": H}
-            out.append(Variant("lstm_sequence", dtype, constexprs, options, sizes))
+            for B in batches:
+                sizes = {"B": B, "T": 7, "H": H}
+                for config in lstm.sequence_configs(B, H, interpreted=False):
+                    out.append(_lstm_variant("lstm_sequence", dtype, config, sizes))
     return _unique(out)
 
 
@@ -126,10 +132,10 @@ def attention_variants(
     out = []
     for dtype in dtypes:
         for head_dim in head_dims:
-            for config in attention.attention_configs(dtype, head_dim):
+            for config in attention.attention_configs(dtype, head_dim, interpreted=False):
                 for has_mask in masks:
                     constexprs = {"HEAD_DIM": head_dim, **config.kwargs, "HAS_MASK": has_mask}
-                    constexprs["DOT_PRECISION"] = _dot(dtype)
+                    constexprs["DOT_PRECISION"] = dot_precision(dtype)
                     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
                     # strides of q/k/v heads split off a fused (B, T, 3C) qkv projection
                     C = 4 * head_dim
@@ -148,7 +154,7 @@ def quick_variants() -> list[Variant]:
     low = (torch.bfloat16,)
     return (
         lstm_step_variants(low, (256,), (1, 64))
-        + lstm_sequence_variants((torch.bfloat16, torch.float32), (256,))
+        + lstm_sequence_variants((torch.bfloat16, torch.float32), (256,), (3,))
         + attention_variants(low, (64,), (False,))[:2]
     )
 
@@ -177,12 +183,13 @@ def _kernel_and_types(variant: Variant) -> tuple[object, dict[str, str], dict[st
         fn = lstm._lstm_step_kernel
         types = {n: ptr for n in ("x_ptr", "h_ptr", "w_ptr", "bias_ptr", "h_out_ptr")}
         types.update(c_ptr="*fp32", c_out_ptr="*fp32", B="i32", H="i32")  # engine keeps c fp32
-        return fn, types, {"B": sizes["B"], "H": sizes["H"]}
+        types["B_BUCKET"] = "i32"
+        return fn, types, {**_batch(sizes), "H": sizes["H"]}
     if variant.kernel == "lstm_sequence":
         fn = lstm._lstm_sequence_kernel
         types = {n: ptr for n in ("x_ptr", "h0_ptr", "w_ptr", "bias_ptr", "out_ptr")}
-        types.update(c_ptr="*fp32", B="i32", T="i32", H="i32")
-        return fn, types, {k: sizes[k] for k in ("B", "T", "H")}
+        types.update(c_ptr="*fp32", B="i32", T="i32", H="i32", B_BUCKET="i32")
+        return fn, types, {**_batch(sizes), "T": sizes["T"], "H": sizes["H"]}
     fn = attention._attn_fwd_kernel
     types, values = {}, {}
     for name in fn.arg_names:
@@ -195,6 +202,11 @@ def _kernel_and_types(variant: Variant) -> tuple[object, dict[str, str], dict[st
         elif name == "qk_scale":
             types[name] = "fp32"
     return fn, types, values
+
+
+def _batch(sizes: dict) -> dict[str, int]:
+    """B and the autotuners' key B_BUCKET (next power of two of B), as the launchers pass them."""
+    return {"B": sizes["B"], "B_BUCKET": triton.next_power_of_2(sizes["B"])}
 
 
 def _stride(name: str, sizes: dict) -> int:

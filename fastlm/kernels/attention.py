@@ -30,12 +30,25 @@ import math
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from fastlm.kernels.common import (
+    MAX_GRID_YZ,
+    MIN_DOT_CONSTEXPR,
+    SUPPORTED_DTYPES,  # noqa: F401  (re-exported: callers read it here)
+    check_float_dtype,
+    check_is_tensor,
+    check_runnable,
+    dot_precision,
+    is_interpreted,
+    make_config,
+    pick_kernel,
+)
+
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
-MAX_GRID_YZ = 65_535  # CUDA limit on the 2nd and 3rd grid dimensions
+# the most rows a query block may run past T: _check_offsets' int32 bound relies on it
+MAX_BLOCK_M = 128
 LOG2_E = 1.4426950408889634  # softmax runs in base 2: exp(x) = exp2(x * log2(e))
+_MAX_BLOCK_M = tl.constexpr(MAX_BLOCK_M)  # jit code reads only tl.constexpr globals
 
 
 @triton.jit
@@ -87,6 +100,17 @@ def _attn_fwd_kernel(
 ):  # fmt: skip
     # T_BUCKET (next power of two of T) is unused here: it is the autotuner's cache key, so
     # every length in a bucket shares one tuned config instead of tuning per length.
+    # What the launcher relies on, checked per compiled config (a CompilationError naming the
+    # rule): tile shapes tl.arange/tl.dot accept, the stage split, _check_offsets' margin.
+    tl.static_assert(BLOCK_M >= MIN_DOT_CONSTEXPR, "BLOCK_M must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_M & (BLOCK_M - 1)) == 0, "BLOCK_M must be a power of two")
+    tl.static_assert(BLOCK_N >= MIN_DOT_CONSTEXPR, "BLOCK_N must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_N & (BLOCK_N - 1)) == 0, "BLOCK_N must be a power of two")
+    tl.static_assert(HEAD_DIM >= MIN_DOT_CONSTEXPR, "HEAD_DIM must be >= 16 (tl.dot)")
+    tl.static_assert((HEAD_DIM & (HEAD_DIM - 1)) == 0, "HEAD_DIM must be a power of two")
+    tl.static_assert(BLOCK_M % BLOCK_N == 0, "BLOCK_M must be a multiple of BLOCK_N (stages)")
+    tl.static_assert(BLOCK_M <= _MAX_BLOCK_M, "BLOCK_M must be <= 128 (_check_offsets)")
+    tl.static_assert(HEAD_DIM <= 128, "HEAD_DIM must be <= 128 (SUPPORTED_HEAD_DIMS)")
     start_m = tl.program_id(0) * BLOCK_M
     off_bh = tl.program_id(1)
     off_b = (off_bh // NH).to(tl.int64)  # int64: offsets of large batches overflow int32
@@ -127,14 +151,12 @@ def _attn_fwd_kernel(
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise a ValueError/TypeError naming the offending tensor."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_is_tensor(name, t)
         if t.dim() != 4:
             raise ValueError(f"{name} must have shape (B, NH, T, D), got {tuple(t.shape)}")
         if t.shape != q.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        check_float_dtype(name, t)
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
         if t.device != q.device:
@@ -144,18 +166,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                 f"{name} must have a contiguous last dimension (stride 1), got strides "
                 f"{t.stride()}; call .contiguous() on it first"
             )
-    interpreted = _interpreted()
-    if not (q.is_cuda or interpreted):
-        raise ValueError(
-            f"q is on {q.device}: the Triton attention kernel needs a CUDA device "
-            "(or TRITON_INTERPRET=1 set before importing fastlm.kernels.attention, for tests)"
-        )
-    if interpreted and q.dtype == torch.bfloat16:
-        # triton 3.6's interpreter computes tl.dot on the raw bf16 bits: a wrong answer
-        raise NotImplementedError(
-            "q is bfloat16, which the Triton interpreter cannot run correctly; "
-            "use float32/float16 on CPU or run on a CUDA device"
-        )
+    check_runnable("q", q, "the Triton attention kernel needs", __name__, _interpreted())
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(
             f"q, k, v head_dim (last dimension) must be one of {SUPPORTED_HEAD_DIMS}, "
@@ -192,9 +203,12 @@ FP32_CONFIG = (64, 32, 8, 2)
 INTERPRETER_CONFIG = (64, 32, 4, 2)
 
 
-def _config(block_m: int, block_n: int, num_warps: int, num_stages: int) -> triton.Config:
-    kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n}
-    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
+_BLOCKS = ("BLOCK_M", "BLOCK_N")
+
+
+def _interpreted() -> bool:
+    """True when triton was in interpreter mode (TRITON_INTERPRET=1) as this module loaded."""
+    return is_interpreted(_attn_fwd_kernel)
 
 
 def _fits(block_n: int, head_dim: int) -> bool:
@@ -203,13 +217,17 @@ def _fits(block_n: int, head_dim: int) -> bool:
     return not (head_dim >= 128 and block_n >= 128)
 
 
-def attention_configs(dtype: torch.dtype, head_dim: int) -> list[triton.Config]:
-    """The configs the launcher may run for this dtype and head_dim (one unless autotuned)."""
-    if _interpreted():
-        return [_config(*INTERPRETER_CONFIG)]
+def attention_configs(
+    dtype: torch.dtype, head_dim: int, interpreted: bool | None = None
+) -> list[triton.Config]:
+    """The configs the launcher may run for this dtype and head_dim (one unless autotuned).
+    interpreted: None for this module's mode; the AOT check passes False, as it compiles for
+    a GPU whatever mode its process imported the kernels in."""
+    if _interpreted() if interpreted is None else interpreted:
+        return [make_config(_BLOCKS, INTERPRETER_CONFIG)]
     if dtype == torch.float32:
-        return [_config(*FP32_CONFIG)]
-    return [_config(*c) for c in TUNED_CONFIGS if _fits(c[1], head_dim)]
+        return [make_config(_BLOCKS, FP32_CONFIG)]
+    return [make_config(_BLOCKS, c) for c in TUNED_CONFIGS if _fits(c[1], head_dim)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -221,14 +239,10 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[tri
 # the mask flag; the autotuner adds the tensors' dtypes itself. The kernel only writes `out`,
 # so re-running it while timing configs is harmless.
 _attn_fwd_tuned = triton.autotune(
-    configs=[_config(*c) for c in TUNED_CONFIGS],
+    configs=[make_config(_BLOCKS, c) for c in TUNED_CONFIGS],
     key=["T_BUCKET", "HEAD_DIM", "HAS_MASK"],
     prune_configs_by={"early_config_prune": _prune},
 )(_attn_fwd_kernel)
-
-
-def _interpreted() -> bool:
-    return isinstance(_attn_fwd_kernel, InterpretedFunction)
 
 
 def causal_attention(
@@ -271,10 +285,7 @@ def _launch(q, k, v, keep, out, scale: float, has_mask: bool, config=None) -> No
     B, NH, T, D = q.shape
     assert B * NH <= MAX_GRID_YZ, (B, NH)
     configs = attention_configs(q.dtype, D) if config is None else [config]
-    tuned = len(configs) > 1
-    kernel = _attn_fwd_tuned if tuned else _attn_fwd_kernel
-    fixed = {} if tuned else {**configs[0].kwargs, "num_warps": configs[0].num_warps,
-                              "num_stages": configs[0].num_stages}  # fmt: skip
+    kernel, fixed = pick_kernel(configs, _attn_fwd_tuned, _attn_fwd_kernel)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(T, meta["BLOCK_M"]), B * NH)
@@ -287,7 +298,7 @@ def _launch(q, k, v, keep, out, scale: float, has_mask: bool, config=None) -> No
         out.stride(0), out.stride(1), out.stride(2),
         NH, T, triton.next_power_of_2(T), scale * LOG2_E,
         HEAD_DIM=D, HAS_MASK=has_mask,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=dot_precision(q.dtype),
         **fixed,
     )  # fmt: skip
 
@@ -296,7 +307,7 @@ def _check_offsets(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Offsets inside one (batch, head) slab are int32 in the kernel: check they fit."""
     T = q.shape[2]
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if (T + 128) * t.stride(2) >= 2**31:  # + 128: the last block may run past T
+        if (T + MAX_BLOCK_M) * t.stride(2) >= 2**31:  # the last block may run past T
             raise ValueError(
                 f"{name}: T={T} rows {t.stride(2)} elements apart pass the kernel's int32 "
                 "offsets (2**31); split the sequence or use backend='eager'"

@@ -37,8 +37,10 @@ copy of c0) updated in place by the same program. Batch blocks are fully indepen
 price: only cdiv(B, BLOCK_B) programs run, and each streams all of W_hh every step (from L2
 on a GPU), so it pays off for small H (256: W_hh is 1024x256); docs/gpu.md predicts it.
 
-Block sizes and warps come from step_config / sequence_config, which the AOT compile check
-(fastlm.kernels.aot, scripts/aot_compile.py) compiles for sm_90 and sm_80.
+Launch: on a GPU both kernels are autotuned (STEP_CONFIGS, SEQUENCE_CONFIGS), keyed on the
+batch bucket (next power of two of B) and H; under the interpreter each runs one fixed config.
+step_configs / sequence_configs list the candidates for a shape, and the AOT compile check
+(fastlm.kernels.aot, scripts/aot_compile.py) compiles every one for sm_90 and sm_80.
 """
 
 from __future__ import annotations
@@ -46,12 +48,24 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+from fastlm.kernels.common import (
+    MAX_GRID_YZ,
+    MIN_DOT,
+    MIN_DOT_CONSTEXPR,
+    SUPPORTED_DTYPES,  # noqa: F401  (re-exported: callers read it here)
+    check_float_dtype,
+    check_is_tensor,
+    check_like,
+    check_runnable,
+    dot_precision,
+    fits_shape,
+    is_interpreted,
+    make_config,
+    pick_kernel,
+)
+
 MAX_HIDDEN = 23_170  # W_hh offsets are int32: 4 * H * H < 2**31
-MAX_GRID_YZ = 65_535  # CUDA limit on the 2nd and 3rd grid dimensions
 
 
 @triton.jit
@@ -126,10 +140,19 @@ def _lstm_cell(
 
 @triton.jit
 def _lstm_step_kernel(
-    x_ptr, h_ptr, c_ptr, w_ptr, bias_ptr, h_out_ptr, c_out_ptr, B, H,
+    x_ptr, h_ptr, c_ptr, w_ptr, bias_ptr, h_out_ptr, c_out_ptr, B, H, B_BUCKET,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
+    # B_BUCKET (next power of two of B) is unused here: it is the autotuner's cache key.
+    # Blocks are powers of two (tl.arange) and at least MIN_DOT (tl.dot); nothing else: the
+    # masks cover every edge, so no block has to divide B or H.
+    tl.static_assert(BLOCK_B >= MIN_DOT_CONSTEXPR, "BLOCK_B must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_B & (BLOCK_B - 1)) == 0, "BLOCK_B must be a power of two")
+    tl.static_assert(BLOCK_H >= MIN_DOT_CONSTEXPR, "BLOCK_H must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_H & (BLOCK_H - 1)) == 0, "BLOCK_H must be a power of two")
+    tl.static_assert(BLOCK_K >= MIN_DOT_CONSTEXPR, "BLOCK_K must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_K & (BLOCK_K - 1)) == 0, "BLOCK_K must be a power of two")
     # int64 rows: B * 4H may pass 2**31 for huge batches; the int32 column math stays cheap
     offs_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_j = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -146,10 +169,19 @@ def _lstm_step_kernel(
 
 @triton.jit
 def _lstm_sequence_kernel(
-    x_ptr, h0_ptr, c_ptr, w_ptr, bias_ptr, out_ptr, B, T, H,
+    x_ptr, h0_ptr, c_ptr, w_ptr, bias_ptr, out_ptr, B, T, H, B_BUCKET,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
+    # B_BUCKET (next power of two of B) is unused here: it is the autotuner's cache key.
+    # Blocks are powers of two (tl.arange) and at least MIN_DOT (tl.dot); nothing else: the
+    # masks cover every edge, so no block has to divide B or H.
+    tl.static_assert(BLOCK_B >= MIN_DOT_CONSTEXPR, "BLOCK_B must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_B & (BLOCK_B - 1)) == 0, "BLOCK_B must be a power of two")
+    tl.static_assert(BLOCK_H >= MIN_DOT_CONSTEXPR, "BLOCK_H must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_H & (BLOCK_H - 1)) == 0, "BLOCK_H must be a power of two")
+    tl.static_assert(BLOCK_K >= MIN_DOT_CONSTEXPR, "BLOCK_K must be >= 16 (tl.dot)")
+    tl.static_assert((BLOCK_K & (BLOCK_K - 1)) == 0, "BLOCK_K must be a power of two")
     # int64 row math: a row of x_proj is T * 4H long, so B * T * 4H passes 2**31 at batch 64
     # and T = 32k, and the LSTM has no context limit. `zero64 + n` widens a scalar that may be
     # a compile-time constant (triton specializes arguments equal to 1), where .to() is absent.
@@ -181,47 +213,94 @@ def _lstm_sequence_kernel(
         tl.debug_barrier()  # h_t and c_t complete before step t + 1 reads them
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- configs
+
+# (BLOCK_B, BLOCK_H, num_warps, num_stages) the GPU autotuner times for lstm_step. Small
+# batches (decode) are bound by reading W_hh: narrow hidden blocks spread that read over more
+# programs, wide ones load each h tile fewer times; the autotuner weighs the two per shape.
+# Warps: one per 128 elements of a gate tile (2 to 8). The AOT compile check set the limits:
+# 4-warp 16x64 and 32x32 tiles spill at H = 40 (16-76 B per thread), 64x64 spills on sm_80;
+# bigger batches simply get more programs.
+STEP_CONFIGS = ((16, 16, 2, 2), (16, 32, 4, 2), (16, 64, 8, 2), (32, 32, 8, 2), (32, 64, 8, 2))
+# lstm_sequence: 16 rows per program, as many programs as possible (each is a serial chain
+# over T), and 8 warps, the only parallelism a lone program gets. The AOT check shows 4 warps
+# (8 B at H = 24 and 256), 32-row tiles (24-80 B at H = 40) and 128-unit tiles (20-460 B)
+# spilling, and 2 stages spilling 4 B on sm_80 at H = 256.
+SEQUENCE_CONFIGS = ((16, 32, 8, 3), (16, 64, 8, 3))
+# under the interpreter (tests on CPU): one fixed config per kernel, never a timing loop
+INTERPRETER_STEP_CONFIG = (16, 16, 2, 2)
+INTERPRETER_SEQUENCE_CONFIG = (16, 64, 8, 3)
+_BLOCKS = ("BLOCK_B", "BLOCK_H")
 
 
 def _interpreted() -> bool:
     """True when triton was in interpreter mode (TRITON_INTERPRET=1) as this module loaded."""
-    return isinstance(_lstm_step_kernel, InterpretedFunction)
+    return is_interpreted(_lstm_step_kernel)
 
 
-def _check_tensor(
-    name: str, t: torch.Tensor, shape: tuple[int, ...], layout: str, like: torch.Tensor
-) -> None:
-    """Raise a ValueError/TypeError naming `name` unless t has `shape`, like's dtype and device."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {layout} = {shape}, got {tuple(t.shape)}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} must have dtype {like.dtype} like the other inputs, got {t.dtype}")
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device} but the other inputs are on {like.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous; call .contiguous() on it first")
+def block_k(H: int) -> int:
+    """The recurrent matmul's K block for hidden size H: a power of two from 16 to 64."""
+    return min(64, max(MIN_DOT, triton.next_power_of_2(H)))
 
 
-def _check_dtype_and_device(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    interpreted = _interpreted()
-    if not (t.is_cuda or interpreted):
-        raise ValueError(
-            f"{name} is on {t.device}: the Triton LSTM kernels need a CUDA device "
-            "(or TRITON_INTERPRET=1 set before importing fastlm.kernels.lstm, for tests)"
-        )
-    if interpreted and t.dtype == torch.bfloat16:
-        # triton 3.6's interpreter computes tl.dot on the raw bf16 bits: a wrong answer
-        raise NotImplementedError(
-            f"{name} is bfloat16, which the Triton interpreter cannot run correctly; "
-            "use float32/float16 on CPU or run on a CUDA device"
-        )
+def _candidates(tiles: tuple, fixed: tuple, B: int, H: int, interpreted: bool | None) -> list:
+    if _interpreted() if interpreted is None else interpreted:
+        return [make_config(_BLOCKS, fixed)]
+    configs = [make_config(_BLOCKS, t) for t in tiles]
+    return fits_shape(configs, {"BLOCK_B": B, "BLOCK_H": H})
+
+
+def step_configs(B: int, H: int, interpreted: bool | None = None) -> list[triton.Config]:
+    """The configs lstm_step may run for batch B and hidden size H: the one fixed config under
+    the interpreter, else the STEP_CONFIGS whose blocks fit (B, H) (the autotuner's prune).
+    interpreted: None for this module's mode; the AOT check passes False, as it compiles for
+    a GPU whatever mode its process imported the kernels in."""
+    return _candidates(STEP_CONFIGS, INTERPRETER_STEP_CONFIG, B, H, interpreted)
+
+
+def sequence_configs(B: int, H: int, interpreted: bool | None = None) -> list[triton.Config]:
+    """The configs lstm_sequence may run for batch B and hidden size H; see step_configs."""
+    return _candidates(SEQUENCE_CONFIGS, INTERPRETER_SEQUENCE_CONFIG, B, H, interpreted)
+
+
+def step_config(B: int, H: int) -> tuple[dict, dict]:
+    """(constexprs, launch options) of step_configs(B, H)[0]: the config lstm_step runs under
+    the interpreter, the smallest tile the autotuner times on a GPU."""
+    config = step_configs(B, H)[0]
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return {**config.kwargs, "BLOCK_K": block_k(H)}, options
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The autotuners' early prune: the rule step_configs and sequence_configs apply, on the
+    batch bucket (the key), so every batch size in a bucket times the same candidates."""
+    args = {**named_args, **kwargs}
+    return fits_shape(configs, {"BLOCK_B": args["B_BUCKET"], "BLOCK_H": args["H"]})
+
+
+# Autotuned entry points for a GPU. The key is the batch bucket and H (the autotuner adds the
+# tensors' dtypes itself); T is left out: each step does the same work whatever the length,
+# and a key on T would time the configs again for every new length. lstm_step only writes
+# h_out and c_out, so re-running it while timing is harmless.
+_lstm_step_tuned = triton.autotune(
+    configs=[make_config(_BLOCKS, c) for c in STEP_CONFIGS],
+    key=["B_BUCKET", "H"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_lstm_step_kernel)
+# lstm_sequence updates its cell-state buffer c in place, step after step: without care each
+# timed run would start from the previous run's c_T, and so would the real launch after them.
+# restore_value copies c before every timed run and writes it back after (the copy is inside
+# the timing, the same for every config). out needs nothing: a run writes out[:, t] before it
+# reads it back at t + 1, and step 0 reads h0.
+_lstm_sequence_tuned = triton.autotune(
+    configs=[make_config(_BLOCKS, c) for c in SEQUENCE_CONFIGS],
+    key=["B_BUCKET", "H"],
+    prune_configs_by={"early_config_prune": _prune},
+    restore_value=["c_ptr"],
+)(_lstm_sequence_kernel)
+
+
+# ----------------------------------------------------------------------------- launchers
 
 
 def _check_recurrent(
@@ -229,60 +308,24 @@ def _check_recurrent(
 ) -> tuple[int, int]:
     """Validate the state and weights; returns (B, H). c may be h's dtype or float32."""
     h_name, c_name = names
-    _check_dtype_and_device(h_name, h)
+    check_float_dtype(h_name, h)
+    check_runnable(h_name, h, "the Triton LSTM kernels need", __name__, _interpreted())
     if h.dim() != 2:
         raise ValueError(f"{h_name} must have shape (B, H), got {tuple(h.shape)}")
     B, H = h.shape
     if H > MAX_HIDDEN:
         raise ValueError(f"hidden size {H} is above the kernels' limit {MAX_HIDDEN} (4H^2 < 2^31)")
-    _check_tensor(h_name, h, (B, H), "(B, H)", h)
-    if not isinstance(c, torch.Tensor):
-        raise TypeError(f"{c_name} must be a torch.Tensor, got {type(c).__name__}")
+    check_like(h_name, h, (B, H), "(B, H)", h)
+    check_is_tensor(c_name, c)
     if c.dtype not in (h.dtype, torch.float32):
         raise TypeError(
             f"{c_name} must have dtype {h.dtype} (like {h_name}) or float32, got {c.dtype}"
         )
     c_like = h if c.dtype != torch.float32 else c  # a float32 cell state is always welcome
-    _check_tensor(c_name, c, (B, H), "(B, H)", c_like)
-    _check_tensor("w_hh", w_hh, (4 * H, H), "(4H, H)", h)
-    _check_tensor("bias", bias, (4 * H,), "(4H,)", h)
+    check_like(c_name, c, (B, H), "(B, H)", c_like)
+    check_like("w_hh", w_hh, (4 * H, H), "(4H, H)", h)
+    check_like("bias", bias, (4 * H,), "(4H,)", h)
     return B, H
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: full-precision products (no TF32), so fp32 parity holds at 3e-4
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _num_warps(block_b: int, block_h: int) -> int:
-    """One warp per 128 elements of a gate tile, 2 to 8 warps. The AOT compile check
-    (fastlm.kernels.aot) picked it: with 4 warps a 32x32 tile spills at H = 40 (255 regs)."""
-    return max(2, min(8, block_b * block_h // 128))
-
-
-def step_config(B: int, H: int) -> tuple[dict, dict]:
-    """(constexprs, launch options) lstm_step uses for batch B and hidden size H."""
-    # Small batches (decode) are bound by reading W_hh: narrower hidden blocks spread that
-    # read over more programs. Every tile dimension stays >= 16 for tl.dot. Tiles stop at
-    # 32x64: 64x64 spills on sm_80 (168-364 B per thread, AOT compile check) and bigger
-    # batches simply get more programs.
-    block_b = min(32, max(MIN_DOT, triton.next_power_of_2(B)))
-    block_h = 16 if B <= 16 else (32 if B <= 32 else 64)
-    block_k = min(64, max(MIN_DOT, triton.next_power_of_2(H)))
-    constexprs = {"BLOCK_B": block_b, "BLOCK_H": block_h, "BLOCK_K": block_k}
-    return constexprs, {"num_warps": _num_warps(block_b, block_h), "num_stages": 2}
-
-
-def sequence_config(H: int) -> tuple[dict, dict]:
-    """(constexprs, launch options) lstm_sequence uses for hidden size H."""
-    block_b = MIN_DOT  # as many programs as possible: each one is a serial chain over T
-    block_h = 64
-    block_k = min(64, max(MIN_DOT, triton.next_power_of_2(H)))
-    constexprs = {"BLOCK_B": block_b, "BLOCK_H": block_h, "BLOCK_K": block_k}
-    # 8 warps, not the 4 of _num_warps: a lone program per 16 rows walks the whole chain, so
-    # more warps per program is the only parallelism it gets, and the AOT check shows 4 warps
-    # spilling in bf16 (12-448 B) where 8 do not. 3 stages: 2 spill 4 B on sm_80 at H = 256.
-    return constexprs, {"num_warps": 8, "num_stages": 3}
 
 
 def lstm_step(
@@ -298,19 +341,27 @@ def lstm_step(
     x_proj_t (B, 4H) = x_t @ W_ih^T without bias; h (B, H); c (B, H) in h's dtype or float32
     (keep c in float32 across steps with bf16/fp16 weights: rounding it every step loses the
     small updates and long texts drift); w_hh (4H, H); bias (4H,) = b_ih + b_hh. All
-    contiguous, one dtype except c, one CUDA device. See reference.lstm_step.
+    contiguous, one dtype except c, one CUDA device. See reference.lstm_step. On a GPU the
+    first call per (batch bucket, H, dtypes) times the candidate configs.
     """
     B, H = _check_recurrent(h, c, w_hh, bias, ("h", "c"))
-    _check_tensor("x_proj_t", x_proj_t, (B, 4 * H), "(B, 4H)", h)
+    check_like("x_proj_t", x_proj_t, (B, 4 * H), "(B, 4H)", h)
     h_new, c_new = torch.empty_like(h), torch.empty_like(c)
-    constexprs, options = step_config(B, H)
-    grid = (triton.cdiv(B, constexprs["BLOCK_B"]), triton.cdiv(H, constexprs["BLOCK_H"]))
-    assert grid[1] <= MAX_GRID_YZ, grid  # holds for every H <= MAX_HIDDEN
-    _lstm_step_kernel[grid](
-        x_proj_t, h, c, w_hh, bias, h_new, c_new, B, H,
-        DOT_PRECISION=_dot_precision(h.dtype), **constexprs, **options,
-    )  # fmt: skip
+    _launch_step(x_proj_t, h, c, w_hh, bias, h_new, c_new)
     return h_new, c_new
+
+
+def _launch_step(x_proj_t, h, c, w_hh, bias, h_new, c_new, config=None) -> None:
+    """One lstm_step launch writing h_new and c_new (B, H). config: a triton.Config to run
+    instead of the autotuned choice (a GPU smoke test can force each one)."""
+    B, H = h.shape
+    assert triton.cdiv(H, MIN_DOT) <= MAX_GRID_YZ, H  # grid axis 1: holds for H <= MAX_HIDDEN
+    configs = step_configs(B, H) if config is None else [config]
+    kernel, fixed = pick_kernel(configs, _lstm_step_tuned, _lstm_step_kernel)
+    kernel[lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(H, meta["BLOCK_H"]))](
+        x_proj_t, h, c, w_hh, bias, h_new, c_new, B, H, triton.next_power_of_2(B),
+        BLOCK_K=block_k(H), DOT_PRECISION=dot_precision(h.dtype), **fixed,
+    )  # fmt: skip
 
 
 def lstm_sequence(
@@ -326,21 +377,29 @@ def lstm_sequence(
     c0's dtype. x_proj (B, T, 4H) = x @ W_ih^T without bias (batch first); h0 (B, H); c0
     (B, H) in h0's dtype or float32; w_hh (4H, H); bias (4H,). All contiguous, one CUDA
     device. The cell state runs in float32 inside the launch whatever the I/O dtype. See
-    reference.lstm_layer and the module docstring for the design.
+    reference.lstm_layer and the module docstring for the design. On a GPU the first call per
+    (batch bucket, H, dtypes) times the candidate configs, running the whole sequence each time.
     """
     B, H = _check_recurrent(h0, c0, w_hh, bias, ("h0", "c0"))
     if not isinstance(x_proj, torch.Tensor) or x_proj.dim() != 3 or x_proj.shape[1] < 1:
         shape = tuple(x_proj.shape) if isinstance(x_proj, torch.Tensor) else type(x_proj).__name__
         raise ValueError(f"x_proj must have shape (B, T, 4H) with T >= 1, got {shape}")
     T = x_proj.shape[1]
-    _check_tensor("x_proj", x_proj, (B, T, 4 * H), "(B, T, 4H)", h0)
+    check_like("x_proj", x_proj, (B, T, 4 * H), "(B, T, 4H)", h0)
     out = torch.empty(B, T, H, dtype=h0.dtype, device=h0.device)
     # the kernel updates this private fp32 copy of c0 in place, step after step
     c = c0.to(torch.float32, copy=True)
-    constexprs, options = sequence_config(H)
-    grid = (triton.cdiv(B, constexprs["BLOCK_B"]),)
-    _lstm_sequence_kernel[grid](
-        x_proj, h0, c, w_hh, bias, out, B, T, H,
-        DOT_PRECISION=_dot_precision(h0.dtype), **constexprs, **options,
-    )  # fmt: skip
+    _launch_sequence(x_proj, h0, c, w_hh, bias, out)
     return out, (out[:, -1].contiguous(), c.to(c0.dtype))
+
+
+def _launch_sequence(x_proj, h0, c, w_hh, bias, out, config=None) -> None:
+    """One lstm_sequence launch writing out (B, T, H) and updating c (B, H, float32) in place
+    from c0 to c_T. config: as in _launch_step."""
+    B, T, H = out.shape
+    configs = sequence_configs(B, H) if config is None else [config]
+    kernel, fixed = pick_kernel(configs, _lstm_sequence_tuned, _lstm_sequence_kernel)
+    kernel[lambda meta: (triton.cdiv(B, meta["BLOCK_B"]),)](
+        x_proj, h0, c, w_hh, bias, out, B, T, H, triton.next_power_of_2(B),
+        BLOCK_K=block_k(H), DOT_PRECISION=dot_precision(h0.dtype), **fixed,
+    )  # fmt: skip
