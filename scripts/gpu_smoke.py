@@ -55,10 +55,13 @@ def lstm_rows(dtypes, hidden, batches, device: str) -> Iterator[Row]:
             for B in batches:
                 x_proj, h, c, w_hh, bias = _lstm_inputs(B, 1, H, dtype, device)
                 args = (x_proj[:, 0].contiguous(), h, c, w_hh, bias)
-                got, want = lstm.lstm_step(*args), reference.lstm_step(*args)
-                blocks = lstm.step_config(B, H)[0]
-                name = f"lstm_step B={B} H={H} ({blocks['BLOCK_B']}x{blocks['BLOCK_H']})"
-                yield _row(name, dtype, list(zip(got, want)))
+                want = reference.lstm_step(*args)
+                for config in lstm.step_configs(B, H):  # each config the autotuner may pick
+                    got = torch.empty_like(h), torch.empty_like(c)
+                    lstm._launch_step(*args, *got, config=config)
+                    blocks = config.kwargs
+                    name = f"lstm_step B={B} H={H} ({blocks['BLOCK_B']}x{blocks['BLOCK_H']})"
+                    yield _row(name, dtype, list(zip(got, want)))
             x_proj, h0, c0, w_hh, bias = _lstm_inputs(3, 5, H, dtype, device)
             out, (h_t, c_t) = lstm.lstm_sequence(x_proj, h0, c0, w_hh, bias)
             out_ref, (h_ref, c_ref) = reference.lstm_layer(x_proj, h0, c0, w_hh, bias)

@@ -103,7 +103,7 @@ def test_config_that_is_not_an_object_is_a_checkpoint_error(ckpt, no_allocation)
 
 
 def test_transformer_config_bounds():
-    from fastlm.models.config import TransformerConfig
+    from fastlm.models import TransformerConfig
 
     with pytest.raises(ValueError, match=r"d_model must be in \[1, 8192\]"):
         TransformerConfig(d_model=10**6)

@@ -263,14 +263,6 @@ def sequence_configs(B: int, H: int, interpreted: bool | None = None) -> list[tr
     return _candidates(SEQUENCE_CONFIGS, INTERPRETER_SEQUENCE_CONFIG, B, H, interpreted)
 
 
-def step_config(B: int, H: int) -> tuple[dict, dict]:
-    """(constexprs, launch options) of step_configs(B, H)[0]: the config lstm_step runs under
-    the interpreter, the smallest tile the autotuner times on a GPU."""
-    config = step_configs(B, H)[0]
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    return {**config.kwargs, "BLOCK_K": block_k(H)}, options
-
-
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """The autotuners' early prune: the rule step_configs and sequence_configs apply, on the
     batch bucket (the key), so every batch size in a bucket times the same candidates."""
