@@ -145,7 +145,9 @@ def read_lines(path: str | None) -> list[str]:
 # ----------------------------------------------------------------------------- train / eval
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model (also under torchrun for DDP)")
-    p.add_argument("--model", choices=["lstm", "transformer"], required=True)
+    p.add_argument(
+        "--model", required=True, help="architecture: lstm, transformer (any registered one)"
+    )
     p.add_argument("--data", nargs="+", required=True, help="text files or directories")
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl)")
     p.add_argument("--valid", help="validation text file (default: valid.txt beside the data)")

@@ -63,8 +63,10 @@ def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):
     """
     from fastlm.checkpoint import load_checkpoint
 
-    arch = model_class.__name__
-    expected = {"SimpleLSTM_LM": "lstm", "SimpleTransformer_LM": "transformer"}.get(arch)
-    if expected is None:
-        raise TypeError(f"model_class must be SimpleLSTM_LM or SimpleTransformer_LM, got {arch}")
-    return load_checkpoint(resolve_checkpoint(name_or_path), expected, device).model
+    from fastlm.models import architectures
+
+    known = {a.model_class: name for name, a in architectures().items()}
+    if model_class not in known:
+        names = ", ".join(c.__name__ for c in known)
+        raise TypeError(f"model_class must be one of {names}, got {model_class!r}")
+    return load_checkpoint(resolve_checkpoint(name_or_path), known[model_class], device).model
