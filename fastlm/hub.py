@@ -62,7 +62,6 @@ def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):
     Passing a checkpoint of the other architecture raises CheckpointError.
     """
     from fastlm.checkpoint import load_checkpoint
-
     from fastlm.models import architectures
 
     known = {a.model_class: name for name, a in architectures().items()}
