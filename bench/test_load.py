@@ -4,7 +4,8 @@
   "compile" this is the wrapper only: compilation happens on the first call and is reported by
   test_compile_time (and in the summary), never mixed into other timings.
 - export: `fastlm.export.export(model, out, dtype=D)` (what `fastlm export` runs): the ONNX
-  graphs and their parity certificate; skipped while fastlm.export does not exist.
+  graphs and their parity certificate, then the directory verified (every file against its
+  sha256 manifest, the dtype asked for); skipped without the onnx extra.
 Ratios vs eager are reported, not gated: loading is a one-off cost.
 """
 
@@ -15,6 +16,7 @@ import itertools
 import pytest
 
 from fastlm.benchmarking import ARCHS, BACKENDS, BackendUnavailable, load_model, timed
+from fastlm.export.format import verify_export_dir
 
 LOAD_BUDGET_S = 3.0  # rounds per backend: as many as fit (1..5), judged by the first load
 
@@ -56,11 +58,11 @@ def test_compile_time(lms, arch, record_property):
 
 
 def _exporter():
-    """fastlm.export.export, or a skip while it does not exist."""
+    """fastlm.export.export, or a skip when the onnx extra (onnx, onnxruntime) is missing."""
     try:
         from fastlm.export import export
     except ImportError as err:
-        pytest.skip(f"fastlm.export is missing ({err})")
+        pytest.skip(f"export needs the onnx extra: pip install -e '.[onnx]' ({err})")
     return export
 
 
@@ -77,6 +79,8 @@ def test_export_time(bench, sources, tmp_path, arch, dtype):
         export(str(sources[arch]), last[-1], dtype=dtype)
 
     timing = bench.run(run, None, rounds=1, warmup=0)  # seconds per export: one is enough
+    manifest = verify_export_dir(last[-1])  # every file present and matching its sha256
+    assert manifest["dtype"] == dtype
     size = sum(f.stat().st_size for f in last[-1].rglob("*") if f.is_file())
     bench.info(
         suite="export",

@@ -3,8 +3,11 @@
 - test_long_docs: `model.embed(texts)` on documents of median ~450 tokens, 5% over 1,500, a few
   over 3,000 (bench/long_docs.py), vs the seed pipeline in the same run (caller order, batches
   of 32 padded to their longest, full length, no_grad, eager). Ratio = seed time / fastlm time.
+- test_long_docs_best_backend_report: the best backend's ratio against the "long-best" target,
+  reported, never failing.
 - test_long_docs_peak_rss: each backend in its own subprocess embeds the 64 longest documents;
-  the child's peak RSS (ru_maxrss) must stay under 2 GB (a memory gate, enforced in every mode).
+  the child's peak RSS (VmHWM from /proc/self/status; ru_maxrss where that is missing) must stay
+  under 2 GB (a memory gate, enforced in every mode).
 - test_long_docs_vs_minilm: the same texts through all-MiniLM-L6-v2 (sentence-transformers, at
   its own 256-wordpiece window) vs fastlm `auto`; skipped when either is not available offline.
 
@@ -98,8 +101,10 @@ def test_long_docs(
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_long_docs_best_backend(gates, arch):
-    """The best backend's speed-up over the seed pipeline on long documents (a target)."""
+def test_long_docs_best_backend_report(gates, arch):
+    """Reports (never fails) whether the best backend measured in this session meets the
+    long-document target over the seed pipeline (TARGETS "long-best"); skips when no long case
+    ran."""
     gates.apply_best("long", arch, "long-best")
 
 

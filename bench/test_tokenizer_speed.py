@@ -36,7 +36,8 @@ def test_encode(bench, lms, paragraphs, impl, mode):
     texts = paragraphs.texts[:TEXTS]
     encoders = _encoders(tok, texts)
     candidate, direct = encoders[impl, mode], encoders["tokenizers", mode]
-    assert candidate() == direct(), "the wrapper must give the library's ids"
+    if impl == "fastlm":  # for "tokenizers" the candidate is the library itself
+        assert candidate() == direct(), "the wrapper must give the library's ids"
     timing = bench.run(candidate, direct if impl == "fastlm" else None, ROUNDS, WARMUP)
     n_tokens = sum(len(ids) for ids in direct())
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)

@@ -8,9 +8,10 @@ Gates are enforced in full mode only (not with --benchmark-disable).
 
 How the numbers were picked: ratios measured on the 2-core AMD EPYC CPU (threads=1, the
 machine shared with two trainings) times ~0.75, since runs there differ by up to ~25%; they
-agree with BASELINES.md's timings. Re-measure on a quiet machine and tighten when a backend
-changes on purpose. A gate catches a regression that matters (a backend silently falling back to a
-slow path, recompiling on every call, losing its quantisation); it does not certify a speed-up.
+agree with the timings in ../shared/BASELINES.md (beside the repository). Re-measure on a
+quiet machine and tighten when a backend changes on purpose. A gate catches a regression that
+matters (a backend silently falling back to a slow path, recompiling on every call, losing its
+quantisation); it does not certify a speed-up.
 
 Keys are (suite, model, backend, shape); "*" matches anything. The most specific key wins.
 """
@@ -33,7 +34,7 @@ GATES: dict[tuple[str, str, str, str], float] = {
     ("decode", "transformer", "compile", "*"): 0.65,  # measured 0.83-1.33
     ("decode", "*", "onnx-fp32", "*"): 1.0,  # measured 1.27-1.76
     ("decode", "*", "onnx-int8", "*"): 1.5,  # measured 2.86-3.53
-    # end to end: fastlm.embed on real paragraphs vs the seed pipeline (length sorting alone)
+    # end to end: model.embed on real paragraphs vs the seed pipeline (length sorting alone)
     ("e2e", "*", "eager", "*"): 1.6,  # measured 2.24-2.53 (200 texts: 1.7-2.1)
     ("e2e", "*", "onnx-int8", "*"): 1.8,  # measured 3.49-4.87 (200 texts: 2.6-4.7)
     # long documents vs the seed pipeline at full length (windowing + sorting + token budget)

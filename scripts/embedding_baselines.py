@@ -2,7 +2,7 @@
 LM's own mean pooling, on the same STS file and retrieval sets `fastlm evaluate` reads.
 
     python scripts/embedding_baselines.py --sts ../shared/data/stsb-dev/sts-dev.tsv \
-        --retrieval runs/ict-valid --json docs/embedding_baselines.json
+        --retrieval runs/ict-valid --json runs/baselines.json
 
 Needs the distill extra (teacher) and scikit-learn (TF-IDF over character 3-5-grams, fitted on
 the texts being embedded: the classic unsupervised lexical baseline).
@@ -62,7 +62,8 @@ class CharTfidf:
 
 
 class LmMeanPool:
-    """The LM's own top-layer mean (what `embed` returned before the trained tower)."""
+    """The LM's own top-layer mean, no tower (what `embed` computes for a checkpoint without
+    embedder.safetensors)."""
 
     def __init__(self, name: str):
         import fastlm

@@ -12,14 +12,18 @@ a timeout keeps what finished:
     environment   versions, device, TF32 settings
     smoke         every kernel variant the launchers can pick, launched once against the
                   reference (max error, pass/fail); dry run: the same launches under the Triton
-                  interpreter (fp32/fp16, tiny shapes) plus the AOT compile for sm_90
+                  interpreter (fp32/fp16, tiny shapes)
+    aot           dry run only: scripts/aot_compile.py --quick --arch 90 (on a GPU the smoke
+                  launches compile every variant)
     kernel tests  pytest tests/test_kernels_*.py          (dry run: collection only)
     engine tests  pytest tests/test_triton_backend.py     (dry run: collection only)
     timings       LSTM decode step and 256x128 sequence vs cuDNN, attention vs SDPA
     end to end    embed 10,000 real texts (build/gpu_check/texts.txt, carried there)
 
 Exit status 1 when any section fails (a failing section never stops the next one), 2 without
-CUDA and without --dry-run. Whole run: under 8 minutes on an H100/H200 (section time limits).
+CUDA and without --dry-run. Whole run: an estimated 4-6 minutes on an H100/H200 (docs/gpu.md;
+not timed). Only the pytest sections (150 s each) and aot (300 s) have time limits; smoke,
+timings and end to end have none, so give the run one (`timeout 480 ...`).
 References on the GPU run with TF32 off (`no_tf32`): cuDNN's fp32 default on Ampere and later
 is TF32, ~5e-5 off, which would make fp32 parity checks flaky.
 """

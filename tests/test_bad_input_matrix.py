@@ -4,8 +4,9 @@ torch-free runtime, each asserting the documented result or the exact error type
 Cases are (id, call, expect): `call(target)` runs one API call; `expect` is `Raises(type,
 fragment)` (the exception's type must be exactly `type`) or a function checking the result.
 Cases marked `compute` run the network; the compile target skips those (compiling a graph
-takes tens of seconds on 2 cores; compile's numerical parity is tested in
-test_compile_backend.py): every case it runs is one the shared front end must decide. Each
+takes tens of seconds on 2 cores; compile's parity with eager on embed, score and greedy
+generate is tested in test_compile_backend.py): every case it runs is one the shared front end
+must decide. Each
 model/backend is loaded once per module. The case count is printed by `test_matrix_size`.
 """
 

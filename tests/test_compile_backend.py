@@ -39,13 +39,19 @@ def test_inductor_parity_with_eager(arch, small_checkpoints):
     torch._dynamo.reset()
     eager = fastlm.load(small_checkpoints[arch], backend="eager")
     comp = fastlm.load(small_checkpoints[arch], backend="compile")
-    # Inductor compiles cost tens of seconds on 2 cores, so each graph is built once here:
-    # the embed forward (Transformer only: the LSTM's stays eager) and the decode step.
-    # The scoring graph shares the embed graph's layers; its shapes are covered above.
+    # Inductor compiles cost tens of seconds on 2 cores, so each graph is built once here: the
+    # embed forward and the scoring forward (Transformer only: the LSTM's stay eager) and the
+    # decode step. They are separate graphs: embed runs the tower's own encoder copy, scoring
+    # the LM's hidden_states + fc; test_no_recompile_once_warm covers their shapes.
     a, b = comp.embed(TEXTS, batch_size=4), eager.embed(TEXTS, batch_size=4)
     diff = np.abs(a - b).max()
     assert diff < 1e-4, f"max abs diff {diff} at row {np.abs(a - b).max(1).argmax()}"
     assert row_cosines(a, b).min() > 0.99999
+    got, want_ll = comp.score(TEXTS), eager.score(TEXTS)
+    assert [r.tokens for r in got] == [r.tokens for r in want_ll]
+    np.testing.assert_allclose(
+        [r.log_likelihood for r in got], [r.log_likelihood for r in want_ll], rtol=1e-4, atol=1e-6
+    )
     prompt = eager.tokenizer.encode("It was the best of times")
     want = eager.generate(prompt, max_new_tokens=24, temperature=0)
     assert comp.generate(prompt, max_new_tokens=24, temperature=0) == want

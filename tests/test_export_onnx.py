@@ -95,10 +95,14 @@ def test_export_directory(tmp_path_factory, small_checkpoints, arch, dtype):
     ).read_text()
     report = json.loads((out / "parity.json").read_text())
     assert report["passed"] and report["finite"] and report["bounds"] == BOUNDS[dtype]
-    assert report["embedding"]["cosine_min"] >= BOUNDS[dtype]["embedding.cosine_min"]
     assert report["greedy"]["tokens"] == 64
-    if dtype == "int8":
-        assert report["greedy"]["agreement"] >= 0.9
+    # export() refuses anything outside the bounds, so check a margin inside them: on these
+    # briefly trained models every dtype is 100x closer to cosine 1 than its bound (measured:
+    # 1 - cosine_min 5e-14 fp32, 3e-8 fp16, 2e-6 int8) and agrees on 100% of PyTorch's greedy
+    # tokens (asserted: 97%; the int8 bound is 90%)
+    gap = 1 - report["embedding"]["cosine_min"]
+    assert gap <= (1 - BOUNDS[dtype]["embedding.cosine_min"]) / 100, gap
+    assert report["greedy"]["agreement"] >= 0.97
 
 
 def _batch(B: int, T: int, vocab: int, seed: int):

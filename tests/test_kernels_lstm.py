@@ -189,7 +189,7 @@ def test_long_sequence_cell_state_does_not_drift(dtype: torch.dtype) -> None:
     weights in `dtype`, c in fp32, fp32 math), against fp32 math on the same rounded inputs.
     Plain PyTorch covers both dtypes at T = 1024 in a second (the interpreter cannot run bf16);
     the next test runs the kernel itself over 512 steps in fp16. The control (c rounded to `dtype`
-    every step, as the kernels did before) must break the bound, or the bound proves nothing."""
+    every step) must break the bound, or the bound proves nothing."""
     x_proj, h0, c0, w_hh, bias = drift_inputs(2, 1024, 16)
     low = [t.to(dtype) for t in (x_proj, h0, w_hh, bias)]
     exact = reference.lstm_layer(low[0].float(), h0, c0, low[2].float(), low[3].float())[1][1]

@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def extras() -> dict[str, list[str]]:
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # 3.10: tomli, which pytest itself requires there
+        import tomli as tomllib
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return meta["project"]["optional-dependencies"]
 

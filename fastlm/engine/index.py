@@ -121,8 +121,7 @@ def _verify(path: Path) -> None:
         manifest = json.loads((path / INDEX_MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IndexFileError(
-            f"{path} has no {INDEX_MANIFEST}: not a fastlm index (or saved by an older version; "
-            "rebuild it and save again)"
+            f"{path} has no {INDEX_MANIFEST}: not a fastlm index (Index.save writes one)"
         ) from None
     except (ValueError, UnicodeDecodeError) as err:
         raise IndexFileError(f"{path / INDEX_MANIFEST} is corrupt: {err}") from None

@@ -20,8 +20,9 @@ def pick_auto_backend(device: torch.device) -> str:
     On CPU "auto" is eager, decided by measurement (docs/benchmarks.md, "Long documents"):
     torch.compile is no faster than eager for these small models on 2 cores once length-sorted,
     windowed batching removes padding, and costs seconds of compilation; ONNX Runtime int8 is
-    ~1.4x eager end to end on long documents but its first use exports the graphs (4-9 s, over
-    the ~2 s first-call budget) and shipping them would add ~38 MB to the package.
+    1.6x (Transformer) and 2.2x (LSTM) eager's tokens/s on long documents (the "Measured" table
+    there) but its first use exports the graphs (4-9 s, over the ~2 s first-call budget) and
+    shipping them would add ~38 MB to the package.
     """
     if device.type == "cuda" and cuda_kernels_available():
         try:

@@ -1,7 +1,7 @@
 """The parity certificate (parity.json): how far an export is from the PyTorch fp32 model.
 
 Measured on a fixed probe set (PROBE_TEXTS) run as one right-padded batch, so rows of 1 token
-and of ~300 tokens share a batch:
+and of a 242-token text share a batch:
 - logits (lm.onnx): max abs error and mean relative error sum|onnx - torch| / sum|torch| over
   real (non-pad) positions;
 - embeddings (embed.onnx, pooled, before normalisation): max abs error, mean relative error,

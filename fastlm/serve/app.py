@@ -165,7 +165,9 @@ class _State:
         }
         if opts["top_p"] == 0:
             raise ApiError(400, "'top_p' must be > 0", "top_p")
-        if 0 < opts["temperature"] < MIN_TEMPERATURE:  # logits / 1e-300 overflow to inf
+        # API policy, not a numerical limit (the sampler takes any temperature > 0): this cold,
+        # sampling is greedy in all but name, so the client is told to ask for 0 (README).
+        if 0 < opts["temperature"] < MIN_TEMPERATURE:
             raise ApiError(
                 400, f"'temperature' must be 0 (greedy) or >= {MIN_TEMPERATURE}", "temperature"
             )
