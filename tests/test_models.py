@@ -118,7 +118,7 @@ def test_transformer_input_is_scaled_embedding_plus_positions():
     model = _small("transformer")
     ids = torch.randint(0, 97, (2, 9))
     seen = {}
-    hook = model.layers[0].attn.qkv.register_forward_pre_hook  # the first op on the input
+    hook = model.layers[0].attn.qkv.register_forward_pre_hook  # the first op on the rows
     hook(lambda m, args: seen.setdefault("x", args[0]))
     model(ids)
     pos = torch.arange(9, dtype=torch.float32).unsqueeze(1)
@@ -127,7 +127,7 @@ def test_transformer_input_is_scaled_embedding_plus_positions():
     pe[:, 0::2] = torch.sin(pos / 10000 ** (i / 32))
     pe[:, 1::2] = torch.cos(pos / 10000 ** (i / 32))
     expected = model.embedding.weight[ids] * math.sqrt(32) + pe
-    torch.testing.assert_close(seen["x"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen["x"].view(2, 9, 32), expected, atol=1e-5, rtol=1e-5)
 
 
 def _reference_attention(attn, x):
