@@ -13,7 +13,7 @@ import torch
 from parity_helpers import row_cosines
 
 import fastlm
-from fastlm.engine.backends import backend_names, get_backend_class
+from fastlm.engine.backends import backend_names, chunked_nll, get_backend_class
 from fastlm.engine.decoding import TorchDecoder
 from fastlm.engine.loading import pick_auto_backend
 from fastlm.engine.triton_backend import tower_embeddings
@@ -121,6 +121,22 @@ def test_lstm_decoder_matches_full_forward() -> None:
         torch.testing.assert_close(
             got, want[i], atol=1e-4, rtol=1e-4, msg=lambda m, where=where: f"{where}: {m}"
         )
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_kernel_model_scores_like_the_model(arch: str) -> None:
+    """The triton backend's score path: chunked_nll over the kernel model == over the model,
+    padded rows included (a carried state chunk by chunk for the LSTM)."""
+    model = small_transformer() if arch == "transformer" else small_lstm()
+    architecture = architecture_of(model)
+    kernel = architecture.kernel_model(model, torch.float32)
+    ids = random_ids(2, 9, seed=5).cpu().numpy()
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    want = chunked_nll(model, architecture.carries_state, ids, mask)
+    got = chunked_nll(kernel, architecture.carries_state, ids, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 @needs_triton
