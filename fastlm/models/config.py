@@ -22,6 +22,16 @@ MAX_POSITIONS = 65_536  # rows of the Transformer's fixed position table
 MAX_PARAMETERS = 500_000_000  # ~2 GB of float32 weights
 
 
+class ConfigBase:
+    """What every config dataclass shares: the `architecture` name (a class attribute, not a
+    field) written into config.json beside the fields."""
+
+    architecture: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+
 def config_from_dict(data: dict[str, Any]):
     """Inverse of a config's `to_dict`; unknown keys are an error so a typo never passes
     silently. Types and bounds are checked (in the dataclass) before any tensor exists."""

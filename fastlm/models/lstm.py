@@ -8,21 +8,13 @@ embeds any length.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fastlm.models import config as limits
 from fastlm.models.adapter import Architecture, detached_t, register
-from fastlm.models.config import (
-    MAX_LAYERS,
-    MAX_VOCAB,
-    MAX_WIDTH,
-    check_bounded,
-    check_dropout,
-    check_parameters,
-)
 from fastlm.models.layers import check_input_ids, reference_generate
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_dim)
@@ -33,7 +25,7 @@ EMBED_WINDOW = 1024
 
 
 @dataclass
-class LSTMConfig:
+class LSTMConfig(limits.ConfigBase):
     architecture = "lstm"  # class attribute: not a field, written to config.json by to_dict
     vocab_size: int = 2000  # byte-level BPE, special tokens included
     embedding_dim: int = 256
@@ -42,12 +34,17 @@ class LSTMConfig:
     dropout: float = 0.2  # between LSTM layers (SPEC); training may lower it
 
     def __post_init__(self):
-        check_bounded(self, vocab_size=MAX_VOCAB, embedding_dim=MAX_WIDTH, hidden_dim=MAX_WIDTH)
-        check_bounded(self, num_layers=MAX_LAYERS)
-        check_dropout(self)
+        limits.check_bounded(
+            self,
+            vocab_size=limits.MAX_VOCAB,
+            embedding_dim=limits.MAX_WIDTH,
+            hidden_dim=limits.MAX_WIDTH,
+        )
+        limits.check_bounded(self, num_layers=limits.MAX_LAYERS)
+        limits.check_dropout(self)
         h, e, v = self.hidden_dim, self.embedding_dim, self.vocab_size
         lstm = 4 * h * (e + h + 2) + (self.num_layers - 1) * 4 * h * (2 * h + 2)
-        check_parameters(v * e + lstm + v * (h + 1))
+        limits.check_parameters(v * e + lstm + v * (h + 1))
 
     @property
     def embed_dim(self) -> int:
@@ -56,9 +53,6 @@ class LSTMConfig:
     @property
     def max_len(self) -> int | None:
         return None  # a recurrent model has no position table
-
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, **dataclasses.asdict(self)}
 
 
 class SimpleLSTM_LM(nn.Module):

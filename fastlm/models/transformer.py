@@ -1,16 +1,14 @@
-"""The Transformer architecture: SimpleTransformer_LM (SPEC.md), its decode step, ONNX decode
-graph and kernel form, and the `Architecture` that tells the rest of fastlm about them.
+"""The Transformer architecture: config, SimpleTransformer_LM (the SPEC's causal post-norm
+encoder LM), its decode step, ONNX decode graph, kernel form and `Architecture`.
 
-A causal post-norm encoder LM. The block's math is written once (`block`); what differs between
-training, the KV-cache decode step, the Triton kernels and the ONNX decode graph is only how
-attention reads its keys (`attend`) and how the linears are applied. The layer is written out
-(not nn.TransformerEncoderLayer) so torch.compile and the ONNX exporter see every op; the
-parameter count matches nn.TransformerEncoderLayer's.
+The block's math is written once (`block`); training, the KV-cache decode step, the Triton
+kernels and the ONNX decode graph differ only in how attention reads its keys (`attend`) and how
+the linears run. Written out (not nn.TransformerEncoderLayer) so torch.compile and the ONNX
+exporter see every op; the parameter count matches nn.TransformerEncoderLayer's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastlm.models import config as limits
 from fastlm.models.adapter import Architecture, detached_t, register
-from fastlm.models.config import (
-    MAX_FEEDFORWARD,
-    MAX_HEADS,
-    MAX_LAYERS,
-    MAX_POSITIONS,
-    MAX_VOCAB,
-    MAX_WIDTH,
-    check_bounded,
-    check_dropout,
-    check_parameters,
-)
 from fastlm.models.layers import check_input_ids, reference_generate, sinusoidal_table
 
 # attend(q, k, v) with q, k, v (B, NH, T, D) -> (B, NH, T, D)
@@ -42,7 +30,7 @@ EMBED_WINDOW = 256  # tokens per embedding window: the window the shipped model 
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(limits.ConfigBase):
     architecture = "transformer"
     vocab_size: int = 2000
     d_model: int = 256  # also the embedding size returned by embed()
@@ -53,13 +41,17 @@ class TransformerConfig:
     max_len: int = 5000  # rows of the fixed sinusoidal position table
 
     def __post_init__(self):
-        check_bounded(self, vocab_size=MAX_VOCAB, d_model=MAX_WIDTH, nhead=MAX_HEADS)
-        check_bounded(self, num_layers=MAX_LAYERS, dim_feedforward=MAX_FEEDFORWARD)
-        check_bounded(self, max_len=MAX_POSITIONS)
-        check_dropout(self)
+        limits.check_bounded(
+            self, vocab_size=limits.MAX_VOCAB, d_model=limits.MAX_WIDTH, nhead=limits.MAX_HEADS
+        )
+        limits.check_bounded(
+            self, num_layers=limits.MAX_LAYERS, dim_feedforward=limits.MAX_FEEDFORWARD
+        )
+        limits.check_bounded(self, max_len=limits.MAX_POSITIONS)
+        limits.check_dropout(self)
         d, f = self.d_model, self.dim_feedforward
         layer = 4 * d * (d + 1) + 2 * d * f + d + f + 4 * d
-        check_parameters(self.vocab_size * (2 * d + 1) + self.num_layers * layer)
+        limits.check_parameters(self.vocab_size * (2 * d + 1) + self.num_layers * layer)
         if self.d_model % self.nhead:
             raise ValueError(f"d_model={self.d_model} must be divisible by nhead={self.nhead}")
         if self.d_model % 2:
@@ -68,9 +60,6 @@ class TransformerConfig:
     @property
     def embed_dim(self) -> int:
         return self.d_model
-
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, **dataclasses.asdict(self)}
 
 
 class KVCache(NamedTuple):
@@ -278,7 +267,6 @@ class TransformerStep(nn.Module):
         fc_w, fc_b = detached_t(model.fc)
         self.register_buffer("fc_w", fc_w)
         self.register_buffer("fc_b", fc_b)
-
         self._bind()
 
     def _bind(self) -> None:
@@ -406,12 +394,10 @@ class TransformerArchitecture(Architecture):
 
     def kernel_ready(self, config) -> str | None:
         head_dim = config.d_model // config.nhead
-        if head_dim not in ATTENTION_HEAD_DIMS:
-            return (
-                f"the triton attention kernel takes head_dim in {ATTENTION_HEAD_DIMS}, "
-                f"not {head_dim}"
-            )
-        return None
+        if head_dim in ATTENTION_HEAD_DIMS:
+            return None
+        kernel = f"the triton attention kernel takes head_dim in {ATTENTION_HEAD_DIMS}"
+        return f"{kernel}, not {head_dim}"
 
     def mixing_flops(self, config, queries: int, keys: int) -> float:
         """QK^T and AV: 4 * queries * keys * d_model per layer (the causal half not discounted)."""
