@@ -113,7 +113,7 @@ _REGISTRY: dict[str, type[Backend]] = {"eager": TorchBackend}
 _OPTIONAL = {
     "compile": ("fastlm.engine.compiled", None),
     "onnx": ("fastlm.engine.onnx_backend", "onnx"),
-    "triton": ("fastlm.engine.triton_backend", "gpu"),
+    "triton": ("fastlm.engine.triton_backend", None),  # imports no triton: checks it on use
 }
 _MISSING: dict[str, ImportError] = {}
 

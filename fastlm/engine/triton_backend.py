@@ -20,11 +20,10 @@ them that way on small random models. The backend itself refuses to start withou
 from __future__ import annotations
 
 import torch
-import triton  # noqa: F401  (a missing triton leaves this backend unregistered: pip install "fastlm[gpu]")
 from torch import nn
 
 from fastlm.engine.backends import TorchBackend, backend_names, register_backend
-from fastlm.kernels import cuda_kernels_available
+from fastlm.kernels import cuda_kernels_available, triton_available
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
 
@@ -53,8 +52,10 @@ class TritonBackend(TorchBackend):
 
     def __init__(self, checkpoint, device, threads, dtype: str = "bf16"):
         device = torch.device(device)
+        if not triton_available():  # checked here, not at import: triton takes ~0.3 s to load
+            raise ImportError('the triton backend needs triton: pip install "fastlm[gpu]"')
         if device.type != "cuda" or not cuda_kernels_available():
-            why = "triton is not installed" if device.type == "cuda" else f"device is {device}"
+            why = f"device is {device}" if device.type != "cuda" else "no CUDA device"
             raise ValueError(
                 f"the triton backend needs a CUDA GPU and the triton package ({why}); "
                 f"available backends: {backend_names() + ['auto']}"
