@@ -68,6 +68,12 @@ def test_refuses_without_cuda(small_checkpoints) -> None:
     assert pick_auto_backend(torch.device("cpu")) == "eager"
 
 
+def test_missing_triton_names_the_extra(small_checkpoints, monkeypatch) -> None:
+    monkeypatch.setattr("fastlm.engine.triton_backend.triton_available", lambda: False)
+    with pytest.raises(ImportError, match=r'pip install "fastlm\[gpu\]"'):
+        fastlm.load(small_checkpoints["lstm"], backend="triton")
+
+
 # (compute dtype, atol): fp16 runs the linears under autocast; bf16 needs CUDA (see kernels tests)
 COMPUTE_DTYPES = [
     pytest.param(torch.float32, 1e-4, id="fp32"),
