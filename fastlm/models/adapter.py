@@ -2,8 +2,9 @@
 
 Backends, export, parity, training and benchmarks never test which model they hold; they ask
 its architecture (`fastlm.models.architecture_of(config)`). An architecture lives in one file,
-fastlm/models/<name>.py, holding the `nn.Module`, its one-token step module, its ONNX decode
-graph, its kernel form and a subclass of `Architecture` registered with `register`.
+fastlm/models/<name>.py, holding its config dataclass, the `nn.Module`, its one-token step
+module, its ONNX decode graph, its kernel form and a subclass of `Architecture` registered with
+`register`.
 
 Every model module speaks one protocol (both seed models implement it):
 - `hidden_states(input_ids (B, T), state=None) -> (states (B, T, C), state)`: top-layer states;
@@ -11,7 +12,7 @@ Every model module speaks one protocol (both seed models implement it):
   (the LSTM's (h, c), the Transformer's KV cache); callers only pass it back.
 - `new_state(batch, max_seq, device=None) -> state`: an empty state able to hold `max_seq` tokens.
 - `fc`: the output projection C -> vocab (None in an embedding tower's encoder);
-  `embedding`: the token table; `config`: the dataclass of fastlm/models/config.py.
+  `embedding`: the token table; `config`: its config dataclass (a `config.ConfigBase`).
 - `step_module()`: an `nn.Module` `(token (1,) int64, state) -> (logits (1, V), state)`, the
   batch-1 decode step, weights laid out for speed; `step_module(static=True)` has fixed shapes
   for torch.compile.
