@@ -30,6 +30,17 @@ class ModelInfo:
     context_length: int | None  # longest token sequence it takes; None: unbounded (recurrent)
     embed_window: int  # tokens per embedding window: longer texts are embedded window by window
 
+    @classmethod
+    def from_facts(cls, facts: dict) -> ModelInfo:
+        """From `Architecture.facts` (an export manifest's "model" entry)."""
+        return cls(
+            architecture=facts["architecture"],
+            vocab_size=facts["vocab_size"],
+            embedding_dim=facts["embed_dim"],
+            context_length=facts["max_len"],
+            embed_window=facts["embed_window"],
+        )
+
 
 class Decoder(Protocol):
     """Incremental decoding of one sequence: logits (V,) float32 numpy after each call."""

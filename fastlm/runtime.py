@@ -118,16 +118,9 @@ class OrtBackend(Backend):
             key: make_session(self.path / name, threads, providers)
             for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE))
         }
-        facts = manifest["model"]
-        self.info = ModelInfo(
-            architecture=facts["architecture"],
-            vocab_size=facts["vocab_size"],
-            embedding_dim=facts["embed_dim"],
-            context_length=facts["max_len"],
-            embed_window=facts["embed_window"],
-        )
+        self.info = ModelInfo.from_facts(manifest["model"])
         self.dtype: str = manifest.get("dtype", "fp32")
-        if facts["attention_scores"]:
+        if manifest["model"]["attention_scores"]:
             self.max_attention_cells = ATTENTION_CELLS
 
     @property

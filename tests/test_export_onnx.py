@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastlm.checkpoint import load_checkpoint
 from fastlm.export import BOUNDS, DTYPES, export
-from fastlm.export.onnx_export import EmbedGraph, LMGraph
 from fastlm.export.precision import to_fp16
 from fastlm.io import sha256_file
+from fastlm.models.layers import NextTokenLogits
 from fastlm.runtime import verify_export_dir
 from fastlm.threads import torch_threads
 
@@ -128,8 +128,8 @@ def test_dynamic_shapes_match_torch(
     for B, T in ((1, 1), (7, 3), (1, 300), (7, 300)):
         ids, mask = _batch(B, T, model.config.vocab_size, seed=B * 1000 + T)
         with one_torch_thread():
-            ref_emb = EmbedGraph(torch_embedders[arch])(ids, mask).numpy()
-            ref_logits = LMGraph(model)(ids).numpy()
+            ref_emb = torch_embedders[arch](ids, mask).numpy()
+            ref_logits = NextTokenLogits(model)(ids).numpy()
         got_emb = embed.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         got_logits = lm.run(None, {"input_ids": ids.numpy()})[0]
         assert got_emb.shape == (B, 256) and got_logits.shape == (B, T, model.config.vocab_size)
@@ -159,7 +159,7 @@ def test_decode_graph_continues_like_full_forward(
         2, model.config.vocab_size, (7, 12), generator=torch.Generator().manual_seed(1)
     )
     with one_torch_thread():
-        ref = LMGraph(model)(ids).numpy()
+        ref = NextTokenLogits(model)(ids).numpy()
     state, start = _initial_state(arch, 7), 0
     for stop in (5, 6, 7, 8, 9, 12):
         logits, *new = decode.run(None, {"input_ids": ids[:, start:stop].numpy(), **state})

@@ -18,17 +18,6 @@ from fastlm.models import architecture_of
 from fastlm.threads import torch_threads
 
 
-def model_info(checkpoint: Checkpoint) -> ModelInfo:
-    cfg = checkpoint.config
-    return ModelInfo(
-        architecture=cfg.architecture,
-        vocab_size=cfg.vocab_size,
-        embedding_dim=checkpoint.embedder.dim,
-        context_length=cfg.max_len,
-        embed_window=architecture_of(cfg).embed_window(cfg),
-    )
-
-
 class TorchBackend(Backend):
     """Eager PyTorch under inference_mode: the reference every other backend is tested against.
 
@@ -40,7 +29,9 @@ class TorchBackend(Backend):
         self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
         self.threads = threads
         self.architecture = architecture_of(checkpoint.config)
-        self.info = model_info(checkpoint)
+        self.info = ModelInfo.from_facts(
+            self.architecture.facts(checkpoint.config, checkpoint.embedder.dim)
+        )
         self.tokenizer = checkpoint.tokenizer
         self.model = checkpoint.model.to(device).eval()
         self.embedder = checkpoint.embedder.to(device).eval()

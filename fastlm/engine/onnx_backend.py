@@ -69,7 +69,9 @@ class OnnxBackend(OrtBackend):
             manifest = _load_or_export(checkpoint.path, path, (weights_sha, arch, dtype))
         super().__init__(path, manifest, threads, providers)
         self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
-        self.carries_state = architecture_of(checkpoint.config).carries_state
+        # the torch model that scores what lm.onnx cannot (None: lm.onnx scores everything)
+        carries = architecture_of(checkpoint.config).carries_state
+        self._chunked_model = checkpoint.model.to(device).eval() if carries else None
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
                 "device is %s but this onnxruntime has no CUDA provider: running on CPU "
@@ -78,9 +80,8 @@ class OnnxBackend(OrtBackend):
             )
 
     def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        if self.carries_state and input_ids.shape[1] - 1 > ONNX_SCORE_MAX:
-            model = self.checkpoint.model.to(self.device).eval()
-            return chunked_nll(model, True, input_ids, attention_mask)
+        if self._chunked_model is not None and input_ids.shape[1] - 1 > ONNX_SCORE_MAX:
+            return chunked_nll(self._chunked_model, True, input_ids, attention_mask)
         return super().nll_batch(input_ids, attention_mask)
 
     def describe(self) -> dict:

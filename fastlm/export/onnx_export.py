@@ -28,30 +28,9 @@ from torch import nn
 from fastlm.export.format import DECODE_FILE, EMBED_FILE, LM_FILE
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
+from fastlm.models.layers import NextTokenLogits
 
 OPSET = 17  # first opset with LayerNormalization; ORT 1.18+ runs it on CPU and CUDA
-
-
-class EmbedGraph(nn.Module):
-    """(input_ids, attention_mask) (B, T) -> (B, D) embedding tower output, not normalised."""
-
-    def __init__(self, embedder: EmbeddingTower):
-        super().__init__()
-        self.embedder = embedder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.embedder(input_ids, attention_mask)
-
-
-class LMGraph(nn.Module):
-    """input_ids (B, T) -> logits (B, T, V)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.fc(self.model.hidden_states(input_ids)[0])
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> None:
@@ -85,13 +64,15 @@ def export_graphs(
     mask = torch.ones_like(ids)
     with torch.no_grad():
         _export(
-            EmbedGraph(embedder),
+            embedder,
             (ids, mask),
             out_dir / EMBED_FILE,
             {"input_ids": BT, "attention_mask": BT},
             {"embedding": {0: "batch"}},
         )
-        _export(LMGraph(model), (ids,), out_dir / LM_FILE, {"input_ids": BT}, {"logits": BT})
+        _export(
+            NextTokenLogits(model), (ids,), out_dir / LM_FILE, {"input_ids": BT}, {"logits": BT}
+        )
         _export_decode(model, ids, out_dir / DECODE_FILE)
     return [EMBED_FILE, LM_FILE, DECODE_FILE]
 
@@ -105,18 +86,3 @@ def _export_decode(model: nn.Module, ids: torch.Tensor, path: Path) -> None:
         {"input_ids": {0: "batch", 1: "seq"}, **state_in},
         {"logits": {0: "batch"}, **state_out},
     )
-
-
-def model_facts(config, embedding_dim: int) -> dict:
-    """What the torch-free runtime needs to know about the model (stored in manifest.json)."""
-    arch = architecture_of(config)
-    return {
-        "architecture": config.architecture,
-        "vocab_size": config.vocab_size,
-        "embed_dim": embedding_dim,
-        "max_len": config.max_len,
-        "num_layers": config.num_layers,
-        "embed_window": arch.embed_window(config),
-        "attention_scores": arch.attention_scores,
-        "state": arch.state_facts(config),
-    }

@@ -30,7 +30,7 @@ from fastlm.export.format import (
     PARITY_FILE,
     TOKENIZER_FILE,
 )
-from fastlm.export.onnx_export import OPSET, export_graphs, model_facts
+from fastlm.export.onnx_export import OPSET, export_graphs
 from fastlm.export.parity import certify, check
 from fastlm.export.precision import quantize_int8, to_fp16
 from fastlm.hub import resolve_checkpoint
@@ -84,7 +84,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     manifest = {
         "format": FORMAT,
         "dtype": dtype,
-        "model": model_facts(ckpt.config, ckpt.embedder.dim),
+        "model": architecture_of(ckpt.config).facts(ckpt.config, ckpt.embedder.dim),
         "graphs": {f.stem: _graph_io(f) for f in sorted(tmp.glob("*.onnx"))},
         "source": {
             "checkpoint": str(ckpt.path),

@@ -13,6 +13,7 @@ architecture registers it: a new architecture is one new file here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any
@@ -36,13 +37,20 @@ _SHARED = {"adapter", "config", "layers", "embedder"}  # modules that define no 
 
 
 def architectures() -> dict[str, Architecture]:
-    """Every registered architecture by name (importing the architecture files once)."""
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _SHARED:
-            importlib.import_module(f"{__name__}.{info.name}")
+    """Every registered architecture by name."""
+    _import_architecture_files()
     from fastlm.models.adapter import registered
 
     return registered()
+
+
+@functools.cache
+def _import_architecture_files() -> None:
+    """Import every module of this package once (each architecture file registers itself):
+    a directory scan per call would sit on every config and backend lookup."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SHARED:
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def architecture_of(config_or_name) -> Architecture:

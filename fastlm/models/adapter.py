@@ -60,6 +60,20 @@ class Architecture:
         """Tokens per embedding window: longer texts are embedded window by window."""
         raise NotImplementedError
 
+    def facts(self, config, embedding_dim: int) -> dict[str, Any]:
+        """What a reader of the model needs without torch: `fastlm.backend.ModelInfo` on every
+        backend, and the "model" entry of an export's manifest."""
+        return {
+            "architecture": config.architecture,
+            "vocab_size": config.vocab_size,
+            "embed_dim": embedding_dim,
+            "max_len": config.max_len,
+            "num_layers": config.num_layers,
+            "embed_window": self.embed_window(config),
+            "attention_scores": self.attention_scores,
+            "state": self.state_facts(config),
+        }
+
     # ------------------------------------------------------------------ ONNX
     def decode_graph(self, model: nn.Module, batch: int) -> tuple[nn.Module, tuple, dict, dict]:
         """(module, example state tensors, state input axes, state output axes) for decode.onnx:
