@@ -124,6 +124,21 @@ def device_name(text: str) -> str:
     return text
 
 
+# What the flags offer, spelled out here so `--help` imports no torch (the tests compare them
+# with fastlm.engine.backend_names() and fastlm.export.DTYPES).
+BACKEND_CHOICES = ("auto", "eager", "compile", "onnx", "triton")
+ONNX_DTYPES = ("fp32", "fp16", "int8")
+
+
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """--backend, --dtype, --device and --threads: how a command runs its model."""
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    p.add_argument(
+        "--dtype", choices=ONNX_DTYPES, help="ONNX weights precision (with --backend onnx)"
+    )
+    add_device_flags(p)
+
+
 def add_device_flags(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument(
         "--device", type=device_name, default=default, help="cpu, cuda, cuda:N (default: auto)"

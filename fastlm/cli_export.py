@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-DTYPES = ("fp32", "fp16", "int8")  # fastlm.export.DTYPES, repeated so --help needs no torch
+from fastlm.cli import ONNX_DTYPES
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
         "model", metavar="NAME_OR_CKPT", help="shipped model name, checkpoint or run directory"
     )
     p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--dtype", choices=ONNX_DTYPES, default="fp32")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (must not exist)")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.set_defaults(func=run)

@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from fastlm.cli import UsageError, add_device_flags, nonneg_float, positive_int, read_lines
+from fastlm.cli import UsageError, add_backend_flags, nonneg_float, positive_int, read_lines
 
-BACKENDS = ("auto", "eager", "compile", "onnx", "triton")
-ONNX_DTYPES = ("fp32", "fp16", "int8")
 OUT_FORMATS = ("jsonl", "npy")
 
 
@@ -27,11 +25,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="transformer", help="shipped name (transformer, lstm) or checkpoint dir"
     )
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument(
-        "--dtype", choices=ONNX_DTYPES, help="ONNX weights precision (with --backend onnx)"
-    )
-    add_device_flags(p)
+    add_backend_flags(p)
 
 
 def _add_input_flags(p: argparse.ArgumentParser, what: str) -> None:

@@ -215,3 +215,14 @@ def test_resume_latest_names_missing_directory(env, tmp_path, capsys):
     shutil.rmtree(run / "checkpoints" / "step_0000006")
     err = _train_error([*env.train_args, "--out", str(run), "--resume"], capsys)
     assert "step_0000006" in err and "does not exist" in err
+
+
+def test_flag_choices_match_the_library():
+    """The CLI spells its choices out (so --help needs no torch): they must be the library's."""
+    from fastlm.cli import BACKEND_CHOICES, ONNX_DTYPES
+    from fastlm.engine.backends import backend_names, get_backend_class
+    from fastlm.export import DTYPES
+
+    get_backend_class("eager")  # registers the optional backends this machine can import
+    assert set(BACKEND_CHOICES) == {*backend_names(), "auto"}
+    assert ONNX_DTYPES == DTYPES

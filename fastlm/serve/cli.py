@@ -14,9 +14,7 @@ import argparse
 import signal
 import socket
 
-from fastlm.cli import add_device_flags, nonneg_float, positive_int
-
-BACKENDS = ("auto", "eager", "compile", "onnx", "triton")
+from fastlm.cli import add_backend_flags, nonneg_float, positive_int
 
 
 def add_parser(sub) -> None:
@@ -30,9 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="model id clients send (default: MODEL)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "int8"), help="with --backend onnx")
-    add_device_flags(p)
+    add_backend_flags(p)
     limits = p.add_argument_group("limits and batching")
     limits.add_argument("--max-items", type=positive_int, default=256, help="texts per request")
     limits.add_argument("--max-chars", type=positive_int, default=20_000, help="per text")
