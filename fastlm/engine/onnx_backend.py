@@ -71,7 +71,7 @@ class OnnxBackend(OrtBackend):
         self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
         # the torch model that scores what lm.onnx cannot (None: lm.onnx scores everything)
         carries = architecture_of(checkpoint.config).carries_state
-        self._chunked_model = checkpoint.model.to(device).eval() if carries else None
+        self._chunked_model = checkpoint.model.eval() if carries else None  # where it was loaded
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
                 "device is %s but this onnxruntime has no CUDA provider: running on CPU "
