@@ -1,0 +1,73 @@
+"""Weak (query, positive[, negative]) pairs for contrastive training of the embedding tower.
+
+The files are tab-separated with a header row naming at least `query` and `positive` (an optional
+`negative` column is a hard negative; other columns, e.g. `title`, are ignored), read with quoting
+off (texts contain `"`). A row with too few columns, or with a column the header does not have,
+is an error naming the file and line; a row whose query or positive is empty is skipped and
+counted, since weak pairs mined from the web have such rows and dropping them changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PairFileError(ValueError):
+    """A pair file is malformed: the message names the file and the line."""
+
+
+@dataclass
+class PairSet:
+    queries: list[str] = field(default_factory=list)
+    positives: list[str] = field(default_factory=list)
+    negatives: list[str | None] = field(default_factory=list)  # None where a row has none
+    skipped_empty: int = 0
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def extend(self, other: PairSet) -> PairSet:
+        self.queries += other.queries
+        self.positives += other.positives
+        self.negatives += other.negatives
+        self.skipped_empty += other.skipped_empty
+        return self
+
+
+def read_pairs_tsv(path: str | Path) -> PairSet:
+    """The pairs of one file (see the module docstring for the format and what is refused)."""
+    out = PairSet()
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            raise PairFileError(f"{path}: empty file (expected a header with query, positive)")
+        missing = {"query", "positive"} - set(header)
+        if missing:
+            raise PairFileError(f"{path}:1: header {header} lacks column(s) {sorted(missing)}")
+        q, p = header.index("query"), header.index("positive")
+        neg = header.index("negative") if "negative" in header else None
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise PairFileError(
+                    f"{path}:{line}: {len(row)} columns, the header has {len(header)}"
+                )
+            query, positive = row[q].strip(), row[p].strip()
+            if not query or not positive:
+                out.skipped_empty += 1
+                continue
+            out.queries.append(query)
+            out.positives.append(positive)
+            out.negatives.append((row[neg].strip() or None) if neg is not None else None)
+    return out
+
+
+def read_pair_files(paths: Iterable[str | Path]) -> PairSet:
+    """Every pair of every file, in order."""
+    out = PairSet()
+    for path in paths:
+        out.extend(read_pairs_tsv(path))
+    return out

@@ -1,0 +1,52 @@
+"""Weak pair files for contrastive tower training: what is read, skipped and refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastlm.embedding.pairs import PairFileError, read_pair_files, read_pairs_tsv
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_reads_queries_positives_and_hard_negatives(tmp_path):
+    path = write(tmp_path, "t.tsv", 'query\tpositive\tnegative\nq "1"\tp1\tn1\nq2\tp2\t\n')
+    pairs = read_pairs_tsv(path)
+    assert pairs.queries == ['q "1"', "q2"]
+    assert pairs.positives == ["p1", "p2"]
+    assert pairs.negatives == ["n1", None]
+
+
+def test_extra_columns_are_ignored_and_bom_is_handled(tmp_path):
+    path = write(tmp_path, "t.tsv", "\ufeffquery\tpositive\ttitle\nwho\tanswer\tSome title\n")
+    pairs = read_pairs_tsv(path)
+    assert (pairs.queries, pairs.positives, pairs.negatives) == (["who"], ["answer"], [None])
+
+
+def test_empty_texts_are_skipped_and_counted(tmp_path):
+    a = write(tmp_path, "a.tsv", "query\tpositive\n \tp\nq\tp\n")
+    b = write(tmp_path, "b.tsv", "query\tpositive\nq\t\nq2\tp2\n")
+    pairs = read_pair_files([a, b])
+    assert pairs.queries == ["q", "q2"]
+    assert pairs.skipped_empty == 2
+    assert len(pairs) == 2
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("", "empty file"),
+        ("query\tanswer\nq\ta\n", ":1: header"),
+        ("query\tpositive\nq\tp\nonly one column\n", ":3: 1 columns"),
+        ("query\tpositive\nq\tp\textra\n", ":2: 3 columns"),
+    ],
+)
+def test_malformed_files_name_the_file_and_line(tmp_path, text, where):
+    path = write(tmp_path, "bad.tsv", text)
+    with pytest.raises(PairFileError, match="bad.tsv") as err:
+        read_pairs_tsv(path)
+    assert where in str(err.value)
