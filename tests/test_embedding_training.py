@@ -191,14 +191,6 @@ def test_cloze_pairs_take_one_sentence_out(tmp_path):
     assert len(q) + len(c) + 1 == len(para)  # nothing else removed
 
 
-def test_in_batch_infonce_prefers_matching_rows():
-    from fastlm.embedding.losses import in_batch_infonce
-
-    torch.manual_seed(0)
-    x = torch.randn(6, 8)
-    assert in_batch_infonce(x, x + 0.01 * torch.randn(6, 8)) < in_batch_infonce(x, x.roll(2, 0))
-
-
 def test_tower_when_token_table_and_states_differ_in_width():
     lm = SimpleLSTM_LM(vocab_size=50, embedding_dim=24, hidden_dim=16, num_layers=1)
     tower = new_tower(lm)

@@ -35,13 +35,3 @@ def similarity_mse(student: torch.Tensor, teacher: torch.Tensor):
     s = F.normalize(student, dim=1)
     t = F.normalize(teacher, dim=1)
     return F.mse_loss(s @ s.T, t @ t.T)
-
-
-def in_batch_infonce(queries: torch.Tensor, docs: torch.Tensor, temperature: float = 0.05):
-    """Symmetric InfoNCE: row i of queries (B, D) belongs with row i of docs (B, D); the other
-    rows of the batch are its negatives."""
-    q = F.normalize(queries, dim=1)
-    d = F.normalize(docs, dim=1)
-    logits = q @ d.T / temperature  # (B, B)
-    labels = torch.arange(len(q), device=q.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

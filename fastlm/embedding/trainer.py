@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from fastlm.checkpoint import flatten_optimizer, unflatten_optimizer
+from fastlm.embedding.contrastive import cached_pair_infonce
 from fastlm.embedding.data import BatchSchedule, StsPairs, padded
 from fastlm.embedding.losses import (
     cosent_loss,
-    in_batch_infonce,
     similarity_mse,
     teacher_infonce,
 )
@@ -42,7 +42,8 @@ class EmbedTrainConfig:
     weight_decay: float = 0.01
     pair_batch: int = 32  # scored pairs per step (CoSENT)
     text_batch: int = 128  # distillation texts per step (in-batch negatives)
-    cloze_batch: int = 64  # inverse-cloze pairs per step (in-batch negatives)
+    cloze_batch: int = 64  # query -> document pairs per step (in-batch negatives)
+    chunk: int = 128  # texts embedded at once for the pairs' InfoNCE (GradCache: any batch fits)
     sts_weight: float = 1.0
     cloze_weight: float = 1.0
     infonce_weight: float = 1.0
@@ -68,8 +69,13 @@ class EmbedTrainConfig:
 
 @dataclass
 class ClozeSet:
-    queries: list[list[int]]  # tokenised sentences
-    contexts: list[list[int]]  # their paragraphs without them
+    """Query -> document pairs for in-batch InfoNCE (inverse-cloze pairs or weak pairs such as
+    title -> body and question -> passage), tokenised; `negatives[i]` is a hard negative of
+    query i ([] where it has none)."""
+
+    queries: list[list[int]]
+    contexts: list[list[int]]
+    negatives: list[list[int]] | None = None
 
 
 @dataclass
@@ -135,13 +141,18 @@ class TowerTrainer:
             loss = cosent_loss(u, v, torch.from_numpy(self.pairs.gold[idx]))
             parts["cosent"] = loss.item()
             total = total + cfg.sts_weight * loss
-        if self.cloze is not None:
+        if self.cloze is not None:  # back-propagated here, chunk by chunk (GradCache)
             idx = self.cloze_schedule(step)
-            q = self._embed([self.cloze.queries[i] for i in idx])
-            d = self._embed([self.cloze.contexts[i] for i in idx])
-            loss = in_batch_infonce(q, d, cfg.temperature)
-            parts["cloze"] = loss.item()
-            total = total + cfg.cloze_weight * loss
+            negs = self.cloze.negatives or []
+            parts["cloze"] = cached_pair_infonce(
+                lambda seqs: self._embed(list(seqs)),
+                [self.cloze.queries[i] for i in idx],
+                [self.cloze.contexts[i] for i in idx],
+                [negs[i] for i in idx if negs and negs[i]],
+                cfg.temperature,
+                cfg.chunk,
+                cfg.cloze_weight,
+            )
         if self.distill is not None:
             idx = self.text_schedule(step)
             z = self._embed([self.distill.ids[i] for i in idx])
@@ -161,9 +172,11 @@ class TowerTrainer:
             torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout masks: resume exact
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, cfg)
-            loss, parts = self._loss(self.step)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, parts = self._loss(self.step)
+            if loss.requires_grad:
+                loss.backward()
+            loss = loss + self.cfg.cloze_weight * parts.get("cloze", 0.0)
             params = [p for g in self.opt.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             self.opt.step()
