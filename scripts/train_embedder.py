@@ -3,9 +3,17 @@
     python scripts/train_embedder.py transformer --out runs/embed-transformer \
         --sts ../shared/data/stsb-train/sts-train.tsv --distill runs/distill --steps 3000
 
+    python scripts/train_embedder.py transformer --out runs/rank-transformer \
+        --sts ../shared/data/stsb-train/sts-train.tsv --sick ../shared/data/pairs/sick/pairs.tsv \
+        --distill runs/distill-wide --pairs ../shared/data/train-corpora/*/*.tsv \
+        --ict ../shared/data/retrieval-dev/nq-wikipedia --cloze-batch 512 --steps 2000
+
 --distill DIR is the output of scripts/distill_texts.py (texts.jsonl + cached teacher shards;
-only finished shards are used). Run the same command again to resume. STS-B dev is evaluated
-along the way for monitoring (never trained on).
+only finished shards are used). --pairs takes weak query -> document files (with an optional
+hard-negative column, see fastlm/embedding/pairs.py) and trains them with in-batch InfoNCE over
+`--cloze-batch` pairs a step. --sick adds SICK *train* rows to the CoSENT pairs (its trial rows
+are a dev set: evaluated with --sick-dev, never trained on). Run the same command again to
+resume. STS-B dev is evaluated along the way for monitoring (never trained on).
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import torch
 
 import fastlm
 from fastlm.embedding.corpus import cloze_pairs
-from fastlm.embedding.data import load_sts_pairs, read_sts_tsv
+from fastlm.embedding.data import StsPairs, load_sts_pairs, read_sts_tsv
 from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts
+from fastlm.embedding.pairs import read_pair_files
 from fastlm.embedding.teacher import SHARD
 from fastlm.embedding.trainer import (
     ClozeSet,
@@ -49,19 +58,61 @@ def load_distill(d: Path, tokenizer, teacher: str) -> DistillSet:
     return DistillSet([ids[i] for i in keep], np.concatenate(vecs)[keep])
 
 
-def monitor(tokenizer, dev: Path | None, ict: Path | None):
-    """tower -> {"stsb_dev", "ict_ndcg10"}: the same evaluation `fastlm evaluate` runs."""
+def sick_split(path: Path, split: str, out_dir: Path) -> Path:
+    """SICK rows of one split (train or trial) as an STS-style TSV under out_dir."""
+    out = out_dir / f"sick-{split}.tsv"
+    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")]
+    col = rows[0].index("split")
+    keep = [r[:3] for r in rows[1:] if r[col] == split]
+    out.write_text(
+        "sentence1\tsentence2\tscore\n" + "".join("\t".join(r) + "\n" for r in keep),
+        encoding="utf-8",
+    )
+    return out
+
+
+def monitor(tokenizer, sts_sets: dict[str, Path], retrieval_sets: dict[str, Path]):
+    """tower -> {name: Spearman or nDCG@10}: the same evaluation `fastlm evaluate` runs, on
+    every dev set given (STS-style files and BEIR-layout directories)."""
 
     def evaluate(tower) -> dict:
         model = TowerEmbedder(tower, tokenizer, MAX_TOKENS)
-        out = {}
-        if dev is not None:
-            out["stsb_dev"] = round(evaluate_sts(model, dev)["spearman"], 2)
-        if ict is not None:
-            out["ict_ndcg10"] = round(evaluate_retrieval(model, ict)["ndcg@10"], 2)
+        out = {name: round(evaluate_sts(model, p)["spearman"], 2) for name, p in sts_sets.items()}
+        for name, d in retrieval_sets.items():
+            out[name] = round(evaluate_retrieval(model, d)["ndcg@10"], 2)
         return out
 
     return evaluate
+
+
+def weak_pairs(files: list[Path], tokenizer, cut: int) -> ClozeSet:
+    pairs = read_pair_files(files)
+    tokens = lambda texts: [s[:cut] for s in tokenizer.encode_many(texts)]  # noqa: E731
+    negatives = tokens([n or "" for n in pairs.negatives])
+    print(
+        f"pairs: {len(pairs)} from {len(files)} files ({pairs.skipped_empty} empty rows skipped, "
+        f"{sum(1 for n in negatives if n)} with a hard negative)"
+    )
+    return ClozeSet(tokens(pairs.queries), tokens(pairs.positives), negatives)
+
+
+def merged(a: StsPairs | None, b: StsPairs) -> StsPairs:
+    if a is None:
+        return b
+    return StsPairs(a.left + b.left, a.right + b.right, np.concatenate([a.gold, b.gold]))
+
+
+def init_tokens_from_teacher(tower, tokenizer, teacher: str) -> None:
+    from fastlm.embedding.teacher import load_teacher
+    from fastlm.embedding.token_init import teacher_token_table
+
+    model = load_teacher(teacher)
+    encode = lambda texts: model.encode(texts, batch_size=256, normalize_embeddings=True)  # noqa: E731
+    table = tower.encoder.embedding.weight
+    new, replaced = teacher_token_table(tokenizer, encode, table)
+    with torch.no_grad():
+        table.copy_(new)
+    print(f"token table: {replaced} of {len(new)} rows from the teacher")
 
 
 def branch_scales(lm, token_weight: float, n: int = 512) -> tuple[float, float]:
@@ -90,7 +141,11 @@ def main() -> None:
     p.add_argument("--distill", type=Path)
     p.add_argument("--teacher", default="all-MiniLM-L6-v2")
     p.add_argument("--dev", type=Path, default=Path("../shared/data/stsb-dev/sts-dev.tsv"))
-    p.add_argument("--ict", type=Path, help="BEIR-layout retrieval set to monitor")
+    p.add_argument("--ict", type=Path, nargs="*", default=[], help="BEIR-layout sets to monitor")
+    p.add_argument("--sick", type=Path, help="SICK pairs.tsv: train rows trained, trial monitored")
+    p.add_argument("--pairs", type=Path, nargs="*", default=[], help="weak pair TSV files")
+    p.add_argument("--pairs-max-tokens", type=int, default=128, help="cut pair texts here")
+    p.add_argument("--init-tokens", choices=["lm", "teacher"], default="lm")
     p.add_argument("--cloze", type=int, default=0, help="inverse-cloze pairs from --cloze-data")
     p.add_argument("--cloze-max-tokens", type=int, default=128, help="cut cloze contexts here")
     p.add_argument(
@@ -110,12 +165,19 @@ def main() -> None:
     lm = fastlm.load(args.model, backend="eager")
     tok = lm.tokenizer
     tower = new_tower(lm.backend.model, scales=branch_scales(lm, args.token_weight))
+    if args.init_tokens == "teacher":
+        init_tokens_from_teacher(tower, tok, args.teacher)
     pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
+    sts_sets = {"stsb_dev": args.dev} if args.dev.exists() else {}
+    if args.sick:
+        args.out.mkdir(parents=True, exist_ok=True)
+        pairs = merged(pairs, load_sts_pairs(sick_split(args.sick, "train", args.out), tok, 256))
+        sts_sets["sick_trial"] = sick_split(args.sick, "trial", args.out)
     distill = load_distill(args.distill, tok, args.teacher) if args.distill else None
-    dev = args.dev if args.dev.exists() else None
-    evaluate = monitor(tok, dev, args.ict) if dev or args.ict else None
-    cloze = None
-    if args.cloze:
+    retrieval_sets = {f"{d.name}_ndcg10": d for d in args.ict}
+    evaluate = monitor(tok, sts_sets, retrieval_sets) if sts_sets or retrieval_sets else None
+    cloze = weak_pairs(args.pairs, tok, args.pairs_max_tokens) if args.pairs else None
+    if args.cloze and cloze is None:
         q, c = cloze_pairs(args.cloze_data, args.cloze, seed=cfg.seed)
         cut = min(args.cloze_max_tokens, MAX_TOKENS)
         cloze = ClozeSet(
