@@ -2,13 +2,17 @@
 
     POST /v1/embeddings    {"model", "input": str | [str], "encoding_format": "float"|"base64"}
     POST /v1/completions   {"model", "prompt": str | [str], "max_tokens", "temperature", "top_p",
-                            "stop", "seed", "stream"}
-    GET  /v1/models, GET /health
+                            "stop", "seed", "stream", "stream_options": {"include_usage"}}
+    GET  /v1/models, GET /v1/models/{id}, GET /health
 
 Embedding requests go through the dynamic batcher (serve/batcher.py). Completions run one at
 a time per token in a single worker thread: decoding is batch 1, so concurrent streams
 interleave token by token instead of competing for the cores. Generation is greedy unless a
 temperature > 0 is given (fastlm's default everywhere; OpenAI's own default is 1).
+
+A client that leaves stops its work: a streamed or a whole completion stops generating at the
+next piece, and a body that stops arriving ends the request. Either is one INFO log line: a
+client hanging up is not a server error.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fastlm.serve.batcher import EmbedBatcher
 from fastlm.serve.requests import (
@@ -35,6 +40,7 @@ from fastlm.serve.requests import (
     check_int,
     check_model,
     check_stop,
+    check_stream_options,
     check_texts,
     check_unsupported,
     parse_body,
@@ -43,6 +49,11 @@ from fastlm.tokenizer import EOT_ID
 
 log = logging.getLogger("fastlm.serve")
 MIN_TEMPERATURE = 1e-6  # below this, sampling is greedy in all but name
+CLIENT_CLOSED = 499  # nginx's "client closed request": the status nobody receives
+
+
+class ClientGone(ClientDisconnect):
+    """The client disconnected; the message says when (for the log line)."""
 
 
 def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
@@ -54,7 +65,13 @@ def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, err: ApiError):
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ClientDisconnect)  # not a server error: one INFO line, no traceback
+    async def client_gone(request: Request, err: ClientDisconnect):
+        when = str(err) or "before its request body arrived"
+        log.info("client disconnected %s: %s %s", when, request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)  # a bug, not bad input: still JSON, and logged
     async def server_error(_request: Request, err: Exception):
@@ -71,8 +88,12 @@ def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        entry = {"id": name, "object": "model", "created": state.started, "owned_by": "fastlm"}
-        return {"object": "list", "data": [entry]}
+        return {"object": "list", "data": [state.model_entry()]}
+
+    @app.get("/v1/models/{model_id:path}")  # ids may hold a "/" (a checkpoint path)
+    async def one_model(model_id: str):
+        check_model({"model": model_id}, name)
+        return state.model_entry()
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -87,10 +108,20 @@ def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
 
 
 async def _read_body(request: Request, config: ServeConfig) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-        raise ApiError(413, f"request body is over {config.max_body_bytes} bytes")
-    return await request.body()
+    """The request body, within the size limit and `timeout_read` seconds. A refused body is
+    left unread, so its connection cannot carry another request: the answer closes it."""
+    close = {"connection": "close"}
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit():  # else the server has refused it already
+        # a 5,000-digit length is too long to convert (ValueError), and to send
+        if len(declared) > 20 or int(declared) > config.max_body_bytes:
+            msg = f"request body is over {config.max_body_bytes} bytes"
+            raise ApiError(413, msg, headers=close)
+    try:
+        return await asyncio.wait_for(request.body(), config.timeout_read)
+    except asyncio.TimeoutError:
+        msg = f"request body did not arrive within {config.timeout_read:g} s"
+        raise ApiError(408, msg, headers=close) from None
 
 
 class _State:
@@ -129,6 +160,9 @@ class _State:
             "embedding_busy_seconds": round(b.busy_seconds, 3) if b else 0.0,
             "active_streams": self.active_streams,
         }
+
+    def model_entry(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.started, "owned_by": "fastlm"}
 
     # ------------------------------------------------------------------ embeddings
     async def embeddings(self, body: dict) -> dict:
@@ -181,6 +215,7 @@ class _State:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be true or false", "stream")
+        include_usage = check_stream_options(body, stream)
         encoded = await asyncio.to_thread(
             lambda: [self._check_prompt(p, opts["max_new_tokens"]) for p in prompts]
         )
@@ -189,24 +224,21 @@ class _State:
             if len(encoded) != 1:
                 raise ApiError(400, "streaming takes one prompt", "prompt")
             run = self._start(encoded[0], opts, stops)
-            return StreamingResponse(
-                self._sse(run, cid, created, request), media_type="text/event-stream"
-            )
-        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            events = self._sse(run, cid, created, request, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        choices, runs = [], []
         for i, ids in enumerate(encoded):
             run = self._start(ids, opts, stops)  # one decoder (KV cache) alive at a time
-            text = await self._collect(run)
+            text = await self._collect(run, request)
             choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": run.why})
-            usage["prompt_tokens"] += run.prompt_tokens
-            usage["completion_tokens"] += run.count.n
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            runs.append(run)
         return {
             "id": cid,
             "object": "text_completion",
             "created": created,
             "model": self.name,
             "choices": choices,
-            "usage": usage,
+            "usage": _usage(runs),
         }
 
     def _check_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
@@ -231,19 +263,35 @@ class _State:
         pieces = self.model._text_pieces(count, stops)
         return _Run(pieces, count, len(ids), opts["max_new_tokens"])
 
-    async def _collect(self, run: _Run) -> str:
+    async def _collect(self, run: _Run, request: Request) -> str:
         """The whole completion, one piece per executor call, so that concurrent requests
-        (streamed or not) take turns on the generation thread instead of waiting in line."""
+        (streamed or not) take turns on the generation thread instead of waiting in line.
+        Raises ClientGone, the generation closed, if the client leaves meanwhile."""
         loop, pieces = asyncio.get_running_loop(), []
-        while (
-            piece := await loop.run_in_executor(self.generator, next, run.pieces, None)
-        ) is not None:
-            pieces.append(piece)
+        try:
+            while (
+                piece := await loop.run_in_executor(self.generator, next, run.pieces, None)
+            ) is not None:
+                pieces.append(piece)
+                if await request.is_disconnected():
+                    raise ClientGone("during generation: generation stopped")
+        finally:
+            self._close(run)
         return "".join(pieces)
 
-    async def _sse(self, run: _Run, cid: str, created: int, request: Request):
-        """Server-sent events: one chunk per text piece, then a finish chunk and [DONE]."""
+    def _close(self, run: _Run) -> None:
+        """Free a generation (its decoder) on its own thread: it may be mid-step there."""
+        try:
+            self.generator.submit(run.pieces.close)
+        except RuntimeError:  # the executor is already shut down: nothing left to free
+            pass
+
+    async def _sse(self, run: _Run, cid: str, created: int, request: Request, usage: bool):
+        """Server-sent events: one chunk per text piece, then a finish chunk and [DONE]. With
+        `usage` (stream_options.include_usage), every chunk has "usage": null and a last chunk
+        before [DONE] has the usage and no choices, as OpenAI sends them."""
         loop = asyncio.get_running_loop()
+        extra = {"usage": None} if usage else {}
         self.active_streams += 1
         try:
             while True:
@@ -255,19 +303,19 @@ class _State:
                     return
                 if piece is None:
                     break
-                yield _event(self._chunk(cid, created, piece, None))
+                yield _event(self._chunk(cid, created, piece, None) | extra)
                 if await request.is_disconnected():
                     log.info("client disconnected mid-stream: generation stopped")
                     return
-            yield _event(self._chunk(cid, created, "", run.why))
+            yield _event(self._chunk(cid, created, "", run.why) | extra)
+            if usage:
+                yield _event(
+                    self._chunk(cid, created, "", None) | {"choices": [], "usage": _usage([run])}
+                )
             yield "data: [DONE]\n\n"
         finally:
             self.active_streams -= 1
-            # close the generator on its own thread (it may be mid-step there)
-            try:
-                self.generator.submit(run.pieces.close)
-            except RuntimeError:  # the executor is already shut down: nothing left to free
-                pass
+            self._close(run)
 
     def _chunk(self, cid: str, created: int, text: str, finish: str | None) -> dict:
         return {
@@ -308,6 +356,16 @@ class _Run:
         """OpenAI's finish_reason: "length" when max_tokens ran out, else "stop" (end of text
         or a stop string)."""
         return "length" if self.count.exhausted and self.count.n >= self.limit else "stop"
+
+
+def _usage(runs: list[_Run]) -> dict:
+    prompt = sum(run.prompt_tokens for run in runs)
+    completion = sum(run.count.n for run in runs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _encode_vector(vec: np.ndarray, fmt: str):

@@ -5,7 +5,8 @@
         -d '{"model": "transformer", "input": ["a text", "another"]}'
 
 SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish (up to
---drain-seconds), then exits 0.
+--drain-seconds), then exits 0. Slow or silent clients are closed after --timeout-keep-alive /
+--timeout-read seconds (serve/server.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import socket
 
 from fastlm.cli import add_backend_flags, nonneg_float, positive_int
+from fastlm.serve.requests import ServeConfig
 
 
 def add_parser(sub) -> None:
@@ -39,37 +41,75 @@ def add_parser(sub) -> None:
         "--embed-batch-size", type=positive_int, default=8, help="rows per model call"
     )
     limits.add_argument("--drain-seconds", type=nonneg_float, default=30.0)
+    _add_connection_flags(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn  # first: a missing extra is reported before the model loads
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    conns = p.add_argument_group("slow clients and connections")
+    conns.add_argument(
+        "--timeout-keep-alive",
+        type=positive_seconds,
+        default=ServeConfig.timeout_keep_alive,
+        metavar="SECONDS",
+        help="close a connection with no request in progress after this long a silence, "
+        "from when it opens as after each response (default: %(default)g)",
+    )
+    conns.add_argument(
+        "--timeout-read",
+        type=positive_seconds,
+        default=ServeConfig.timeout_read,
+        metavar="SECONDS",
+        help="a request head must arrive within this long (else the connection is closed), "
+        "then its body within this long again (else a 408) (default: %(default)g)",
+    )
+    conns.add_argument(
+        "--limit-concurrency",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="answer 503 (uvicorn's plain-text one) to a request arriving when N connections "
+        "are open, its own included, or N requests run (default: no limit)",
+    )
 
-    _check_port(args.host, args.port)  # a taken port is one error line, before the model loads
 
-    from fastlm.cli_infer import load_model
-    from fastlm.serve.app import create_app
-    from fastlm.serve.requests import ServeConfig
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0 seconds, got 0")
+    return value
 
-    config = ServeConfig(
+
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The ServeConfig of `fastlm serve`'s flags."""
+    return ServeConfig(
         max_items=args.max_items,
         max_chars=args.max_chars,
         max_tokens=args.max_tokens,
         batch_window_ms=args.batch_window_ms,
         max_batch_tokens=args.max_batch_tokens,
         embed_batch_size=args.embed_batch_size,
+        timeout_keep_alive=args.timeout_keep_alive,
+        timeout_read=args.timeout_read,
+        limit_concurrency=args.limit_concurrency,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: F401  (first: a missing extra is reported before the model loads)
+
+    _check_port(args.host, args.port)  # a taken port is one error line, before the model loads
+
+    from fastlm.cli_infer import load_model
+    from fastlm.serve.app import create_app
+    from fastlm.serve.server import make_server
+
+    config = serve_config(args)
     model = load_model(args)
     app = create_app(model, args.name or args.model, config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level="info" if getattr(args, "verbose", False) else "warning",
-            timeout_graceful_shutdown=int(args.drain_seconds),
-        )
-    )
+    log_level = "info" if getattr(args, "verbose", False) else "warning"
+    server = make_server(app, args.host, args.port, config, args.drain_seconds, log_level)
     print(f"fastlm serve: {args.name or args.model} on http://{args.host}:{args.port}", flush=True)
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make that
     # handler a no-op so a drained shutdown exits 0 (Ctrl-C still ends as "interrupted", 130).

@@ -30,6 +30,12 @@ class ServeConfig:
     # CPU (Transformer, groups of 65 paragraphs): rows of 8 ~1.15-1.4x faster than rows of 32,
     # and at least as fast as rows of 4 or 16.
     embed_batch_size: int = 8
+    # Slow clients. uvicorn alone closes a connection only when it idles after a response; a
+    # client that connects and says nothing, or sends its request a byte at a time, would hold
+    # a connection (a socket, a task) for ever.
+    timeout_keep_alive: float = 5.0  # s of silence on a connection with no request in progress
+    timeout_read: float = 30.0  # s for a request's head to arrive, then again for its body
+    limit_concurrency: int | None = None  # connections + requests beyond which uvicorn says 503
 
     def __post_init__(self) -> None:
         for name in (
@@ -44,16 +50,27 @@ class ServeConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.batch_window_ms < 0:
             raise ValueError("batch_window_ms must be >= 0")
+        for name in ("timeout_keep_alive", "timeout_read"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds > 0")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ValueError("limit_concurrency must be >= 1 (or None: no limit)")
 
 
 class ApiError(Exception):
     """An OpenAI-shaped error: {"error": {"message", "type", "param", "code"}} with `status`."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def body(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
@@ -62,12 +79,32 @@ class ApiError(Exception):
         }
 
 
+# Longer than any bound a field here has (a seed < 2**63 has 19 digits), far below the 4,300
+# digits over which Python refuses int(str) with a ValueError.
+MAX_INT_DIGITS = 40
+
+
+class LongInt:
+    """A JSON integer of more than MAX_INT_DIGITS digits, left unconverted: the check of the
+    field holding it refuses it by name (converting could fail, and would be wasted)."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | LongInt:
+    return int(text) if len(text) <= MAX_INT_DIGITS else LongInt(text)
+
+
 def parse_body(raw: bytes, limits: ServeConfig) -> dict:
     if len(raw) > limits.max_body_bytes:
         raise ApiError(413, f"request body is over {limits.max_body_bytes} bytes")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        body = json.loads(raw, parse_int=_parse_int)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ApiError(400, f"request body is not valid JSON: {err}") from None
     except RecursionError:  # "[[[[...": json's parser recurses per nesting level
         raise ApiError(400, "request body is nested too deeply") from None
@@ -116,9 +153,9 @@ def check_int(body: dict, name: str, default: int | None, low: int, high: int | 
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int | LongInt):
         raise ApiError(400, f"'{name}' must be an integer", name)
-    if value < low or (high is not None and value > high):
+    if isinstance(value, LongInt) or value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
         raise ApiError(400, f"'{name}' must be {bound}, got {value}", name)
     return value
@@ -128,6 +165,8 @@ def check_float(body: dict, name: str, default: float | None, low: float, high: 
     value = body.get(name, default)
     if value is None:
         return default
+    if isinstance(value, LongInt):
+        raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ApiError(400, f"'{name}' must be a number", name)
     if not low <= value <= high:
@@ -157,3 +196,24 @@ def check_unsupported(body: dict) -> None:
         raise ApiError(400, "'echo' is not supported", "echo")
     if body.get("suffix") is not None:
         raise ApiError(400, "'suffix' is not supported", "suffix")
+
+
+def check_stream_options(body: dict, stream: bool) -> bool:
+    """Whether a streamed completion ends with a usage chunk (`stream_options.include_usage`).
+    Like OpenAI, stream_options without `stream: true` is refused rather than ignored."""
+    param, options = "stream_options", body.get("stream_options")
+    if options is None:
+        return False
+    if stream is not True:
+        raise ApiError(400, "'stream_options' is only allowed with 'stream': true", param)
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", param)
+    unknown = sorted(set(options) - {"include_usage"})
+    if unknown:
+        raise ApiError(
+            400, f"'stream_options' has {unknown}; only 'include_usage' is supported", param
+        )
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise ApiError(400, "'stream_options.include_usage' must be true or false", param)
+    return include
