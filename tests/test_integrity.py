@@ -322,7 +322,8 @@ def lstm(small_checkpoints):
 def test_index_save_writes_a_verified_directory(lstm, tmp_path):
     index = fastlm.Index(lstm).add(["alpha", "beta", ""])
     index.save(tmp_path / "idx")
-    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    version = tmp_path / "idx" / _manifest(tmp_path / "idx")["current"]  # the pointer's target
+    names = sorted(p.name for p in version.iterdir())
     assert names == ["embeddings.npy", "index.json", "manifest.json"]
     again = fastlm.Index.load(tmp_path / "idx", lstm)
     assert again.texts == ["alpha", "beta", ""]
@@ -352,6 +353,7 @@ def test_interrupted_index_save_leaves_the_old_index_whole(lstm, tmp_path, monke
 def test_edited_index_file_is_refused(lstm, tmp_path, target):
     path = tmp_path / "idx"
     fastlm.Index(lstm).add(["alpha", "beta"]).save(path)
+    target = Path(_manifest(path)["current"]) / target
     data = bytearray((path / target).read_bytes())
     data[-3] ^= 0x01
     (path / target).write_bytes(bytes(data))
