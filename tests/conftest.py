@@ -8,8 +8,10 @@ interpreter for numpy >= 2.4 there (one copy, for every test module that runs ke
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -113,6 +115,46 @@ def _train_small(arch: str, data: Path, out: Path, steps: int = 40) -> Path:
     return train(cfg)
 
 
+def tiny_train_config(setup, out: Path, **overrides):
+    """A small, fast TrainConfig of the real (SPEC-sized) models over `train_setup`'s files."""
+    from fastlm.training import TrainConfig
+
+    kw = dict(
+        model="lstm",
+        data=[str(setup.train)],
+        out=str(out),
+        tokenizer=str(setup.tok),
+        batch_size=4,
+        seq_len=16,
+        lr=3e-3,
+        warmup_steps=2,
+        steps=8,
+        eval_every=10**6,
+        eval_tokens=256,
+        ckpt_every=10**6,
+        log_every=1,
+        progress=False,
+        threads=1,
+        cache_dir=str(setup.cache),
+        seed=0,
+    )
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def train_setup(tmp_path_factory, tiny_data, tiny_tokenizer):
+    """Paths shared by a module's training runs (training text, a saved tokenizer, a token
+    cache) and `config(out, **overrides)`: a tiny_train_config over them."""
+    root = tmp_path_factory.mktemp("train")
+    tiny_tokenizer.save(root / "tokenizer.json")
+    setup = SimpleNamespace(
+        train=tiny_data / "train.txt", tok=root / "tokenizer.json", cache=root / "cache"
+    )
+    setup.config = functools.partial(tiny_train_config, setup)
+    return setup
+
+
 def _with_tower(ckpt_dir: Path, out: Path) -> Path:
     """A copy of a checkpoint with an embedding tower whose weights differ from the LM's (a
     perturbed copy and a random projection), as shipped models have: every backend test on
@@ -141,6 +183,56 @@ def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
         arch: _with_tower(_train_small(arch, tiny_data, root / arch), root / f"{arch}-tower")
         for arch in ("lstm", "transformer")
     }
+
+
+def model_sha(ckpt_dir: Path) -> str:
+    """The export cache's key: the digest over every weight file (LM + embedding tower)."""
+    from fastlm.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt_dir).weights_digest
+
+
+def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path:
+    """The session's export of (arch, dtype): made on first request, then reused.
+
+    Laid out as <cache>/<model sha256>-<dtype>, the onnx backend's cache layout."""
+    from fastlm.export import export
+
+    cache = tmp_path_factory.getbasetemp() / "onnx-cache"
+    path = cache / f"{model_sha(checkpoints[arch])}-{dtype}"
+    if not path.exists():
+        export(checkpoints[arch], path, dtype=dtype)
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_of(tmp_path_factory, small_checkpoints):
+    """(arch, dtype) -> the session's export of small_checkpoints[arch] (`exported`)."""
+    return lambda arch, dtype="fp32": exported(tmp_path_factory, small_checkpoints, arch, dtype)
+
+
+def tiny_lm(arch: str, vocab: int = 50):
+    """A seeded LM of width 16, 2 layers: a tower over it trains in milliseconds a step."""
+    from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+
+    torch.manual_seed(0)
+    if arch == "lstm":
+        return SimpleLSTM_LM(vocab_size=vocab, embedding_dim=16, hidden_dim=16, num_layers=2)
+    return SimpleTransformer_LM(vocab_size=vocab, d_model=16, nhead=2, num_layers=2, max_len=64)
+
+
+def tiny_tower_data(n: int = 24):
+    """(scored pairs, distillation set) of n random token lists over ids 2..49."""
+    import numpy as np
+
+    from fastlm.embedding.data import StsPairs
+    from fastlm.embedding.trainer import DistillSet
+
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(2, 50, size=rng.integers(1, 12))) for _ in range(n)]
+    pairs = StsPairs(seqs[: n // 2], seqs[n // 2 :], rng.uniform(0, 5, n // 2).astype(np.float32))
+    teacher = rng.standard_normal((n, 8)).astype(np.float16)
+    return pairs, DistillSet(seqs, teacher)
 
 
 @pytest.fixture

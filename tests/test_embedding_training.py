@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_lm as _tiny_lm
+from conftest import tiny_tower_data as _data
 
 from fastlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastlm.embedding.corpus import extract_texts, paragraphs, split_sentences
-from fastlm.embedding.data import StsPairs
 from fastlm.embedding.losses import cosent_loss, similarity_mse, teacher_infonce
 from fastlm.embedding.teacher import TeacherCacheError, load_teacher, teacher_vectors
-from fastlm.embedding.trainer import DistillSet, EmbedTrainConfig, TowerTrainer
-from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+from fastlm.embedding.trainer import EmbedTrainConfig, TowerTrainer
+from fastlm.models import SimpleLSTM_LM
 from fastlm.models.embedder import new_tower
 
 
@@ -96,21 +97,6 @@ def test_losses_prefer_the_right_answer():
     gold = torch.tensor([3.0, 2.0, 1.0, 0.0])
     close = torch.stack([u[0], u[1] + 0.5 * torch.randn(16), torch.randn(16), -u[3]])
     assert cosent_loss(u, close, gold) < cosent_loss(u, close.flip(0), gold)
-
-
-def _tiny_lm(arch, vocab=50):
-    torch.manual_seed(0)
-    if arch == "lstm":
-        return SimpleLSTM_LM(vocab_size=vocab, embedding_dim=16, hidden_dim=16, num_layers=2)
-    return SimpleTransformer_LM(vocab_size=vocab, d_model=16, nhead=2, num_layers=2, max_len=64)
-
-
-def _data(n=24):
-    rng = np.random.default_rng(0)
-    seqs = [list(rng.integers(2, 50, size=rng.integers(1, 12))) for _ in range(n)]
-    pairs = StsPairs(seqs[: n // 2], seqs[n // 2 :], rng.uniform(0, 5, n // 2).astype(np.float32))
-    teacher = rng.standard_normal((n, 8)).astype(np.float16)
-    return pairs, DistillSet(seqs, teacher)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

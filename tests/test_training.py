@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,38 +30,14 @@ from fastlm.training.trainer import lr_at
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_data, tiny_tokenizer):
+def setup(train_setup):
     """Paths shared by the runs here: training text, a saved tokenizer, a token cache."""
-    root = tmp_path_factory.mktemp("train")
-    tiny_tokenizer.save(root / "tokenizer.json")
-    return SimpleNamespace(
-        train=tiny_data / "train.txt", tok=root / "tokenizer.json", cache=root / "cache"
-    )
+    return train_setup
 
 
 def _cfg(setup, out: Path, **overrides) -> TrainConfig:
     """A small, fast run of the real (SPEC-sized) models."""
-    kw = dict(
-        model="lstm",
-        data=[str(setup.train)],
-        out=str(out),
-        tokenizer=str(setup.tok),
-        batch_size=4,
-        seq_len=16,
-        lr=3e-3,
-        warmup_steps=2,
-        steps=8,
-        eval_every=10**6,
-        eval_tokens=256,
-        ckpt_every=10**6,
-        log_every=1,
-        progress=False,
-        threads=1,
-        cache_dir=str(setup.cache),
-        seed=0,
-    )
-    kw.update(overrides)
-    return TrainConfig(**kw)
+    return setup.config(out, **overrides)
 
 
 def _log(run: Path, event: str = "train") -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastlm.checkpoint import flatten_optimizer, unflatten_optimizer
@@ -206,23 +208,76 @@ class TowerTrainer:
             (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_dir(self.out / f"step_{self.step:06d}", fill)
+        # force: a step directory of this run's own that resume passed over (incomplete) is
+        # replaced, never a reason to stop
+        atomic_write_dir(self.out / f"step_{self.step:06d}", fill, force=True)
         atomic_write_text(self.out / "latest", f"step_{self.step:06d}")
 
-    def resume(self) -> bool:
-        """Load the latest saved state if there is one; returns whether it did."""
+    def resume(self, log=print) -> bool:
+        """Load the newest complete saved state; returns whether there was one.
+
+        A step directory newer than the one `latest` names (a run killed after writing step_N
+        but before moving `latest` on) is resumed from when it loads, and `latest` moved to it;
+        one that does not load is skipped (said through `log`). The state `latest` names must
+        load: a ValueError names it otherwise."""
         pointer = self.out / "latest"
-        if not pointer.exists():
+        named = _read_latest(pointer) if pointer.exists() else None
+        floor = int(named[len("step_") :]) if named else -1
+        for d in sorted(_step_dirs(self.out), reverse=True):
+            if int(d.name[len("step_") :]) <= floor:
+                break
+            try:
+                self._load(d)
+            except ValueError as err:
+                log(f"skipped {d}: {err}")
+                continue
+            log(f"resuming from {d}: newer than latest ({named or 'none'}), and complete")
+            atomic_write_text(pointer, d.name)
+            return True
+        if named is None:
             return False
-        d = self.out / pointer.read_text().strip()
-        state = json.loads((d / "state.json").read_text())
-        self.tower.load_state_dict(load_file(str(d / "tower.safetensors")))
-        if self.head is not None:
-            self.head.load_state_dict(load_file(str(d / "head.safetensors")))
-        tensors = load_file(str(d / "optimizer.safetensors"))
-        self.opt.load_state_dict(unflatten_optimizer(tensors, json.loads(state["param_groups"])))
-        self.step = state["step"]
+        if not (self.out / named).is_dir():
+            raise ValueError(
+                f"{pointer} names {named!r}, which does not exist: restore it, or remove "
+                f"{pointer} to start the run over"
+            )
+        self._load(self.out / named)
         return True
+
+    def _load(self, d: Path) -> None:
+        """Restore the tower, head, optimizer and step saved in `d`; everything is read before
+        anything changes, so a state that fails to load leaves the trainer as it was."""
+        try:
+            state = json.loads((d / "state.json").read_text(encoding="utf-8"))
+            tower = load_file(str(d / "tower.safetensors"))
+            head = load_file(str(d / "head.safetensors")) if self.head is not None else None
+            opt = unflatten_optimizer(
+                load_file(str(d / "optimizer.safetensors")), json.loads(state["param_groups"])
+            )
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+            raise ValueError(f"cannot resume from {d}: {err!r}") from None
+        if state.get("step") != int(d.name[len("step_") :]):
+            raise ValueError(f"cannot resume from {d}: its state.json is of another step")
+        self.tower.load_state_dict(tower)
+        if head is not None:
+            self.head.load_state_dict(head)
+        self.opt.load_state_dict(opt)
+        self.step = state["step"]
+
+
+_STEP_DIR = re.compile(r"step_\d{6}")
+
+
+def _step_dirs(out: Path) -> list[Path]:
+    """The run's step directories (not the temporary ones of a save in progress)."""
+    return [d for d in out.glob("step_*") if _STEP_DIR.fullmatch(d.name) and d.is_dir()]
+
+
+def _read_latest(pointer: Path) -> str:
+    name = pointer.read_text(encoding="utf-8").strip()
+    if not _STEP_DIR.fullmatch(name):
+        raise ValueError(f"{pointer} must name a step directory (step_NNNNNN), got {name!r}")
+    return name
 
 
 def _set_dropout(tower: torch.nn.Module, p: float) -> None:

@@ -28,6 +28,7 @@ from fastlm.checkpoint import (
     load_optimizer_state,
     load_trainer_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 from fastlm.hub import read_latest
 from fastlm.io import atomic_write_text
@@ -144,12 +145,14 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig) -> Path:
     dist = setup_distributed(cfg.device)
     out = Path(cfg.out)
-    if not cfg.resume:
-        _check_new_run_dir(out)  # every rank, before rank 0 writes anything into it
+    resume_dir = _find_resume(out, dist.is_main) if cfg.resume else None
+    if resume_dir is None:
+        _check_new_run_dir(out, cfg.resume)  # every rank, before rank 0 writes anything into it
     if dist.is_main:
+        if cfg.resume and resume_dir is None:
+            _clear_partial_run(out, cfg)
         out.mkdir(parents=True, exist_ok=True)
     barrier(dist)
-    resume_dir = _find_resume(out) if cfg.resume else None
     tok = _get_tokenizer(cfg, out, dist, resume_dir)
     files = resolve_text_files(cfg.data)
     cache = cfg.cache_dir or os.path.join(Path.home(), ".cache", "fastlm", "tokens")
@@ -268,18 +271,51 @@ def _get_tokenizer(cfg: TrainConfig, out: Path, dist: DistInfo, resume_dir) -> T
     return Tokenizer.load(path)
 
 
-def _check_new_run_dir(out: Path) -> None:
+def _check_new_run_dir(out: Path, resume: bool = False) -> None:
     """A new run starts in a new or empty directory: reusing a run directory would mix its
-    tokenizer, checkpoints (deleted by retention) and log with the new run's."""
+    tokenizer, checkpoints (deleted by retention) and log with the new run's. With --resume (and
+    no checkpoint to continue from), a directory that holds only the files of a run killed
+    before its first checkpoint qualifies too: that run starts over (_clear_partial_run)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a directory")
     found = [name for name in RUN_FILES if (out / name).exists()]
+    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if found else []
+    never_saved = found and not others and not _checkpoint_dirs(out) and "latest" not in found
+    if resume and never_saved:
+        return
+    if resume:
+        held = f" and holds files that are not a run's ({', '.join(others[:3])})" if others else ""
+        raise CheckpointError(
+            f"--resume: no checkpoint in {out} (missing {out / 'latest'}){held}; start a new "
+            "run without --resume in a new or empty directory"
+        )
+    if never_saved:
+        raise FileExistsError(
+            f"--out {out} holds a run that never wrote a checkpoint ({', '.join(found)}); pass "
+            "--resume to start it over from step 0 in place, or choose a new or empty directory"
+        )
     if found or (out.is_dir() and any(out.iterdir())):
         what = f"a training run ({', '.join(found)})" if found else "files"
         raise FileExistsError(
             f"--out {out} already holds {what}; pass --resume to continue it, "
             "or choose a new or empty directory"
         )
+
+
+def _clear_partial_run(out: Path, cfg: TrainConfig) -> None:
+    """Remove what a run killed before its first checkpoint left (its log, config, half-written
+    checkpoint directories, the tokenizer it trained), so the run restarts as it began."""
+    warnings.warn(
+        f"--resume: no checkpoint was written yet in {out}: starting the run from step 0 (its "
+        "partial files are replaced)",
+        stacklevel=4,
+    )
+    mine = Path(cfg.tokenizer).resolve() if cfg.tokenizer else None
+    for name in ("log.jsonl", "train_config.json", "tokenizer.json"):
+        f = out / name
+        if f.is_file() and f.resolve() != mine:  # never the --tokenizer the run is given
+            f.unlink()
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # no step_N in it: checked before
 
 
 def _model_config(cfg: TrainConfig, tok: Tokenizer, resume_dir: Path | None) -> ModelConfig:
@@ -310,10 +346,51 @@ def _valid_stream(cfg: TrainConfig, files: list[Path], tok: Tokenizer):
     return stream, n_bytes / max(1, len(stream) - 1)
 
 
-def _find_resume(out: Path) -> Path:
-    if not (out / "latest").is_file():
-        raise CheckpointError(f"--resume: no checkpoint in {out} (missing {out / 'latest'})")
-    return read_latest(out)
+def _find_resume(out: Path, main: bool) -> Path | None:
+    """The checkpoint --resume continues from: the one `latest` names, or a newer one that
+    verifies (a run killed between writing checkpoints/step_N and moving `latest` to it: `latest`
+    is moved on by the main rank). None: no checkpoint at all (see _check_new_run_dir)."""
+    latest = read_latest(out) if (out / "latest").is_file() else None
+    floor = _step_number(latest) if latest is not None else -1
+    for ckpt in _checkpoint_dirs(out):  # newest first
+        if _step_number(ckpt) <= floor:
+            break
+        try:
+            verify_checkpoint(ckpt)
+            load_trainer_state(ckpt)
+        except CheckpointError as err:
+            if latest is None:  # nothing else to continue from: never delete it silently
+                raise CheckpointError(
+                    f"--resume: {out} has no `latest` and {ckpt} does not verify ({err}); "
+                    "remove it to start the run over with --resume"
+                ) from None
+            if main:
+                warnings.warn(f"--resume: skipped {ckpt}: {err}", stacklevel=4)
+            continue
+        if main:
+            warnings.warn(
+                f"--resume: continuing from {ckpt}, newer than `latest` "
+                f"({latest.name if latest else 'none'}) and complete",
+                stacklevel=4,
+            )
+            atomic_write_text(out / "latest", f"checkpoints/{ckpt.name}\n")
+        return ckpt
+    return latest
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    """The run's checkpoints/step_N directories, newest first (not half-written .tmp ones)."""
+    found = (out / "checkpoints").glob("step_*") if (out / "checkpoints").is_dir() else []
+    return sorted(
+        (d for d in found if d.is_dir() and d.name[len("step_") :].isdigit()),
+        key=_step_number,
+        reverse=True,
+    )
+
+
+def _step_number(ckpt: Path) -> int:
+    digits = ckpt.name[len("step_") :]
+    return int(digits) if ckpt.name.startswith("step_") and digits.isdigit() else -1
 
 
 def _restore(ckpt: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, int, float]:
