@@ -1,4 +1,6 @@
-"""`fastlm evaluate MODEL --sts FILE.tsv --retrieval DIR`: embedding quality on your data."""
+"""`fastlm evaluate MODEL --sts FILE.tsv --pairs FILE.tsv --retrieval DIR`: embedding quality on
+your data. Every file is read and checked before the model loads, so a malformed one is refused
+at once (one line naming the file and line)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ import json
 
 from fastlm.cli import positive_int
 
+KINDS = ("sts", "pairs", "retrieval")  # the flags, in the order figures are printed
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="embedding quality: STS Spearman x100 and/or BEIR retrieval nDCG@10, Recall@100",
+        help="embedding quality: STS Spearman x100, pair AP x100 and/or BEIR retrieval nDCG@10, "
+        "Recall@100",
     )
     p.add_argument("model", help="shipped model name, checkpoint or run directory")
     p.add_argument(
@@ -20,10 +25,18 @@ def add_parser(sub) -> None:
         help="TSV with a header and columns sentence1, sentence2, score (repeatable)",
     )
     p.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        help="TSV with a header and columns sentence1, sentence2, label (0/1): average "
+        "precision of the cosine (repeatable)",
+    )
+    p.add_argument(
         "--retrieval",
         action="append",
         default=[],
-        help="BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv (or qrels/test.tsv)",
+        help="BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv (or qrels/test.tsv; "
+        "TREC 4-column qrels are read too)",
     )
     p.add_argument("--backend", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -33,21 +46,31 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import fastlm
-    from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts
+    from fastlm.embedding import evaluate as ev
 
-    if not args.sts and not args.retrieval:
-        raise ValueError("give at least one --sts FILE or --retrieval DIR")
+    tasks = {
+        "sts": (ev.read_sts_tsv, ev.sts_figures),
+        "pairs": (ev.read_labelled_pairs_tsv, ev.pair_figures),
+        "retrieval": (ev.read_beir, ev.retrieval_figures),
+    }
+    if not any(getattr(args, kind) for kind in KINDS):
+        raise ValueError("give at least one --sts FILE, --pairs FILE or --retrieval DIR")
+    data = {kind: {p: tasks[kind][0](p) for p in getattr(args, kind)} for kind in KINDS}
     model = fastlm.load(args.model, backend=args.backend)
-    results = {"model": args.model, "sts": {}, "retrieval": {}}
-    for path in args.sts:
-        results["sts"][path] = evaluate_sts(model, path, args.batch_size)
-    for path in args.retrieval:
-        results["retrieval"][path] = evaluate_retrieval(model, path, args.batch_size)
+    results = {"model": args.model}
+    for kind in KINDS:
+        figures = tasks[kind][1]
+        results[kind] = {p: figures(model, d, args.batch_size) for p, d in data[kind].items()}
     if args.json:
         print(json.dumps(results))
         return 0
     for path, r in results["sts"].items():
         print(f"STS        {path}: Spearman x100 {r['spearman']:.2f} ({r['pairs']} pairs)")
+    for path, r in results["pairs"].items():
+        print(
+            f"pairs      {path}: AP x100 {r['ap']:.2f} ({r['pairs']} pairs, "
+            f"{r['positives']} positive)"
+        )
     for path, r in results["retrieval"].items():
         print(
             f"retrieval  {path}: nDCG@10 {r['ndcg@10']:.2f}  Recall@100 {r['recall@100']:.2f} "

@@ -1,4 +1,8 @@
-"""Tokenised training data for the embedding tower, batched deterministically.
+"""Tokenised training data for the embedding tower, batched deterministically, and the readers
+of the scored/labelled pair files that training and `fastlm evaluate` share.
+
+Readers refuse a malformed file with a DataFileError (a ValueError) naming the file and line; a
+UTF-8 BOM is dropped.
 
 A batch is a pure function of (seed, step), so a resumed run sees exactly the batches the killed
 run would have seen. Texts are bucketed by length within large random chunks to limit padding.
@@ -6,7 +10,8 @@ run would have seen. Texts are bucketed by length within large random chunks to 
 
 from __future__ import annotations
 
-import csv
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,14 @@ import numpy as np
 from fastlm.tokenizer import Tokenizer, pad_batch
 
 CHUNK_BATCHES = 64  # batches per length-sorted chunk
+
+
+class DataFileError(ValueError):
+    """A data file is malformed: the message names the file and, where one is at fault, the line."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str):
+        self.path, self.line = str(path), line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
 @dataclass
@@ -26,31 +39,116 @@ class StsPairs:
     gold: np.ndarray  # (N,) float32
 
 
-def read_sts_tsv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """sentence1, sentence2, score columns of a tab-separated file with a header row."""
-    s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"sentence1", "sentence2", "score"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-        for n, row in enumerate(reader, start=2):
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its ending) of a UTF-8 file, a leading BOM dropped.
+
+    Decoded line by line, so a bad byte is reported on its own line (a text-mode read decodes
+    8 KiB at a time and fails before yielding the good lines in front of it).
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
             try:
-                score = float(row["score"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}:{n}: score {row['score']!r} is not a number") from None
-            if row["sentence1"] is None or row["sentence2"] is None:
-                raise ValueError(f"{path}:{n}: row has too few columns")
-            s1.append(row["sentence1"])
-            s2.append(row["sentence2"])
-            gold.append(score)
-    return s1, s2, np.asarray(gold, dtype=np.float32)
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(path, n, f"not UTF-8 (byte {e.object[e.start]:#04x})") from None
+            yield n, text.rstrip("\r\n")
+
+
+def finite_number(path: str | Path, line: int, text: str, what: str) -> float:
+    """float(text), refusing words and NaN/inf (a NaN gold score silently changes a rank
+    correlation; an inf relevance overflows int())."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataFileError(path, line, f"{what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataFileError(path, line, f"{what} {text!r} is not a finite number")
+    return value
+
+
+def _column_indices(path, header: list[str], columns: Sequence[str | tuple[str, ...]]) -> list[int]:
+    """Where each wanted column is; a tuple names alternatives, the first present is used."""
+    indices, missing = [], []
+    for col in columns:
+        names = (col,) if isinstance(col, str) else col
+        found = [name for name in names if name in header]
+        if not found:
+            missing.append(" or ".join(names))
+        elif header.count(found[0]) > 1:  # which of the two holds the data is anyone's guess
+            raise DataFileError(path, 1, f"the header {header} names {found[0]!r} twice")
+        else:
+            indices.append(header.index(found[0]))
+    if missing:
+        raise DataFileError(path, 1, f"missing column(s) {missing} in the header {header}")
+    return indices
+
+
+def tsv_rows(
+    path: str | Path, columns: Sequence[str | tuple[str, ...]]
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the wanted columns' values) of each row of a tab-separated file whose header
+    names at least `columns` (other columns are ignored). Quoting is off (texts contain `"`);
+    blank lines are skipped; a row with another column count than the header is an error,
+    since a stray tab shifts every column after it."""
+    lines = text_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataFileError(path, None, f"empty file (expected a header naming {list(columns)})")
+    header = first[1].split("\t")
+    indices = _column_indices(path, header, columns)
+    for n, text in lines:
+        if not text:
+            continue
+        row = text.split("\t")
+        if len(row) != len(header):
+            raise DataFileError(path, n, f"{len(row)} columns, the header has {len(header)}")
+        yield n, [row[i] for i in indices]
+
+
+def read_sts_tsv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """sentence1, sentence2 and score (N,) float64 of a tab-separated file with a header row.
+    Scores must be finite; Spearman needs at least 2 pairs whose scores are not all equal."""
+    s1, s2, gold = [], [], []
+    for n, (a, b, score) in tsv_rows(path, ("sentence1", "sentence2", "score")):
+        gold.append(finite_number(path, n, score, "score"))
+        s1.append(a)
+        s2.append(b)
+    if len(gold) < 2:
+        raise DataFileError(path, None, f"need at least 2 scored pairs, found {len(gold)}")
+    if min(gold) == max(gold):
+        raise DataFileError(path, None, f"every score is equal ({gold[0]}): Spearman is undefined")
+    return s1, s2, np.asarray(gold, dtype=np.float64)
+
+
+def read_labelled_pairs_tsv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """sentence1, sentence2 and label (N,) int8 of a tab-separated file with a header row; the
+    label column may be called `label` or `score` and holds 0 or 1; both must occur."""
+    s1, s2, labels = [], [], []
+    for n, (a, b, text) in tsv_rows(path, ("sentence1", "sentence2", ("label", "score"))):
+        try:
+            label = float(text)
+        except ValueError:
+            label = None
+        if label not in (0.0, 1.0):
+            raise DataFileError(path, n, f"label {text!r} is not 0 or 1")
+        s1.append(a)
+        s2.append(b)
+        labels.append(int(label))
+    positives = sum(labels)
+    if positives == 0 or positives == len(labels):
+        raise DataFileError(
+            path,
+            None,
+            f"needs both labels: {positives} pairs labelled 1, {len(labels) - positives} "
+            "labelled 0 (average precision needs a positive and a negative)",
+        )
+    return s1, s2, np.asarray(labels, dtype=np.int8)
 
 
 def load_sts_pairs(path: str | Path, tokenizer: Tokenizer, max_tokens: int) -> StsPairs:
     s1, s2, gold = read_sts_tsv(path)
     cut = lambda seqs: [s[:max_tokens] for s in tokenizer.encode_many(seqs)]  # noqa: E731
-    return StsPairs(cut(s1), cut(s2), gold)
+    return StsPairs(cut(s1), cut(s2), gold.astype(np.float32))
 
 
 def epoch_batches(lengths: np.ndarray, batch: int, seed: int, epoch: int) -> list[np.ndarray]:

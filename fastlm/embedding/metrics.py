@@ -2,6 +2,8 @@
 
 - STS: Spearman rank correlation (x100) of cosine similarity against gold scores (ties get
   their average rank, as scipy.stats.spearmanr does).
+- Pair classification: average precision of the cosine against 0/1 labels, as
+  sklearn.metrics.average_precision_score computes it (what MTEB reports as "cos_sim ap").
 - Retrieval: nDCG@k and Recall@k as trec_eval computes them: graded relevance, gain = rel,
   discount 1/log2(rank + 1); the ideal ranking uses all judged relevant documents of the query;
   documents judged 0 are non-relevant; queries without a relevant document are skipped.
@@ -43,6 +45,26 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
     return float((ra * rb).sum() / denom) if denom else float("nan")
+
+
+def average_precision(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Average precision of ranking by score against 0/1 labels: the sum over score thresholds,
+    high to low, of (recall gained) x (precision there). Tied scores are one threshold, as in
+    sklearn, so the figure does not depend on the order of tied pairs."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(
+            f"average_precision needs two 1-D sequences of one length, got {s.shape}, {y.shape}"
+        )
+    if not np.isin(y, (0, 1)).all() or not y.any():
+        raise ValueError("average_precision needs labels 0 or 1, at least one of them 1")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.append(np.flatnonzero(np.diff(s)), len(s) - 1)  # last index of each tied group
+    tp = np.cumsum(y)[last]  # (T,) true positives at each threshold
+    precision = tp / (last + 1)
+    recall_gain = np.diff(tp, prepend=0) / tp[-1]
+    return float((recall_gain * precision).sum())
 
 
 def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int = 10) -> float:
