@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastlm.embedding.data import DataFileError
 
-class PairFileError(ValueError):
-    """A pair file is malformed: the message names the file and the line."""
+# one error type for every malformed training or evaluation file
+PairFileError = DataFileError
 
 
 @dataclass
@@ -44,17 +45,15 @@ def read_pairs_tsv(path: str | Path) -> PairSet:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
-            raise PairFileError(f"{path}: empty file (expected a header with query, positive)")
+            raise PairFileError(path, None, "empty file (expected a header with query, positive)")
         missing = {"query", "positive"} - set(header)
         if missing:
-            raise PairFileError(f"{path}:1: header {header} lacks column(s) {sorted(missing)}")
+            raise PairFileError(path, 1, f"header {header} lacks column(s) {sorted(missing)}")
         q, p = header.index("query"), header.index("positive")
         neg = header.index("negative") if "negative" in header else None
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
-                raise PairFileError(
-                    f"{path}:{line}: {len(row)} columns, the header has {len(header)}"
-                )
+                raise PairFileError(path, line, f"{len(row)} columns, the header has {len(header)}")
             query, positive = row[q].strip(), row[p].strip()
             if not query or not positive:
                 out.skipped_empty += 1
