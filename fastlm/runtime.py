@@ -38,6 +38,7 @@ from fastlm.export.format import (
     LM_FILE,
     TOKENIZER_FILE,
     ExportDirError,
+    check_graph,
     verify_export_dir,
 )
 from fastlm.language_model import LanguageModel
@@ -92,7 +93,10 @@ def make_session(path: Path, threads: int | None, providers: Sequence[str]):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except (ort_state.InvalidProtobuf, ort_state.InvalidGraph) as err:
+        raise ExportDirError(f"{path} is not a valid ONNX graph: {err}") from None
 
 
 class OrtBackend(Backend):
@@ -118,6 +122,9 @@ class OrtBackend(Backend):
             key: make_session(self.path / name, threads, providers)
             for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE))
         }
+        for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE)):
+            # digests prove nothing once a manifest is re-hashed: the graphs must fit the facts
+            check_graph(self.sessions[key], self.path / name, key, manifest)
         self.info = ModelInfo.from_facts(manifest["model"])
         self.dtype: str = manifest.get("dtype", "fp32")
         if manifest["model"]["attention_scores"]:

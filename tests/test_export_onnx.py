@@ -15,10 +15,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import exported, model_sha  # noqa: F401  (other test modules import them here)
 from onnx import TensorProto, helper, numpy_helper
 
 from fastlm.checkpoint import load_checkpoint
-from fastlm.export import BOUNDS, DTYPES, export
+from fastlm.export import BOUNDS, DTYPES
 from fastlm.export.precision import to_fp16
 from fastlm.io import sha256_file
 from fastlm.models.layers import NextTokenLogits
@@ -28,22 +29,6 @@ from fastlm.threads import torch_threads
 ARCHS = ("lstm", "transformer")
 # (embedding atol, logits atol) against PyTorch fp32 on random ids, per dtype
 TOL = {"fp32": (1e-4, 1e-4), "fp16": (5e-3, 5e-3), "int8": (5e-2, 2e-1)}
-
-
-def model_sha(ckpt_dir: Path) -> str:
-    """The export cache's key: the digest over every weight file (LM + embedding tower)."""
-    return load_checkpoint(ckpt_dir).weights_digest
-
-
-def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path:
-    """The session's export of (arch, dtype): made on first request, then reused.
-
-    Laid out as <cache>/<model sha256>-<dtype>, the onnx backend's cache layout."""
-    cache = tmp_path_factory.getbasetemp() / "onnx-cache"
-    path = cache / f"{model_sha(checkpoints[arch])}-{dtype}"
-    if not path.exists():
-        export(checkpoints[arch], path, dtype=dtype)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -10,19 +10,33 @@ fastlm/export/pipeline.py, read by the torch-free runtime (fastlm/runtime.py).
     tokenizer.json, config.json, parity.json (the certificate), README.md (the model card)
     manifest.json format, dtype, model facts (MODEL_FACTS), graph inputs/outputs, source
                   checkpoint, versions, and the sha256 of every file above but README.md
+
+Digests only prove the files are the ones the manifest lists, and anyone can re-hash a manifest
+after an edit. So the reader also bounds the model facts (the checkpoint config's bounds), checks
+config.json against them, and checks every graph (`check_graph`): its stamp (metadata_props
+written by the exporter: role, model facts, source weights) and its inputs/outputs (names, element
+types, static dims) against the facts. A graph of another model, or facts edited to let a text
+run past the graphs' position table, are refused with ExportDirError.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from fastlm.io import sha256_file
-from fastlm.validation import check_manifest_files
+from fastlm.models.config import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH
+from fastlm.validation import check_int, check_manifest_files
 
-FORMAT = "fastlm-onnx/2"
+# /3: every graph carries the exporter's stamp (a /2 directory has none: export it again)
+FORMAT = "fastlm-onnx/3"
+DTYPES = ("fp32", "fp16", "int8")
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
+GRAPHS = {"embed": EMBED_FILE, "lm": LM_FILE, "decode": DECODE_FILE}
+# metadata_props keys of the stamp: which graph it is, the model facts, the source weights
+STAMP_GRAPH, STAMP_MODEL, STAMP_WEIGHTS = "fastlm.graph", "fastlm.model", "fastlm.weights_sha256"
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
 # What a reader may know without torch: sizes, the embedding window, whether full-sequence
@@ -37,6 +51,14 @@ MODEL_FACTS = (
     "attention_scores",
     "state",
 )
+# [lo, hi] of each int fact: the checkpoint config's bounds (fastlm/models/config.py)
+FACT_BOUNDS = {
+    "vocab_size": MAX_VOCAB,
+    "embed_dim": MAX_WIDTH,
+    "num_layers": MAX_LAYERS,
+    "embed_window": MAX_POSITIONS,
+}
+_ARCH_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 REQUIRED_FILES = (EMBED_FILE, LM_FILE, DECODE_FILE, TOKENIZER_FILE, CONFIG_FILE, PARITY_FILE)
 
 
@@ -73,9 +95,176 @@ def verify_export_dir(path: str | os.PathLike) -> dict:
             raise ExportDirError(f"{f} is not listed in {MANIFEST_FILE}")
         if sha256_file(f) != files[name]:
             raise ExportDirError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
+    where = path / MANIFEST_FILE
+    if manifest.get("dtype") not in DTYPES:
+        raise ExportDirError(f"{where}: dtype {manifest.get('dtype')!r} is not one of {DTYPES}")
+    source = manifest.get("source")
+    if not isinstance(source, dict) or not _is_sha256(source.get("weights_sha256")):
+        raise ExportDirError(f"{where}: source.weights_sha256 must be 64 hex digits")
+    check_model_facts(model, where)
+    _check_config(path / CONFIG_FILE, model)
+    return manifest
+
+
+def check_model_facts(model: dict, where: Path) -> None:
+    """Every fact present, of its type and within the checkpoint config's bounds: an edited
+    max_len of 1e9 must not let a text run past the graphs' position table."""
     missing = [k for k in MODEL_FACTS if k not in model]
     if missing:
-        raise ExportDirError(f"{path / MANIFEST_FILE}: 'model' lacks {missing}")
-    if not isinstance(model["architecture"], str):
-        raise ExportDirError(f"{path / MANIFEST_FILE}: architecture must be a name")
-    return manifest
+        raise ExportDirError(f"{where}: 'model' lacks {missing}")
+    arch = model["architecture"]
+    if not isinstance(arch, str) or not _ARCH_NAME.fullmatch(arch):
+        raise ExportDirError(f"{where}: architecture must be a lower-case name, got {arch!r}")
+    if not isinstance(model["attention_scores"], bool):
+        raise ExportDirError(f"{where}: attention_scores must be a bool")
+    ints = {k: (model[k], hi) for k, hi in FACT_BOUNDS.items()}
+    if model["max_len"] is not None:  # None: a recurrent model, no position table
+        ints["max_len"] = (model["max_len"], MAX_POSITIONS)
+    state = model["state"]
+    if not isinstance(state, dict) or not 1 <= len(state) <= 8:
+        raise ExportDirError(f"{where}: state must be an object of 1 to 8 sizes")
+    ints.update({f"state[{k!r}]": (v, MAX_WIDTH) for k, v in state.items()})
+    for name, (value, hi) in ints.items():
+        try:
+            check_int(value, name, min=1, max=hi)
+        except (TypeError, ValueError) as err:
+            raise ExportDirError(f"{where}: model {err}") from None
+    if model["max_len"] is not None and model["embed_window"] > model["max_len"]:
+        raise ExportDirError(f"{where}: embed_window exceeds max_len")
+
+
+def _check_config(f: Path, model: dict) -> None:
+    """config.json must describe the model the manifest's facts describe."""
+    try:
+        config = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportDirError(f"{f} is corrupt: {err!r}") from None
+    if not isinstance(config, dict):
+        raise ExportDirError(f"{f} must hold a JSON object")
+    for key in ("architecture", "vocab_size", "num_layers", "max_len"):
+        if config.get(key) != model[key]:
+            raise ExportDirError(
+                f"{f}: {key} is {config.get(key)!r} but {MANIFEST_FILE} says {model[key]!r}: "
+                "the files are not of one export"
+            )
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+# ------------------------------------------------------------------------------ graphs
+def graph_stamp(role: str, facts: dict, weights_sha256: str) -> dict[str, str]:
+    """The metadata_props the exporter writes into graph `role` ("embed" | "lm" | "decode")."""
+    return {
+        STAMP_GRAPH: role,
+        STAMP_MODEL: json.dumps(facts, sort_keys=True),
+        STAMP_WEIGHTS: weights_sha256,
+    }
+
+
+def check_graph(session, path: Path, role: str, manifest: dict) -> None:
+    """Refuse (ExportDirError naming `path`) an ONNX Runtime session of graph `role` that is not
+    this export's: a stamp that differs from the manifest's facts and source weights, or inputs
+    and outputs whose names, element types or static dims do not fit the facts."""
+    _check_stamp(session.get_modelmeta().custom_metadata_map, path, role, manifest)
+    facts = manifest["model"]
+    ins, outs = list(session.get_inputs()), list(session.get_outputs())
+    want_in, want_out = _expected_io(role, facts)
+    if role == "decode":  # the state: the outputs after the logits feed the inputs after the ids
+        _check_state(ins[1:], outs[1:], path, facts)
+        ins, outs = ins[:1], outs[:1]
+    for kind, got, want in (("input", ins, want_in), ("output", outs, want_out)):
+        if [v.name for v in got] != [name for name, _, _ in want]:
+            raise ExportDirError(
+                f"{path}: {kind}s {[v.name for v in got]}, expected {[n for n, _, _ in want]}"
+            )
+        for value, (name, elem, dims) in zip(got, want):
+            if value.type != elem or not _dims_fit(value.shape, dims):
+                raise ExportDirError(
+                    f"{path}: {kind} {name!r} is {value.type}{_dims_text(value.shape)}, "
+                    f"expected {elem}{_dims_text(dims)} from {MANIFEST_FILE}"
+                )
+
+
+def _check_stamp(meta: dict, path: Path, role: str, manifest: dict) -> None:
+    if STAMP_MODEL not in meta:
+        raise ExportDirError(
+            f"{path} carries no fastlm stamp: it was not written by this fastlm's exporter "
+            "(export it again)"
+        )
+    try:
+        stamped = json.loads(meta[STAMP_MODEL])
+    except json.JSONDecodeError:
+        stamped = None
+    facts = manifest["model"]
+    if not isinstance(stamped, dict):
+        raise ExportDirError(f"{path}: its stamp {STAMP_MODEL} is not a JSON object")
+    diff = [
+        f"{k} {stamped.get(k)!r} (manifest: {facts[k]!r})"
+        for k in facts
+        if stamped.get(k) != facts[k]
+    ]
+    if meta.get(STAMP_GRAPH) != role:
+        diff.insert(0, f"graph {meta.get(STAMP_GRAPH)!r} (expected {role!r})")
+    if meta.get(STAMP_WEIGHTS) != manifest["source"]["weights_sha256"]:
+        diff.append("other source weights")
+    if diff:
+        raise ExportDirError(
+            f"{path} is not this export's {role} graph: it was exported for {'; '.join(diff)}"
+        )
+
+
+def _expected_io(role: str, facts: dict) -> tuple[list, list]:
+    """([(name, ORT element type, dims)] inputs, [...] outputs) of graph `role`; a dim is an int
+    (static) or a name (dynamic: any symbolic dim). The decode state is checked apart."""
+    ids = ("input_ids", "tensor(int64)", ["batch", "seq"])
+    vocab, width = facts["vocab_size"], facts["embed_dim"]
+    if role == "embed":
+        mask = ("attention_mask", "tensor(int64)", ["batch", "seq"])
+        return [ids, mask], [("embedding", "tensor(float)", ["batch", width])]
+    if role == "lm":
+        return [ids], [("logits", "tensor(float)", ["batch", "seq", vocab])]
+    assert role == "decode", role
+    return [ids], [("logits", "tensor(float)", ["batch", vocab])]
+
+
+def _check_state(ins: list, outs: list, path: Path, facts: dict) -> None:
+    """Each state input (L, batch, *sizes) with L = num_layers and its static sizes the manifest's
+    `state` facts in order (LSTM h, c: (L, B, hidden); Transformer past: (L, B, heads, P, head));
+    the state outputs, in the same order, of the same type and static dims."""
+    static = [facts["num_layers"], *facts["state"].values()]
+    if not ins or len(ins) != len(outs):
+        raise ExportDirError(
+            f"{path}: {len(ins)} state inputs and {len(outs)} state outputs; expected the same "
+            "number, at least one"
+        )
+    for i, o in zip(ins, outs):
+        dims = [d for d in _static(i.shape) if d is not None]
+        ok = i.type in ("tensor(float)", "tensor(float16)") and dims == static
+        ok = ok and len(i.shape) > 1 and not isinstance(i.shape[1], int)  # the batch axis
+        if not ok:
+            raise ExportDirError(
+                f"{path}: state input {i.name!r} is {i.type}{_dims_text(i.shape)}, expected float "
+                f"with static dims {static} (num_layers, then state {facts['state']})"
+            )
+        if o.type != i.type or _static(o.shape) != _static(i.shape):
+            raise ExportDirError(
+                f"{path}: state output {o.name!r} is {o.type}{_dims_text(o.shape)}, but it "
+                f"feeds input {i.name!r} ({i.type}{_dims_text(i.shape)})"
+            )
+
+
+def _static(shape) -> list[int | None]:
+    """A graph value's dims as ORT reports them: ints static, None for a symbolic dim."""
+    return [d if isinstance(d, int) else None for d in shape]
+
+
+def _dims_fit(shape, dims: list) -> bool:
+    """`shape` has `dims`' rank, their ints where they are static, symbols where they are named."""
+    want = [d if isinstance(d, int) else None for d in dims]
+    return len(shape) == len(dims) and _static(shape) == want
+
+
+def _dims_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

@@ -25,10 +25,13 @@ import fastlm
 from fastlm.checkpoint import MODEL_FILE, load_checkpoint
 from fastlm.export.format import (
     CONFIG_FILE,
+    DTYPES,
     FORMAT,
+    GRAPHS,
     MANIFEST_FILE,
     PARITY_FILE,
     TOKENIZER_FILE,
+    graph_stamp,
 )
 from fastlm.export.onnx_export import OPSET, export_graphs
 from fastlm.export.parity import certify, check
@@ -38,8 +41,6 @@ from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import architecture_of
 from fastlm.models.config import config_to_json
 from fastlm.runtime import OnnxModel, OrtBackend
-
-DTYPES = ("fp32", "fp16", "int8")
 
 
 def export(
@@ -78,13 +79,15 @@ def _check_writable(out: Path) -> None:
 
 
 def _fill(tmp: Path, ckpt, dtype: str) -> None:
+    facts = architecture_of(ckpt.config).facts(ckpt.config, ckpt.embedder.dim)
     write_graphs(ckpt.model, tmp, dtype, ckpt.embedder)
+    _stamp_graphs(tmp, facts, ckpt.weights_digest)
     (tmp / TOKENIZER_FILE).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
     (tmp / CONFIG_FILE).write_text(config_to_json(ckpt.config), encoding="utf-8")
     manifest = {
         "format": FORMAT,
         "dtype": dtype,
-        "model": architecture_of(ckpt.config).facts(ckpt.config, ckpt.embedder.dim),
+        "model": facts,
         "graphs": {f.stem: _graph_io(f) for f in sorted(tmp.glob("*.onnx"))},
         "source": {
             "checkpoint": str(ckpt.path),
@@ -109,6 +112,17 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     _write_card(tmp, ckpt, dtype, report, manifest["files"])
+
+
+def _stamp_graphs(tmp: Path, facts: dict, weights_sha256: str) -> None:
+    """Write each graph's role, the model facts and the source weights into its metadata_props:
+    the reader checks them against the manifest (format.check_graph), so a graph of another
+    model is refused even when a manifest was re-hashed around it."""
+    for role, name in GRAPHS.items():
+        model = onnx.load(str(tmp / name))
+        props = {p.key: p.value for p in model.metadata_props}
+        onnx.helper.set_model_props(model, {**props, **graph_stamp(role, facts, weights_sha256)})
+        onnx.save(model, str(tmp / name))
 
 
 def _write_card(tmp: Path, ckpt, dtype: str, report: dict, files: dict) -> None:
