@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads on use
-    from fastlm.engine import Index, LanguageModel, load
+    from fastlm.engine import LanguageModel, load
     from fastlm.hub import available_models
+    from fastlm.index import Index
     from fastlm.tokenizer import Tokenizer
 
 _LAZY = {
     "load": ("fastlm.engine", "load"),
-    "Index": ("fastlm.engine", "Index"),
+    "Index": ("fastlm.index", "Index"),
     "LanguageModel": ("fastlm.engine", "LanguageModel"),
     "available_models": ("fastlm.hub", "available_models"),
     "Tokenizer": ("fastlm.tokenizer", "Tokenizer"),

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fastlm.engine.index as index_mod
-from fastlm.engine.index import Index, IndexFileError
+import fastlm.index.core as index_mod
+from fastlm.index import Index, IndexFileError
 
 DIM = 8
 
@@ -53,7 +53,7 @@ def seed_of(index: Index) -> int:
 
 
 def save(path: Path, seed: int) -> None:
-    Index(StubModel(), *corpus(seed)).save(path)
+    Index.from_embeddings(StubModel(), *corpus(seed)).save(path)
 
 
 def version_dir(path: Path) -> Path:
@@ -173,7 +173,7 @@ _PRELUDE = "\n".join(
     [
         "import json, os, random, signal, sys, time",
         "import numpy as np",
-        "from fastlm.engine.index import Index",
+        "from fastlm.index import Index",
         f"DIM = {DIM}",
         inspect.getsource(StubModel),
         inspect.getsource(corpus),
@@ -193,7 +193,7 @@ def fork(fn, *args):
 def saver(path, worker):
     for k in range(1, 10**9):
         try:
-            Index(StubModel(), *corpus(worker * 1_000_000 + k)).save(path)
+            Index.from_embeddings(StubModel(), *corpus(worker * 1_000_000 + k)).save(path)
         except Exception as err:
             print("SAVER-ERROR", repr(err)[:300], file=sys.stderr, flush=True)
 
@@ -214,7 +214,7 @@ def reader(path, deadline, out):
 
 path, results, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 n_savers, n_readers = 3, 2
-Index(StubModel(), *corpus(0)).save(path)
+Index.from_embeddings(StubModel(), *corpus(0)).save(path)
 deadline = time.monotonic() + seconds
 readers = [fork(reader, path, deadline, f"{results}/{i}.json") for i in range(n_readers)]
 savers = [fork(saver, path, w) for w in range(1, n_savers + 1)]
@@ -234,7 +234,7 @@ for pid in readers:
 final = Index.load(path, StubModel())
 vecs, texts = corpus(int(final.texts[0].split(":")[0]))
 final_ok = final.texts == texts and np.array_equal(final.embeddings, vecs)
-Index(StubModel(), *corpus(10**9)).save(path)
+Index.from_embeddings(StubModel(), *corpus(10**9)).save(path)
 print(json.dumps({
     "kills": kills,
     "readers": [json.load(open(f"{results}/{i}.json")) for i in range(n_readers)],
@@ -291,14 +291,14 @@ def killing_at(step):
     return hook
 
 path = sys.argv[1]
-Index(StubModel(), *corpus(0)).save(path)
+Index.from_embeddings(StubModel(), *corpus(0)).save(path)
 current, failures, step = 0, [], 0
 while step < 1000:
     step += 1
     pid = os.fork()
     if pid == 0:
         sys.addaudithook(killing_at(step))
-        Index(StubModel(), *corpus(step)).save(path)
+        Index.from_embeddings(StubModel(), *corpus(step)).save(path)
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     try:
@@ -435,11 +435,11 @@ def test_a_fastlm_index_1_directory_loads_and_a_save_upgrades_it(tmp_path):
 
 # ------------------------------------------------------------ constructor input
 def test_constructor_accepts_array_likes():
-    index = Index(StubModel(), [[0.5] * DIM, [1] * DIM], ["a", "b"])
+    index = Index.from_embeddings(StubModel(), [[0.5] * DIM, [1] * DIM], ["a", "b"])
     assert index.embeddings.dtype == np.float32 and index.embeddings.shape == (2, DIM)
-    assert Index(StubModel(), [], []).embeddings.shape == (0, DIM)
-    assert Index(StubModel(), np.ones((1, DIM)), ("a",)).embeddings.dtype == np.float32
-    assert Index(StubModel(), np.ones((2, DIM)), np.array(["a", "b"])).texts == ["a", "b"]
+    assert Index.from_embeddings(StubModel(), [], []).embeddings.shape == (0, DIM)
+    assert Index.from_embeddings(StubModel(), np.ones((1, DIM)), ("a",)).embeddings.dtype == np.float32
+    assert Index.from_embeddings(StubModel(), np.ones((2, DIM)), np.array(["a", "b"])).texts == ["a", "b"]
 
 
 @pytest.mark.parametrize(
@@ -458,5 +458,5 @@ def test_constructor_accepts_array_likes():
 )
 def test_constructor_refuses_bad_input(embeddings, texts, error, fragment):
     with pytest.raises(error) as err:
-        Index(StubModel(), embeddings, texts)
+        Index.from_embeddings(StubModel(), embeddings, texts)
     assert fragment in str(err.value)

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from fastlm import lexical
-from fastlm.lexical import (
-    LexicalIndex,
-    LexicalSettings,
+from fastlm.fusion import (
     fuse_rrf,
     fuse_rrf_candidates,
     fuse_weighted,
@@ -26,6 +24,7 @@ from fastlm.lexical import (
     minmax_normalise,
     top_k_scores,
 )
+from fastlm.lexical import LexicalIndex, LexicalSettings
 
 CORPUS = [
     "the cat sat on the mat",
@@ -247,7 +246,8 @@ def test_import_needs_neither_torch_nor_the_extra():
         import sys
         for name in ("torch", "bm25s", "Stemmer"):
             sys.modules[name] = None  # importing it now raises ImportError
-        from fastlm.lexical import LexicalIndex, LexicalSettings, fuse_weighted
+        from fastlm.fusion import fuse_weighted
+        from fastlm.lexical import LexicalIndex, LexicalSettings
         LexicalSettings(stemmer="anything")  # the name is checked once PyStemmer is there
         try:
             LexicalIndex()
