@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "fastlm.cli_export",  # export (outside fastlm.export: its package imports onnx)
     "fastlm.cli_bench",  # bench
     "fastlm.embedding.cli",  # evaluate
+    "fastlm.cli_index",  # index build|add, search
 )
 
 # import name of an optional dependency -> the extra that installs it

@@ -8,6 +8,8 @@
   _id/text, qrels.tsv or qrels/test.tsv with query-id, corpus-id, score) -> nDCG@10 and
   Recall@100 (trec_eval definitions, fastlm/embedding/metrics.py) by exact cosine search.
   TREC qrels (`query-id 0 corpus-id relevance`, whitespace-separated, no header) are read too.
+  Other modes than exact dense cosine (`modes`: lexical BM25, hybrid fusion) search an
+  in-memory `fastlm.Index` over the corpus; the figures are the same metrics.
 
 Anything that would silently change a figure is refused with a DataFileError (a ValueError)
 naming the file and line: NaN/inf or non-numeric scores, a missing header, a row with another
@@ -256,3 +258,56 @@ def retrieval_metrics(scores, qids: list[str], doc_ids: list[str], qrels: dict) 
         "queries": len(qids),
         "documents": len(doc_ids),
     }
+
+
+# ----------------------------------------------------------------------------- search modes
+RETRIEVAL_MODES = ("dense", "lexical", "hybrid")  # fastlm.index.MODES
+SEARCH_BLOCK = 256  # queries per Index.search call: bounds its (queries, documents) scores
+
+
+def retrieval_figures_by_mode(
+    model, data: Beir, modes: tuple[str, ...] = ("dense",), batch_size: int = 64
+) -> dict:
+    """Dense alone: retrieval_figures (exact cosine), as it was before modes. Otherwise the
+    figures of the first mode, plus "mode" (its name) and "modes": {mode: {"ndcg@10",
+    "recall@100"}} of every mode, all searched in an exact (no ANN) in-memory Index."""
+    if not modes or any(m not in RETRIEVAL_MODES for m in modes):
+        raise ValueError(f"modes must be some of {list(RETRIEVAL_MODES)}, got {list(modes)}")
+    if tuple(modes) == ("dense",):
+        return retrieval_figures(model, data, batch_size)
+    corpus, queries, qrels = data
+    qids = judged_queries(queries, qrels)
+    by_mode = _index_rankings(model, data, qids, modes, batch_size)
+    per_mode = {mode: _ranked_figures(ranked, qids, qrels) for mode, ranked in by_mode.items()}
+    first = per_mode[modes[0]]
+    counts = {"queries": len(qids), "documents": len(corpus)}
+    return first | counts | {"mode": modes[0], "modes": per_mode}
+
+
+def _index_rankings(model, data: Beir, qids: list[str], modes, batch_size: int) -> dict:
+    """{mode: [the 100 best document ids of each query in qids]} from one Index over the
+    corpus (a BM25 side only when a mode needs it)."""
+    from fastlm.index import Index
+
+    corpus, queries, _ = data
+    empty = [q for q in qids if not queries[q].strip()]
+    if empty:
+        raise ValueError(f"query {empty[0]!r} has no text: lexical and hybrid search need one")
+    index = Index(model, lexical=any(m != "dense" for m in modes), ann=False)
+    doc_ids = list(corpus)
+    index.add([corpus[i] for i in doc_ids], doc_ids, batch_size=batch_size, progress=False)
+    texts, k = [queries[q] for q in qids], min(100, len(doc_ids))
+    rankings = {}
+    for mode in modes:
+        ranked = []
+        for start in range(0, len(texts), SEARCH_BLOCK):
+            hits = index.search(texts[start : start + SEARCH_BLOCK], top_k=k, mode=mode)
+            ranked.extend([h["id"] for h in row] for row in hits)
+        rankings[mode] = ranked
+    return rankings
+
+
+def _ranked_figures(ranked: list[list[str]], qids: list[str], qrels: dict) -> dict:
+    ndcg = [ndcg_at_k(r, qrels[q], 10) for q, r in zip(qids, ranked, strict=True)]
+    recall = [recall_at_k(r, qrels[q], 100) for q, r in zip(qids, ranked, strict=True)]
+    return {"ndcg@10": 100 * float(np.mean(ndcg)), "recall@100": 100 * float(np.mean(recall))}

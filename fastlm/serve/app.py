@@ -3,12 +3,16 @@
     POST /v1/embeddings    {"model", "input": str | [str], "encoding_format": "float"|"base64"}
     POST /v1/completions   {"model", "prompt": str | [str], "max_tokens", "temperature", "top_p",
                             "stop", "seed", "stream", "stream_options": {"include_usage"}}
+    POST /v1/search        {"query": str | [str], "top_k": 10, "mode": "dense"|"lexical"|"hybrid"}
+                           (with `fastlm serve MODEL --index DIR`; a 404 without an index)
     GET  /v1/models, GET /v1/models/{id}, GET /health
 
-Embedding requests go through the dynamic batcher (serve/batcher.py). Completions run one at
-a time per token in a single worker thread: decoding is batch 1, so concurrent streams
-interleave token by token instead of competing for the cores. Generation is greedy unless a
-temperature > 0 is given (fastlm's default everywhere; OpenAI's own default is 1).
+Embedding requests go through the dynamic batcher (serve/batcher.py). Searches run one at a
+time on their own thread (query embedding, the index's matrix product), off the event loop.
+Completions run one at a time per token in a single worker thread: decoding is batch 1, so
+concurrent streams interleave token by token instead of competing for the cores. Generation
+is greedy unless a temperature > 0 is given (fastlm's default everywhere; OpenAI's own default
+is 1).
 
 A client that leaves stops its work: a streamed or a whole completion stops generating at the
 next piece, and a body that stops arriving ends the request. Either is one INFO log line: a
@@ -39,6 +43,7 @@ from fastlm.serve.requests import (
     check_float,
     check_int,
     check_model,
+    check_search,
     check_stop,
     check_stream_options,
     check_texts,
@@ -56,10 +61,11 @@ class ClientGone(ClientDisconnect):
     """The client disconnected; the message says when (for the log line)."""
 
 
-def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
-    """A FastAPI app serving `model` (a fastlm `LanguageModel`) under the model id `name`."""
+def create_app(model, name: str, config: ServeConfig | None = None, index=None) -> FastAPI:
+    """A FastAPI app serving `model` (a fastlm `LanguageModel`) under the model id `name`, and
+    `index` (a `fastlm.Index` loaded with `model`, or None) at /v1/search."""
     config = config or ServeConfig()
-    state = _State(model, name, config)
+    state = _State(model, name, config, index)
     app = FastAPI(title="fastlm", lifespan=state.lifespan)
     app.state.fastlm = state
 
@@ -104,6 +110,14 @@ def create_app(model, name: str, config: ServeConfig | None = None) -> FastAPI:
         body = parse_body(await _read_body(request, config), config)
         return await state.completions(body, request)
 
+    @app.post("/v1/search")
+    async def search(request: Request):
+        if state.index is None:  # before the body is read: no body makes this one succeed
+            raise ApiError(
+                404, "this server has no index; start it with: fastlm serve MODEL --index DIR"
+            )
+        return await state.search(parse_body(await _read_body(request, config), config))
+
     return app
 
 
@@ -127,11 +141,13 @@ async def _read_body(request: Request, config: ServeConfig) -> bytes:
 class _State:
     """What the endpoints share: the model, the batcher, the generation thread, counters."""
 
-    def __init__(self, model, name: str, config: ServeConfig):
-        self.model, self.name, self.config = model, name, config
+    def __init__(self, model, name: str, config: ServeConfig, index=None):
+        self.model, self.name, self.config, self.index = model, name, config, index
         self.tokenizer = model.tokenizer
         self.started = int(time.time())
         self.generator = ThreadPoolExecutor(1, thread_name_prefix="fastlm-generate")
+        # one search at a time: each is already batched (one embed call, one matrix product)
+        self.searcher = ThreadPoolExecutor(1, thread_name_prefix="fastlm-search")
         self.batcher: EmbedBatcher | None = None
         self.active_streams = 0
         self.requests = 0
@@ -147,6 +163,7 @@ class _State:
         # uvicorn has stopped accepting connections and finished in-flight requests (SIGTERM)
         await self.batcher.stop()
         self.generator.shutdown(wait=True)
+        self.searcher.shutdown(wait=True)
 
     def health(self) -> dict:
         b = self.batcher
@@ -159,6 +176,7 @@ class _State:
             "embedded_texts": b.texts if b else 0,
             "embedding_busy_seconds": round(b.busy_seconds, 3) if b else 0.0,
             "active_streams": self.active_streams,
+            "index_documents": len(self.index) if self.index is not None else None,
         }
 
     def model_entry(self) -> dict:
@@ -187,6 +205,25 @@ class _State:
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": self.name, "usage": usage}
+
+    # ------------------------------------------------------------------ search
+    async def search(self, body: dict) -> dict:
+        """One query -> "data": [hit, ...]; a list of queries -> "data": [[hit, ...], ...],
+        in the order given. A hit is {"id", "score", "text", "metadata"}, best first."""
+        self.requests += 1
+        if body.get("model") is not None:
+            check_model(body, self.name)
+        queries, top_k, mode = check_search(body, self.config)
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self.searcher, lambda: self.index.search(queries, top_k=top_k, mode=mode)
+            )
+        except ValueError as err:  # e.g. a lexical search of an index built --no-lexical
+            raise ApiError(400, str(err), "mode" if mode is not None else None) from None
+        data = [[_hit(h) for h in hits] for hits in results]
+        single = isinstance(body["query"], str)
+        return {"object": "list", "data": data[0] if single else data, "model": self.name}
 
     # ------------------------------------------------------------------ completions
     def _sampling(self, body: dict) -> dict:
@@ -365,6 +402,16 @@ def _usage(runs: list[_Run]) -> dict:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+    }
+
+
+def _hit(hit: dict) -> dict:
+    """A search hit as JSON: numpy scores become floats."""
+    return {
+        "id": hit["id"],
+        "score": float(hit["score"]),
+        "text": hit["text"],
+        "metadata": hit.get("metadata"),
     }
 
 

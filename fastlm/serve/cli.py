@@ -1,8 +1,10 @@
 """`fastlm serve MODEL`: the OpenAI-style HTTP server (needs the `serve` extra).
 
-    fastlm serve transformer --port 8000
+    fastlm serve transformer --port 8000 [--index DIR]
     curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' \\
         -d '{"model": "transformer", "input": ["a text", "another"]}'
+    curl -s localhost:8000/v1/search -H 'content-type: application/json' \\
+        -d '{"query": "a question", "top_k": 5}'     # with --index DIR
 
 SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish (up to
 --drain-seconds), then exits 0. Slow or silent clients are closed after --timeout-keep-alive /
@@ -12,6 +14,7 @@ SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 
@@ -30,6 +33,11 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all interfaces)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="model id clients send (default: MODEL)")
+    p.add_argument(
+        "--index",
+        metavar="DIR",
+        help="serve POST /v1/search over this index (built with MODEL by `fastlm index build`)",
+    )
     add_backend_flags(p)
     limits = p.add_argument_group("limits and batching")
     limits.add_argument("--max-items", type=positive_int, default=256, help="texts per request")
@@ -100,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: F401  (first: a missing extra is reported before the model loads)
 
     _check_port(args.host, args.port)  # a taken port is one error line, before the model loads
+    if args.index is not None and not os.path.isdir(args.index):  # likewise
+        raise FileNotFoundError(f"index directory not found: {args.index}")
 
     from fastlm.cli_infer import load_model
     from fastlm.serve.app import create_app
@@ -107,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     model = load_model(args)
-    app = create_app(model, args.name or args.model, config)
+    index = _load_index(args.index, model) if args.index else None
+    app = create_app(model, args.name or args.model, config, index)
     log_level = "info" if getattr(args, "verbose", False) else "warning"
     server = make_server(app, args.host, args.port, config, args.drain_seconds, log_level)
     print(f"fastlm serve: {args.name or args.model} on http://{args.host}:{args.port}", flush=True)
@@ -119,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
     except SystemExit as exc:  # uvicorn exits 3 when startup fails; it has logged why
         return 0 if exc.code in (0, None) else 1
     return 0 if server.started else 1
+
+
+def _load_index(path: str, model):
+    """The index at `path`, loaded with the served model (an index built by another model is
+    refused by Index.load, naming both)."""
+    from fastlm.index import Index
+
+    return Index.load(path, model)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -149,6 +149,24 @@ def check_texts(value, param: str, limits: ServeConfig) -> list[str]:
     return items
 
 
+SEARCH_MODES = ("dense", "lexical", "hybrid")  # fastlm.index.MODES: a server may have no index
+MAX_TOP_K = 1000  # hits per query: a bound on the answer's size, far above a ranked page
+
+
+def check_search(body: dict, limits: ServeConfig) -> tuple[list[str], int, str | None]:
+    """(queries, top_k, mode) of a /v1/search body; at most `max_items` queries, none blank."""
+    queries = check_texts(body.get("query"), "query", limits)
+    for i, query in enumerate(queries):
+        if not query.strip():
+            where = "query" if isinstance(body["query"], str) else f"query[{i}]"
+            raise ApiError(400, f"{where} is empty: give a text to search for", "query")
+    top_k = check_int(body, "top_k", 10, 1, MAX_TOP_K)
+    mode = body.get("mode")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise ApiError(400, f"'mode' must be one of {list(SEARCH_MODES)} or null", "mode")
+    return queries, top_k, mode
+
+
 def check_int(body: dict, name: str, default: int | None, low: int, high: int | None) -> int | None:
     value = body.get(name, default)
     if value is None:
