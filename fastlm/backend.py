@@ -10,7 +10,8 @@ states of real tokens; backends need no key-padding mask, only masked pooling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +30,13 @@ class ModelInfo:
     embedding_dim: int
     context_length: int | None  # longest token sequence it takes; None: unbounded (recurrent)
     embed_window: int  # tokens per embedding window: longer texts are embedded window by window
+    # What the embeddings are a function of (weights + tokenizer, `embedding_digest`); None when
+    # unknown (a backend built by hand). An Index records it and refuses another model's.
+    embedding_digest: str | None = None
+
+    def with_identity(self, weights_sha256: str, tokenizer: Tokenizer) -> ModelInfo:
+        """A copy whose `embedding_digest` names `weights_sha256` and `tokenizer`."""
+        return replace(self, embedding_digest=embedding_digest(weights_sha256, tokenizer))
 
     @classmethod
     def from_facts(cls, facts: dict) -> ModelInfo:
@@ -40,6 +48,19 @@ class ModelInfo:
             context_length=facts["max_len"],
             embed_window=facts["embed_window"],
         )
+
+
+def tokenizer_digest(tokenizer: Tokenizer) -> str:
+    """sha256 of the tokenizer's JSON (what `Tokenizer.save` writes)."""
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
+
+
+def embedding_digest(weights_sha256: str, tokenizer: Tokenizer) -> str:
+    """sha256 naming what a model's embeddings are computed from: the weights digest (LM +
+    embedding tower, `Checkpoint.weights_digest`, an export's source.weights_sha256) and the
+    tokenizer. Equal on every backend that runs the same checkpoint."""
+    text = f"weights={weights_sha256}\ntokenizer={tokenizer_digest(tokenizer)}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Decoder(Protocol):

@@ -85,6 +85,12 @@ class LanguageModel:
         return self.info.context_length
 
     @property
+    def embedding_digest(self) -> str | None:
+        """sha256 of what the embeddings are computed from (weights + tokenizer), equal on every
+        backend of one checkpoint; an Index records it and refuses another model's."""
+        return self.info.embedding_digest
+
+    @property
     def embed_window(self) -> int:
         """Tokens per embedding window: longer texts are embedded window by window."""
         return self.info.embed_window

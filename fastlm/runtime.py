@@ -125,7 +125,9 @@ class OrtBackend(Backend):
         for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE)):
             # digests prove nothing once a manifest is re-hashed: the graphs must fit the facts
             check_graph(self.sessions[key], self.path / name, key, manifest)
-        self.info = ModelInfo.from_facts(manifest["model"])
+        self.info = ModelInfo.from_facts(manifest["model"]).with_identity(
+            manifest["source"]["weights_sha256"], self.tokenizer
+        )
         self.dtype: str = manifest.get("dtype", "fp32")
         if manifest["model"]["attention_scores"]:
             self.max_attention_cells = ATTENTION_CELLS

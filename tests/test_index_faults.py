@@ -438,8 +438,10 @@ def test_constructor_accepts_array_likes():
     index = Index.from_embeddings(StubModel(), [[0.5] * DIM, [1] * DIM], ["a", "b"])
     assert index.embeddings.dtype == np.float32 and index.embeddings.shape == (2, DIM)
     assert Index.from_embeddings(StubModel(), [], []).embeddings.shape == (0, DIM)
-    assert Index.from_embeddings(StubModel(), np.ones((1, DIM)), ("a",)).embeddings.dtype == np.float32
-    assert Index.from_embeddings(StubModel(), np.ones((2, DIM)), np.array(["a", "b"])).texts == ["a", "b"]
+    one = Index.from_embeddings(StubModel(), np.ones((1, DIM)), ("a",))
+    assert one.embeddings.dtype == np.float32
+    two = Index.from_embeddings(StubModel(), np.ones((2, DIM)), np.array(["a", "b"]))
+    assert two.texts == ["a", "b"]
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,9 @@ def load(
     cls = get_backend_class(name)
     ckpt = load_checkpoint(resolve_checkpoint(name_or_path), device=dev)
     label = os.fspath(name_or_path)
-    return LanguageModel(label, cls(ckpt, dev, threads, **backend_options))
+    backend_obj = cls(ckpt, dev, threads, **backend_options)
+    backend_obj.info = backend_obj.info.with_identity(ckpt.weights_digest, ckpt.tokenizer)
+    return LanguageModel(label, backend_obj)
 
 
 __all__ = ["backend_names", "load", "pick_auto_backend"]
