@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ def _import_backend():
         import Stemmer
     except ImportError as err:
         raise ImportError(f"lexical search needs bm25s and PyStemmer: {INSTALL_HINT}") from err
+    # bm25s sets its own logger to DEBUG, which prints a line per fit through any root handler
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s, Stemmer
 
 

@@ -370,3 +370,11 @@ def test_candidates_covering_every_document_equal_the_full_fusion():
     want_ids, want_scores = top_k_scores(fuse_weighted(dense, lexical, 0.3), 5)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+
+
+def test_fitting_writes_no_debug_lines_into_the_callers_logs(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    LexicalIndex().fit(["a cat sat on the mat", "dogs run fast"])
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("bm25s")] == []
