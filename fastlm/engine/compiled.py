@@ -1,9 +1,11 @@
 """The "compile" backend: torch.compile for the embedding forward and for the decode step.
 
 - Embedding/scoring forward: compiled once with dynamic shapes. Dynamo specialises sizes 0 and
-  1, so batches are padded to >= 2 rows and sequence lengths to a multiple of `bucket`; after
-  the first call no new shape recompiles (tests count compiled frames). Right-padding is exact
-  here: the models are causal, so pad rows/columns never touch real tokens' states.
+  1, so batches are padded to >= 2 rows and sequence lengths to a multiple of `bucket`, but
+  never past the context (`padded_width`): a longer pad would index the position table beyond
+  its end; after the first call no new shape recompiles (tests count compiled frames).
+  Right-padding is exact here: the models are causal, so pad rows/columns never touch real
+  tokens' states.
 - Decode step: `model.step_module(static=True)` compiled with fullgraph=True on fixed shapes;
   a cache sized for the whole generation (`Architecture.sized_state`) is rounded up to a
   multiple of 256 tokens so generations of different lengths share one graph.
@@ -56,10 +58,10 @@ class CompileBackend(TorchBackend):
         return (nll * mask[:, 1:]).sum(dim=1)
 
     def _padded(self, input_ids: np.ndarray, mask: np.ndarray, extra: int = 0):
-        """Pad to >= 2 rows and a length of (multiple of bucket) + extra."""
+        """Pad to >= 2 rows and `padded_width` columns."""
         B, T = input_ids.shape
         rows = max(B, 2)
-        width = -(-(T - extra) // self.bucket) * self.bucket + extra
+        width = padded_width(T, self.bucket, extra, self.config.max_len)
         ids = np.zeros((rows, width), np.int64)
         m = np.zeros((rows, width), np.int64)
         ids[:B, :T], m[:B, :T] = input_ids, mask
@@ -96,6 +98,16 @@ class CompileBackend(TorchBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "compile_seconds": dict(self.compile_seconds)}
+
+
+def padded_width(T: int, bucket: int, extra: int, limit: int | None) -> int:
+    """T rounded up to (a multiple of bucket) + extra, the model running width - extra
+    positions, capped so those stay within `limit` (the context; None: unbounded). The cap is
+    one more shape for dynamo, but a dynamic one: it does not recompile."""
+    width = -(-(T - extra) // bucket) * bucket + extra
+    if limit is not None:
+        width = min(width, max(T, limit + extra))
+    return width
 
 
 class _TimedStep:
