@@ -13,6 +13,8 @@ from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel
 from fastlm.validation import check_optional_int
 
+DEVICES_ACCEPTED = "expected cpu, cuda, cuda:N, mps, ... (None: cuda when available, else cpu)"
+
 
 def pick_auto_backend(device: torch.device) -> str:
     """'triton' on CUDA when that backend is registered and its kernels can run, else 'eager'.
@@ -33,6 +35,29 @@ def pick_auto_backend(device: torch.device) -> str:
     return "eager"
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch.device a `device` argument names (None: CUDA when available, else CPU).
+
+    A string torch cannot parse, or a device this machine lacks, is a ValueError naming the
+    argument and what is accepted (torch's RuntimeError names neither)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool) or not isinstance(device, str | int | torch.device):
+        raise TypeError(
+            f"device must be a str or torch.device (or an accelerator index), got "
+            f"{type(device).__name__} {device!r}"
+        )
+    try:
+        dev = torch.device(device)
+    except RuntimeError:  # an unknown string, or an index on a machine without accelerator
+        raise ValueError(f"device {device!r} is not available: {DEVICES_ACCEPTED}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if dev.type in available and not available[dev.type]():
+        kind = dev.type.upper()
+        raise ValueError(f"device {str(dev)!r} requested but no {kind} device is available")
+    return dev
+
+
 def load(
     name_or_path: str | os.PathLike = "transformer",
     backend: str = "auto",
@@ -50,13 +75,7 @@ def load(
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     check_optional_int(threads, "threads", min=1)  # True is not a thread count
-    dev = (
-        torch.device(device)
-        if device is not None
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    dev = resolve_device(device)
     name = backend if backend != "auto" else pick_auto_backend(dev)
     cls = get_backend_class(name)
     ckpt = load_checkpoint(resolve_checkpoint(name_or_path), device=dev)
@@ -66,4 +85,4 @@ def load(
     return LanguageModel(label, backend_obj)
 
 
-__all__ = ["backend_names", "load", "pick_auto_backend"]
+__all__ = ["backend_names", "load", "pick_auto_backend", "resolve_device"]
