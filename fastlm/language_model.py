@@ -18,6 +18,9 @@ Documented behaviour for edge cases:
 - batches are bounded by `token_budget` padded tokens (and `batch_size` texts or windows).
 - generate: text prompts are preceded by <|endoftext|> (the document separator the models were
   trained with); generation stops at <|endoftext|>, at a stop string, or after max_new_tokens.
+  A prompt is fed to the model in chunks that carry its state (the decoders' `prefill_chunk`),
+  so the LSTM takes a prompt of any length in bounded memory; the Transformer refuses a prompt
+  + max_new_tokens over its context (ValueError) before running anything.
 """
 
 from __future__ import annotations
