@@ -146,6 +146,7 @@ def main() -> None:
     p.add_argument("--pairs", type=Path, nargs="*", default=[], help="weak pair TSV files")
     p.add_argument("--pairs-max-tokens", type=int, default=128, help="cut pair texts here")
     p.add_argument("--init-tokens", choices=["lm", "teacher"], default="lm")
+    p.add_argument("--skip-start-eval", action="store_true", help="no evaluation at step 0")
     p.add_argument("--cloze", type=int, default=0, help="inverse-cloze pairs from --cloze-data")
     p.add_argument("--cloze-max-tokens", type=int, default=128, help="cut cloze contexts here")
     p.add_argument(
@@ -187,7 +188,7 @@ def main() -> None:
     trainer = TowerTrainer(tower, cfg, pairs, distill, args.out, evaluate, cloze)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
-    elif evaluate:
+    elif evaluate and not args.skip_start_eval:
         print(json.dumps({"step": 0, **evaluate(tower)}))
     trainer.train()
 
