@@ -39,13 +39,14 @@ METRIC = "ip"  # inner product: the cosine of unit vectors; usearch reports 1 - 
 DTYPES = ("f32", "f16")  # how the graph stores vectors: f16 halves their bytes, rounds scores
 NORM_TOLERANCE = 1e-3  # |norm - 1| above this is not an L2-normalised vector
 
-# Below this many vectors an Index should search exactly (numpy `vectors @ q`, argpartition)
-# instead of through the graph. Measured with bench/ann_choice.py (docs/benchmarks.md), batch 1,
-# d=256, one BLAS thread: exact costs ~0.05 ms at 1,000 rows, 0.16 ms at 2,000 and 0.39 ms at
-# 5,000 (~0.08 us per row), while a graph query at the default expansion_search costs ~0.06 ms
-# at 1,000-2,000 rows and 0.07 ms at 5,000-10,000. The two cross near 1,000 rows; below that
-# exact is as fast, perfectly accurate, and has no graph to build or keep in sync.
-EXACT_BELOW = 1_000
+# Below this many vectors an Index searches exactly (numpy `vectors @ q`, argpartition) instead
+# of through the graph. Measured with bench/ann_choice.py (docs/benchmarks.md), batch 1, d=256,
+# one BLAS thread: exact costs ~0.08 us per row (0.05 ms at 1,000 rows, 0.39 ms at 5,000), a
+# graph query ~0.06-0.07 ms at 1,000-10,000 rows; the latencies cross near 1,000 rows. But a
+# search also embeds its query (~2-5 ms on a CPU), so the graph saves a user anything only once
+# exact search costs as much: ~50,000 rows (~4 ms). Below that, exact is perfectly accurate and
+# has no graph to build, store or keep in step with removals.
+EXACT_BELOW = 50_000
 
 
 def _import_usearch():

@@ -324,6 +324,24 @@ def test_ann_top1_equals_exact_and_survives_save_mmap_and_edits(tmp_path):
     assert loaded.search("doc 3000", top_k=1)[0]["id"] == "3000"
 
 
+def test_float16_storage_keeps_the_graph_in_float16_too(tmp_path):
+    table = random_unit(2000, 2)
+    texts = [f"doc {i}" for i in range(len(table))]
+    sizes = {}
+    for storage in ("float32", "float16"):
+        index = Index.from_embeddings(
+            TableModel(table), table, texts, lexical=False, ann=True, storage=storage
+        )
+        index.save(tmp_path / storage)
+        vdir = version_dir(tmp_path / storage)
+        manifest = json.loads((vdir / "manifest.json").read_text())
+        assert manifest["ann"]["graph"]["dtype"] == ("f16" if storage == "float16" else "f32")
+        sizes[storage] = (vdir / "ann.usearch").stat().st_size
+        assert index.search("doc 7", top_k=1)[0]["id"] == "7"
+    # the graph's vectors: 4 bytes a value in float32, 2 in float16
+    assert sizes["float32"] - sizes["float16"] >= 2000 * DIM * 2
+
+
 def test_automatic_ann_is_exact_below_the_threshold():
     index = corpus_index()  # ann=None
     index.search(QUERY)

@@ -62,7 +62,9 @@ class Index:
             raise TypeError(f"ann must be None, True or False, got {ann!r}")
         if ann:
             ann_mod._import_usearch()
-        self._ann_choice, self._ann_settings = ann, ann_mod.AnnSettings()
+        # the graph keeps its own copy of every vector: in the index's storage precision
+        graph_dtype = "f16" if storage == "float16" else "f32"
+        self._ann_choice, self._ann_settings = ann, ann_mod.AnnSettings(dtype=graph_dtype)
         self._ann: ann_mod.AnnIndex | None = None  # None: not built yet, or stale
         self._ann_file: Path | None = None  # the file a read-only graph view maps
         self._lexical: lexical_mod.LexicalIndex | None = None  # None: not fitted, or stale
