@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from bad_input_cases import Raises, cases_for
-from test_export_onnx import exported
+from model_helpers import exported
 
 import fastlm
 from fastlm.runtime import OnnxModel

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_lm as _tiny_lm
-from conftest import tiny_tower_data as _data
+from model_helpers import tiny_lm as _tiny_lm
+from model_helpers import tiny_tower_data as _data
 
 from fastlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastlm.embedding.corpus import extract_texts, paragraphs, split_sentences

@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pytest
-from test_export_onnx import exported
+from model_helpers import exported
 
 from fastlm.cli import main
 from fastlm.export import export

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import exported, model_sha  # noqa: F401  (other test modules import them here)
+from model_helpers import exported, model_sha
 from onnx import TensorProto, helper, numpy_helper
 
 from fastlm.checkpoint import load_checkpoint

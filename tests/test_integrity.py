@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import exported
 from safetensors.torch import load_file, save_file
-from test_export_onnx import exported
 
 import fastlm
 import fastlm.checkpoint as checkpoint_mod

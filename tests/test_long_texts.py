@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_helpers import exported
 from parity_helpers import row_cosines
-from test_export_onnx import exported
 
 import fastlm
 from fastlm.batching import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import exported, model_sha
 from parity_helpers import run_in_threads
-from test_export_onnx import exported, model_sha
 
 import fastlm
 import fastlm.export.pipeline as pipeline

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export_onnx import exported
+from model_helpers import exported
 
 import fastlm
 from fastlm.runtime import OnnxModel

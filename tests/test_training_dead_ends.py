@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_lm, tiny_tower_data
+from model_helpers import tiny_lm, tiny_tower_data
 from safetensors.torch import load_file
 
 from fastlm.checkpoint import CheckpointError

@@ -1,0 +1,55 @@
+"""Plain helper functions several test modules share (fixtures live in conftest.py).
+
+A module of its own, imported by name: `from conftest import ...` would pick up whichever
+conftest.py Python imported first (tests/ and bench/ both have one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def model_sha(ckpt_dir: Path) -> str:
+    """The export cache's key: the digest over every weight file (LM + embedding tower)."""
+    from fastlm.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt_dir).weights_digest
+
+
+def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path:
+    """The session's export of (arch, dtype): made on first request, then reused.
+
+    Laid out as <cache>/<model sha256>-<dtype>, the onnx backend's cache layout."""
+    from fastlm.export import export
+
+    cache = tmp_path_factory.getbasetemp() / "onnx-cache"
+    path = cache / f"{model_sha(checkpoints[arch])}-{dtype}"
+    if not path.exists():
+        export(checkpoints[arch], path, dtype=dtype)
+    return path
+
+
+def tiny_lm(arch: str, vocab: int = 50):
+    """A seeded LM of width 16, 2 layers: a tower over it trains in milliseconds a step."""
+    from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
+
+    torch.manual_seed(0)
+    if arch == "lstm":
+        return SimpleLSTM_LM(vocab_size=vocab, embedding_dim=16, hidden_dim=16, num_layers=2)
+    return SimpleTransformer_LM(vocab_size=vocab, d_model=16, nhead=2, num_layers=2, max_len=64)
+
+
+def tiny_tower_data(n: int = 24):
+    """(scored pairs, distillation set) of n random token lists over ids 2..49."""
+    import numpy as np
+
+    from fastlm.embedding.data import StsPairs
+    from fastlm.embedding.trainer import DistillSet
+
+    rng = np.random.default_rng(0)
+    seqs = [list(rng.integers(2, 50, size=rng.integers(1, 12))) for _ in range(n)]
+    pairs = StsPairs(seqs[: n // 2], seqs[n // 2 :], rng.uniform(0, 5, n // 2).astype(np.float32))
+    teacher = rng.standard_normal((n, 8)).astype(np.float16)
+    return pairs, DistillSet(seqs, teacher)
