@@ -107,8 +107,9 @@ def real_data(pytestconfig, smoke, sources, device, threads, tmp_path_factory) -
     lm = load_model(sources["transformer"], "eager", device, threads)
     texts = corpus.docs + corpus.titles
     digest = lm.embedding_digest
-    if digest is not None:
-        root = pytestconfig.cache.mkdir("fastlm-index-scale")
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    if digest is not None and cache is not None:
+        root = cache.mkdir("fastlm-index-scale")
         folder = root / scale.texts_key(digest, texts)
     else:  # nothing identifies the weights: embed every run
         folder = tmp_path_factory.mktemp("real-vectors")
