@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlm.fusion import top_k_scores
+from fastlm.io import fsync_file
 from fastlm.tokenizer import _check_texts
 from fastlm.validation import check_float, check_int
 
@@ -189,11 +190,7 @@ class LexicalIndex:
             (directory / BM25_NAMES["nnoc_name"]).unlink(missing_ok=True)
         written = LexicalIndex.files(directory)
         for name in written:
-            fd = os.open(directory / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(directory / name)
         return written
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -53,3 +54,15 @@ def tiny_tower_data(n: int = 24):
     pairs = StsPairs(seqs[: n // 2], seqs[n // 2 :], rng.uniform(0, 5, n // 2).astype(np.float32))
     teacher = rng.standard_normal((n, 8)).astype(np.float16)
     return pairs, DistillSet(seqs, teacher)
+
+
+class BagOfLetters:
+    """A stand-in model: letter counts, so cosines and rankings can be worked out by hand."""
+
+    def embed(self, texts, batch_size=64):
+        out = np.zeros((len(texts), 26), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.lower():
+                if "a" <= ch <= "z":
+                    out[i, ord(ch) - 97] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from model_helpers import BagOfLetters
 
 import fastlm
 from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts, read_beir
@@ -52,18 +53,6 @@ def test_recall_hand_computed():
 def test_top_k_ties_keep_corpus_order():
     scores = np.array([[0.5, 0.9, 0.5, 0.1]])
     assert top_k_ids(scores, ["d0", "d1", "d2", "d3"], 3) == [["d1", "d0", "d2"]]
-
-
-class BagOfLetters:
-    """A stand-in model: letter counts, so expected rankings can be worked out by hand."""
-
-    def embed(self, texts, batch_size=64):
-        out = np.zeros((len(texts), 26), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for ch in t.lower():
-                if "a" <= ch <= "z":
-                    out[i, ord(ch) - 97] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def test_evaluate_sts_on_hand_made_file(tmp_path):

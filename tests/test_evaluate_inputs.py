@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from model_helpers import BagOfLetters
 
 import fastlm
 from fastlm.cli import main
@@ -16,18 +17,6 @@ from fastlm.embedding.metrics import average_precision
 
 HEADER = "sentence1\tsentence2\tscore\n"
 GOOD_STS = "aaa\taaa\t5\naab\taaa\t3\nabc\txyz\t0\n"  # cosines 1, 2/sqrt(5), 0: Spearman 100
-
-
-class BagOfLetters:
-    """A stand-in model: letter counts, so cosines and rankings can be worked out by hand."""
-
-    def embed(self, texts, batch_size=64):
-        out = np.zeros((len(texts), 26), dtype=np.float32)
-        for i, t in enumerate(texts):
-            for ch in t.lower():
-                if "a" <= ch <= "z":
-                    out[i, ord(ch) - 97] += 1
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def write(path, text: str | bytes):

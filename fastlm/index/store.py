@@ -36,6 +36,7 @@ from fastlm.io import (
     UnreadableFileError,
     atomic_write_text,
     fsync_dir,
+    fsync_file,
     open_regular,
     parse_json,
     read_regular,
@@ -96,11 +97,7 @@ def save_version(path: Path, write: Callable[[Path], list[str]], facts: dict) ->
 def _write_version(vdir: Path, write: Callable[[Path], list[str]], facts: dict) -> None:
     names = write(vdir)
     for name in names:
-        fd = os.open(vdir / name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(vdir / name)
     files = {name: sha256_file(vdir / name) for name in sorted(names)}
     manifest = json.dumps({"format": INDEX_FORMAT, "files": files, **facts}, indent=2)
     with open(vdir / INDEX_MANIFEST, "x", encoding="utf-8") as f:
