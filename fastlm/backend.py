@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fastlm.char_ngrams import LexicalBranch
 from fastlm.tokenizer import Tokenizer
 
 SCORE_CHUNK = 1024  # time steps per scoring chunk: bounds logits (and LSTM activation) memory
@@ -80,6 +81,9 @@ class Backend:
     # Score cells (batch x T^2) per scoring batch, for backends whose graphs materialise
     # attention scores; None: no such bound.
     max_attention_cells: int | None = None
+    # The embedding's lexical branch, mixed into `embed()` by LanguageModel (None: the tower's
+    # vector alone). numpy only, the same object on every backend of one checkpoint.
+    lexical: LexicalBranch | None = None
 
     def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids + mask -> (B, D) float32 embedding-tower output, not normalised."""
@@ -95,6 +99,7 @@ class Backend:
 
     def describe(self) -> dict:
         return {"backend": self.name}
+
 
 
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:

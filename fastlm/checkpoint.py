@@ -7,6 +7,7 @@ Layout of a checkpoint directory:
     manifest.json       sha256 of every file above (+ optional training facts)
     embedder.safetensors  optional: the similarity-trained embedding tower (models/embedder.py);
                           without it `embed()` pools the LM's own top-layer states
+    lexical.safetensors   optional: the embedding's lexical branch (fastlm/char_ngrams.py)
     optimizer.safetensors, trainer_state.json   only in training checkpoints (for --resume)
 """
 
@@ -23,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fastlm import validation
+from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, build_model, config_from_dict
 from fastlm.models.config import config_to_json
@@ -51,6 +53,7 @@ class Checkpoint:
     manifest: dict[str, Any]
     path: Path
     embedder: EmbeddingTower | None = None  # None: set to the LM's own mean pooling
+    lexical: LexicalBranch | None = None  # None: embed() is the tower's vector alone
 
     def __post_init__(self):
         if self.embedder is None:
@@ -67,7 +70,11 @@ class Checkpoint:
 
     @property
     def weight_files(self) -> list[str]:
-        return [MODEL_FILE] + ([EMBEDDER_FILE] if self.embedder.proj is not None else [])
+        return (
+            [MODEL_FILE]
+            + ([EMBEDDER_FILE] if self.embedder.proj is not None else [])
+            + ([LEXICAL_FILE] if self.lexical is not None else [])
+        )
 
 
 def save_checkpoint(
@@ -79,15 +86,19 @@ def save_checkpoint(
     extra_manifest: dict[str, Any] | None = None,
     force: bool = False,
     embedder: EmbeddingTower | None = None,
+    lexical: LexicalBranch | None = None,
 ) -> Path:
     """Write a complete checkpoint directory atomically; returns its path. `embedder`: a
-    trained tower to ship beside the LM (embedder.safetensors)."""
+    trained tower to ship beside the LM (embedder.safetensors); `lexical`: the embedding's
+    lexical branch (lexical.safetensors)."""
 
     def fill(tmp: Path) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / MODEL_FILE))
         if embedder is not None:
             save_file(embedder.weights(), str(tmp / EMBEDDER_FILE))
+        if lexical is not None:
+            lexical.save(tmp / LEXICAL_FILE)
         (tmp / CONFIG_FILE).write_text(config_to_json(model.config), encoding="utf-8")
         (tmp / TOKENIZER_FILE).write_text(tokenizer.to_str(), encoding="utf-8")
         if optimizer is not None:
@@ -127,7 +138,8 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path / MANIFEST_FILE} is corrupt: {err}") from None
     files = check_manifest_files(manifest, path / MANIFEST_FILE)
-    present = [n for n in (EMBEDDER_FILE, OPTIM_FILE, STATE_FILE) if (path / n).is_file()]
+    optional = (EMBEDDER_FILE, LEXICAL_FILE, OPTIM_FILE, STATE_FILE)
+    present = [n for n in optional if (path / n).is_file()]
     for name in (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, *present):
         if name not in files:
             raise CheckpointError(f"{path / MANIFEST_FILE} does not list {name}: cannot verify it")
@@ -180,7 +192,18 @@ def load_checkpoint(
         except ValueError as err:
             raise CheckpointError(f"{path / EMBEDDER_FILE}: {err}") from None
         embedder = embedder.to(device).eval()
-    return Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path, embedder)
+    lexical = None
+    if LEXICAL_FILE in manifest["files"]:
+        try:
+            lexical = LexicalBranch.load(path / LEXICAL_FILE)
+        except LexicalBranchError as err:
+            raise CheckpointError(str(err)) from None
+    ckpt = Checkpoint(config, model.to(device).eval(), tokenizer, manifest, path, embedder, lexical)
+    if lexical is not None and lexical.dim != ckpt.embedder.dim:
+        raise CheckpointError(
+            f"{path / LEXICAL_FILE}: rows of {lexical.dim}, the embeddings have {ckpt.embedder.dim}"
+        )
+    return ckpt
 
 
 def _check_tensors(tensors: dict, expected: dict, f: Path) -> None:

@@ -99,6 +99,27 @@ def _embedder_section(manifest: dict) -> list[str]:
     return lines
 
 
+def _lexical_section(manifest: dict) -> list[str]:
+    """The lexical branch's facts, when the checkpoint ships one."""
+    lex = manifest.get("lexical")
+    if not isinstance(lex, dict):
+        return []
+    lines = [
+        "## Lexical branch",
+        "",
+        "`embed()` adds hashed character n-grams of the text, projected by a learned table "
+        f"(fastlm/char_ngrams.py; {lex.get('buckets', '?')} slots, weight {lex.get('weight', '?')})"
+        " to the tower's unit vector, then normalises.",
+        "",
+    ]
+    if isinstance(lex.get("dev"), dict):
+        lines += ["Dev figures of the shipped embedding: "
+                  + ", ".join(f"{k} {v}" for k, v in lex["dev"].items()) + ".", ""]
+    if lex.get("command"):
+        lines += ["```bash", lex["command"], "```", ""]
+    return lines
+
+
 def _export_section(export: dict) -> list[str]:
     parity = export.get("parity") or {}
     lines = [
@@ -151,6 +172,7 @@ def render_model_card(manifest: dict, config: dict, name: str, export: dict | No
         *_training_section(manifest),
         *_metrics_section(manifest),
         *_embedder_section(manifest),
+        *_lexical_section(manifest),
         *(_export_section(export) if export else []),
         "## Intended use",
         "",

@@ -37,6 +37,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
 from fastlm.batching import DEFAULT_TOKEN_BUDGET
+from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.export.format import (
     DECODE_FILE,
     EMBED_FILE,
@@ -138,6 +139,16 @@ class OrtBackend(Backend):
             manifest["source"]["weights_sha256"], self.tokenizer
         )
         self.dtype: str = manifest.get("dtype", "fp32")
+        if LEXICAL_FILE in manifest.get("files", {}):  # unlisted: unverified, never read
+            try:
+                self.lexical = LexicalBranch.load(self.path / LEXICAL_FILE)
+            except LexicalBranchError as err:
+                raise ExportDirError(str(err)) from None
+            if self.lexical.dim != self.info.embedding_dim:
+                raise ExportDirError(
+                    f"{self.path / LEXICAL_FILE}: rows of {self.lexical.dim}, the embeddings "
+                    f"have {self.info.embedding_dim}"
+                )
         if manifest["model"]["attention_scores"]:
             self.max_attention_cells = ATTENTION_CELLS
 

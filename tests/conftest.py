@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from model_helpers import exported
@@ -159,7 +160,9 @@ def train_setup(tmp_path_factory, tiny_data, tiny_tokenizer):
 def _with_tower(ckpt_dir: Path, out: Path) -> Path:
     """A copy of a checkpoint with an embedding tower whose weights differ from the LM's (a
     perturbed copy and a random projection), as shipped models have: every backend test on
-    these checkpoints then checks the tower, not the LM's pooling."""
+    these checkpoints then checks the tower, not the LM's pooling. It also gets a lexical
+    branch (a random table), so every backend's embed() is checked with the branch mixed in."""
+    from fastlm.char_ngrams import LexicalBranch
     from fastlm.checkpoint import load_checkpoint, save_checkpoint
     from fastlm.models.embedder import new_tower
 
@@ -172,7 +175,11 @@ def _with_tower(ckpt_dir: Path, out: Path) -> Path:
         tower.proj.weight.add_(0.05 * torch.randn(tower.proj.weight.shape, generator=gen))
         tower.proj.bias.add_(0.1 * torch.randn(tower.proj.bias.shape, generator=gen))
     facts = {k: v for k, v in ck.manifest.items() if k not in ("format", "architecture", "files")}
-    return save_checkpoint(out, ck.model, ck.tokenizer, extra_manifest=facts, embedder=tower)
+    table = np.random.default_rng(0).standard_normal((1024, tower.dim)).astype(np.float32)
+    lexical = LexicalBranch(table, weight=0.5)
+    return save_checkpoint(
+        out, ck.model, ck.tokenizer, extra_manifest=facts, embedder=tower, lexical=lexical
+    )
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,32 @@ def teacher_vectors(
     if not parts:
         return np.zeros((0, meta["dim"] or 0), dtype=np.float16)
     return np.concatenate(parts)
+
+
+def cached_prefix(
+    texts: Sequence[str], cache_dir: str | Path, teacher: str = "all-MiniLM-L6-v2"
+) -> np.ndarray:
+    """(m, dim) float16 teacher vectors of texts[:m], the longest prefix whose shards are all
+    finished in `cache_dir` (a cache still being written is usable). A cache written by another
+    teacher, or a shard whose texts differ from `texts`, raises TeacherCacheError."""
+    cache = Path(cache_dir)
+    meta_path = cache / "meta.json"
+    if not meta_path.exists():
+        raise TeacherCacheError(f"{cache} is not a teacher cache (no meta.json)")
+    found = json.loads(meta_path.read_text())
+    if found.get("teacher") != teacher or found.get("shard") != SHARD:
+        raise TeacherCacheError(f"{cache} was written by {found}, not teacher {teacher!r}")
+    parts = []
+    for i in range((len(texts) + SHARD - 1) // SHARD):
+        shards = sorted(cache.glob(f"shard-{i:05d}-*.npy"))
+        if not shards:
+            break
+        chunk = list(texts[i * SHARD : (i + 1) * SHARD])
+        digest = text_digest(chunk)[:16]
+        path = cache / f"shard-{i:05d}-{digest}.npy"
+        if not path.exists():
+            raise TeacherCacheError(f"{shards[0]} holds other texts than texts[{i * SHARD}:]")
+        parts.append(np.load(path))
+    if not parts:
+        return np.zeros((0, found.get("dim") or 0), dtype=np.float16)
+    return np.concatenate(parts)

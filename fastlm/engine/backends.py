@@ -33,6 +33,7 @@ class TorchBackend(Backend):
             self.architecture.facts(checkpoint.config, checkpoint.embedder.dim)
         )
         self.tokenizer = checkpoint.tokenizer
+        self.lexical = checkpoint.lexical
         self.model = checkpoint.model.to(device).eval()
         self.embedder = checkpoint.embedder.to(device).eval()
         self._step = None

@@ -8,6 +8,8 @@ fastlm/export/pipeline.py, read by the torch-free runtime (fastlm/runtime.py).
                   Transformer's growing past_key, past_value), zero-sized or zero at the start,
                   and the outputs after the logits are fed back to them in order
     tokenizer.json, config.json, parity.json (the certificate), README.md (the model card)
+    lexical.safetensors  optional: the embedding's lexical branch (fastlm/char_ngrams.py), used
+                  only when the manifest lists it
     manifest.json format, dtype, model facts (MODEL_FACTS), graph inputs/outputs, source
                   checkpoint, versions, and the sha256 of every file above but README.md
 

@@ -3,6 +3,7 @@
 Layout of DIR (fastlm/export/format.py):
     embed.onnx, lm.onnx, decode.onnx   the graphs (fastlm/export/onnx_export.py), in `dtype`
     tokenizer.json, config.json        the checkpoint's tokenizer and model config
+    lexical.safetensors                the embedding's lexical branch, when the checkpoint has one
     parity.json                        the certificate (fastlm/export/parity.py)
     manifest.json                      format, dtype, model facts, graph inputs/outputs, source
                                        checkpoint, versions, and the sha256 of every file above
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import onnxruntime
 import torch
 
 import fastlm
+from fastlm.char_ngrams import LEXICAL_FILE
 from fastlm.checkpoint import MODEL_FILE, load_checkpoint
 from fastlm.export.format import (
     CONFIG_FILE,
@@ -84,6 +87,8 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     _stamp_graphs(tmp, facts, ckpt.weights_digest)
     (tmp / TOKENIZER_FILE).write_text(ckpt.tokenizer.to_str(), encoding="utf-8")
     (tmp / CONFIG_FILE).write_text(config_to_json(ckpt.config), encoding="utf-8")
+    if ckpt.lexical is not None:  # numpy-side part of embed(): the runtime reads it as is
+        shutil.copyfile(ckpt.path / LEXICAL_FILE, tmp / LEXICAL_FILE)
     manifest = {
         "format": FORMAT,
         "dtype": dtype,

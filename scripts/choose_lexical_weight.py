@@ -1,0 +1,101 @@
+"""Choose the weight of the lexical branch in `embed()` on every dev set together.
+
+    python scripts/choose_lexical_weight.py transformer runs/lexical/lexical.safetensors \
+        --dev-sts ../shared/data/stsb-dev/sts-dev.tsv --sick ../shared/data/pairs/sick/pairs.tsv \
+        --dev-retrieval ../shared/data/retrieval-dev/arxiv-title-abstract \
+                        ../shared/data/retrieval-dev/nq-wikipedia --out runs/lexical/weights.json
+
+The tower's vectors of every dev text are computed once (the model as loaded, its lexical branch
+switched off); for each weight w the embedding is normalize(tower + w * branch) over unit rows,
+exactly `LexicalBranch.mix`. Prints one row per weight (every dev figure and their mean) and
+writes them with the weight of the best mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import fastlm
+from fastlm.batching import l2_normalize
+from fastlm.char_ngrams import LexicalBranch
+from fastlm.embedding.data import read_sts_tsv
+from fastlm.embedding.evaluate import read_beir, retrieval_figures, sts_figures
+
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 1e6)
+
+
+class Lookup:
+    """`embed(texts)` from precomputed rows."""
+
+    def __init__(self, rows: dict[str, np.ndarray]):
+        self.rows = rows
+
+    def embed(self, texts, batch_size=64, **_):
+        return np.stack([self.rows[t] for t in texts])
+
+
+def sick_trial(path: Path):
+    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")]
+    col = rows[0].index("split")
+    keep = [r for r in rows[1:] if r[col] == "trial"]
+    return [r[0] for r in keep], [r[1] for r in keep], np.array([float(r[2]) for r in keep])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model")
+    p.add_argument("lexical", type=Path)
+    p.add_argument("--dev-sts", type=Path, nargs="*", default=[])
+    p.add_argument("--sick", type=Path)
+    p.add_argument("--dev-retrieval", type=Path, nargs="*", default=[])
+    p.add_argument("--weights", type=float, nargs="*", default=list(WEIGHTS))
+    p.add_argument("--tower-cache", type=Path, help="npz of the tower's dev vectors (reused)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+
+    sets = {Path(f).parent.name: ("sts", read_sts_tsv(f)) for f in args.dev_sts}
+    if args.sick:
+        sets["sick-trial"] = ("sts", sick_trial(args.sick))
+    for d in args.dev_retrieval:
+        sets[Path(d).name] = ("retrieval", read_beir(d))
+    texts = set()
+    for kind, data in sets.values():
+        texts.update(data[0] + data[1] if kind == "sts" else [*data[0].values(), *data[1].values()])
+    texts = sorted(texts)
+    if args.tower_cache and args.tower_cache.exists():
+        tower = np.load(args.tower_cache)["tower"]
+    else:
+        model = fastlm.load(args.model, backend="eager", threads=args.threads)
+        model.backend.lexical = None  # the tower alone
+        tower = model.embed(texts, show_progress_bar=False)
+        if args.tower_cache:
+            np.savez(args.tower_cache, tower=tower)
+    branch = LexicalBranch.load(args.lexical).vectors(texts)
+    rows = []
+    for w in args.weights:
+        mixed = l2_normalize(tower + w * branch)
+        model = Lookup(dict(zip(texts, mixed)))
+        row = {"weight": w}
+        for name, (kind, data) in sets.items():
+            row[name] = round(
+                sts_figures(model, data)["spearman"]
+                if kind == "sts"
+                else retrieval_figures(model, data)["ndcg@10"],
+                2,
+            )
+        row["mean"] = round(float(np.mean([row[n] for n in sets])), 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(rows, key=lambda r: r["mean"])
+    print("best:", json.dumps(best))
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "best": best}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
