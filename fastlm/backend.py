@@ -101,7 +101,6 @@ class Backend:
         return {"backend": self.name}
 
 
-
 def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """logits (B, T, V) float32, targets (B, T) -> (B, T) float64 NLL in nats."""
     shift = logits.max(axis=-1, keepdims=True)

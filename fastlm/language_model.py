@@ -138,8 +138,10 @@ class LanguageModel:
         lexical = self.backend.lexical
         if lexical is not None:
             # the branch reads the text the tower read: cut where max_length cut the tokens
-            cut = [self.tokenizer.decode(s) if max_length is not None else t
-                   for s, t in zip(seqs, items)]
+            cut = [
+                self.tokenizer.decode(s) if max_length is not None else t
+                for s, t in zip(seqs, items)
+            ]
             out = lexical.mix(out, cut)
         if normalize:
             out = l2_normalize(out)

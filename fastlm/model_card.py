@@ -113,8 +113,12 @@ def _lexical_section(manifest: dict) -> list[str]:
         "",
     ]
     if isinstance(lex.get("dev"), dict):
-        lines += ["Dev figures of the shipped embedding: "
-                  + ", ".join(f"{k} {v}" for k, v in lex["dev"].items()) + ".", ""]
+        lines += [
+            "Dev figures of the shipped embedding: "
+            + ", ".join(f"{k} {v}" for k, v in lex["dev"].items())
+            + ".",
+            "",
+        ]
     if lex.get("command"):
         lines += ["```bash", lex["command"], "```", ""]
     return lines

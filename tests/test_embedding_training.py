@@ -11,7 +11,12 @@ from model_helpers import tiny_tower_data as _data
 from fastlm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastlm.embedding.corpus import extract_texts, paragraphs, split_sentences
 from fastlm.embedding.losses import cosent_loss, similarity_mse, teacher_infonce
-from fastlm.embedding.teacher import TeacherCacheError, load_teacher, teacher_vectors
+from fastlm.embedding.teacher import (
+    TeacherCacheError,
+    cached_prefix,
+    load_teacher,
+    teacher_vectors,
+)
 from fastlm.embedding.trainer import EmbedTrainConfig, TowerTrainer
 from fastlm.models import SimpleLSTM_LM
 from fastlm.models.embedder import new_tower
@@ -74,6 +79,21 @@ def test_teacher_cache_resumes_and_is_keyed(tmp_path, monkeypatch):
     assert enc.calls == 5
     with pytest.raises(TeacherCacheError, match="written by"):
         teacher_vectors(texts, tmp_path, teacher="another-teacher", encode=enc, progress=False)
+
+
+def test_cached_prefix_reads_finished_shards_of_these_texts_only(tmp_path, monkeypatch):
+    monkeypatch.setattr("fastlm.embedding.teacher.SHARD", 4)
+    texts = [f"text number {i}" for i in range(10)]
+    full = teacher_vectors(texts, tmp_path, encode=CountingEncoder(), progress=False)
+    assert np.array_equal(cached_prefix(texts, tmp_path), full)
+    sorted(tmp_path.glob("shard-00001-*.npy"))[0].unlink()  # a cache still being written
+    assert np.array_equal(cached_prefix(texts, tmp_path), full[:4])
+    with pytest.raises(TeacherCacheError, match="other texts"):
+        cached_prefix(["changed"] + texts[1:], tmp_path)
+    with pytest.raises(TeacherCacheError, match="not teacher"):
+        cached_prefix(texts, tmp_path, teacher="another-teacher")
+    with pytest.raises(TeacherCacheError, match="no meta.json"):
+        cached_prefix(texts, tmp_path / "empty")
 
 
 def test_teacher_missing_or_unknown(monkeypatch):

@@ -32,10 +32,12 @@ TEXTS = [
 
 def _reference_embedding(model, text: str) -> np.ndarray:
     """Plain computation, independent of the engine's batching: one text alone through the
-    embedding tower's encoder, the mean of its top-layer states, then its projection."""
+    embedding tower's encoder, the mean of its top-layer states, then its projection; plus the
+    lexical branch's unit vector times its weight when the model has one."""
     ids = model.tokenizer.encode(text)
     if not ids:
         return np.zeros(model.embedding_dim, np.float32)
+    branch = model.backend.lexical
     tower = model.backend.checkpoint.embedder
     with torch.no_grad():
         states = tower.encoder.hidden_states(torch.tensor([ids]))[0]
@@ -44,6 +46,9 @@ def _reference_embedding(model, text: str) -> np.ndarray:
             tokens = tower.encoder.embedding(torch.tensor(ids)).mean(0, keepdim=True)
             pooled = tower.proj(torch.cat([pooled, tokens], dim=1))
         vec = pooled[0].numpy()
+    vec = vec / np.linalg.norm(vec)
+    if branch is not None:
+        vec = vec + branch.weight * branch.vectors([text])[0]
     return vec / np.linalg.norm(vec)
 
 

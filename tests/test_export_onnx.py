@@ -66,6 +66,7 @@ def test_export_directory(tmp_path_factory, small_checkpoints, arch, dtype):
         "config.json",
         "manifest.json",
         "parity.json",
+        "lexical.safetensors",  # the test checkpoints carry a lexical branch
     }
     assert {f.name for f in out.iterdir()} == names | {"README.md"}  # the card is not hashed
     assert f"Weights in {dtype}" in (out / "README.md").read_text(encoding="utf-8")

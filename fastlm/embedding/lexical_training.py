@@ -188,6 +188,8 @@ class LexicalTrainer:
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * frac * decay
         parts = self.losses()
+        if not parts:
+            raise ValueError("no loss to train: give pairs, distillation or scored pairs a weight")
         weights = {
             "pairs": cfg.pair_weight,
             "distill": cfg.distill_weight,
