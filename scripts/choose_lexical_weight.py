@@ -22,27 +22,15 @@ import numpy as np
 import fastlm
 from fastlm.batching import l2_normalize
 from fastlm.char_ngrams import LexicalBranch
-from fastlm.embedding.data import read_sts_tsv
-from fastlm.embedding.evaluate import read_beir, retrieval_figures, sts_figures
+from fastlm.embedding.data import read_sick, read_sts_tsv
+from fastlm.embedding.evaluate import (
+    PrecomputedEmbedder,
+    read_beir,
+    retrieval_figures,
+    sts_figures,
+)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 1e6)
-
-
-class Lookup:
-    """`embed(texts)` from precomputed rows."""
-
-    def __init__(self, rows: dict[str, np.ndarray]):
-        self.rows = rows
-
-    def embed(self, texts, batch_size=64, **_):
-        return np.stack([self.rows[t] for t in texts])
-
-
-def sick_trial(path: Path):
-    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")]
-    col = rows[0].index("split")
-    keep = [r for r in rows[1:] if r[col] == "trial"]
-    return [r[0] for r in keep], [r[1] for r in keep], np.array([float(r[2]) for r in keep])
 
 
 def main() -> None:
@@ -60,7 +48,7 @@ def main() -> None:
 
     sets = {Path(f).parent.name: ("sts", read_sts_tsv(f)) for f in args.dev_sts}
     if args.sick:
-        sets["sick-trial"] = ("sts", sick_trial(args.sick))
+        sets["sick-trial"] = ("sts", read_sick(args.sick, "trial"))
     for d in args.dev_retrieval:
         sets[Path(d).name] = ("retrieval", read_beir(d))
     texts = set()
@@ -79,7 +67,7 @@ def main() -> None:
     rows = []
     for w in args.weights:
         mixed = l2_normalize(tower + w * branch)
-        model = Lookup(dict(zip(texts, mixed)))
+        model = PrecomputedEmbedder(dict(zip(texts, mixed)))
         row = {"weight": w}
         for name, (kind, data) in sets.items():
             row[name] = round(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, count_ngrams, normalize_text, project
-from fastlm.embedding.data import read_sts_tsv
+from fastlm.embedding.data import read_sick, read_sts_tsv
 from fastlm.embedding.evaluate import read_beir, retrieval_figures, sts_figures
 from fastlm.embedding.lexical_training import (
     LexicalConfig,
@@ -56,13 +56,6 @@ class LexicalEmbedder:
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def sick_rows(path: Path, split: str):
-    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")]
-    col = rows[0].index("split")
-    keep = [r for r in rows[1:] if r[col] == split]
-    return [r[0] for r in keep], [r[1] for r in keep], np.array([float(r[2]) for r in keep])
-
-
 def dev_sets(args) -> tuple[dict, set[str]]:
     """{name: (kind, data)} and every dev text, normalised (to drop from training)."""
     sets, seen = {}, set()
@@ -71,7 +64,7 @@ def dev_sets(args) -> tuple[dict, set[str]]:
         sets[Path(p).parent.name] = ("sts", (s1, s2, gold))
         seen.update(s1 + s2)
     if args.sick:
-        s1, s2, gold = sick_rows(args.sick, "trial")
+        s1, s2, gold = read_sick(args.sick, "trial")
         sets["sick-trial"] = ("sts", (s1, s2, gold))
         seen.update(s1 + s2)
     for d in args.dev_retrieval or []:
@@ -156,7 +149,7 @@ def build_data(args, dev_texts: set[str]) -> tuple[LexicalData, dict]:
         b += s2
         g += list(gold)  # noqa: E702
     if args.sick:
-        s1, s2, gold = sick_rows(args.sick, "train")
+        s1, s2, gold = read_sick(args.sick, "train")
         a += s1
         b += s2
         g += list(gold)  # noqa: E702

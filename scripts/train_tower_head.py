@@ -32,21 +32,19 @@ from safetensors.torch import save_file
 from fastlm.batching import embed_windowed
 from fastlm.char_ngrams import LexicalBranch, normalize_text
 from fastlm.checkpoint import load_checkpoint
-from fastlm.embedding.data import read_sts_tsv
-from fastlm.embedding.evaluate import read_beir, retrieval_figures, sts_figures
+from fastlm.embedding.data import read_sick, read_sts_tsv
+from fastlm.embedding.evaluate import (
+    PrecomputedEmbedder,
+    read_beir,
+    retrieval_figures,
+    sts_figures,
+)
 from fastlm.embedding.losses import cosent_loss, similarity_mse
 from fastlm.embedding.pairs import read_pairs_tsv
 from fastlm.embedding.teacher import cached_prefix
 from fastlm.hub import resolve_checkpoint
 from fastlm.models import architecture_of
 from fastlm.models.layers import mean_pool
-
-
-def sick_rows(path: Path, split: str):
-    rows = [line.rstrip("\n").split("\t") for line in path.open(encoding="utf-8")]
-    col = rows[0].index("split")
-    keep = [r for r in rows[1:] if r[col] == split]
-    return [r[0] for r in keep], [r[1] for r in keep], np.array([float(r[2]) for r in keep])
 
 
 class Features:
@@ -110,7 +108,7 @@ def main() -> None:
     # dev sets (never trained on: their texts are dropped from the training sample)
     sets = {Path(f).parent.name: ("sts", read_sts_tsv(f)) for f in args.dev_sts}
     if args.sick:
-        sets["sick-trial"] = ("sts", sick_rows(args.sick, "trial"))
+        sets["sick-trial"] = ("sts", read_sick(args.sick, "trial"))
     for d in args.dev_retrieval:
         sets[Path(d).name] = ("retrieval", read_beir(d))
     dev_texts = set()
@@ -134,7 +132,7 @@ def main() -> None:
     pq, pp = (np.concatenate(pq), np.concatenate(pp)) if pq else (np.zeros(0, int),) * 2
     sa, sb, sg = [], [], []
     for s1, s2, g in ([read_sts_tsv(args.sts)] if args.sts else []) + (
-        [sick_rows(args.sick, "train")] if args.sick else []
+        [read_sick(args.sick, "train")] if args.sick else []
     ):
         sa += list(s1)
         sb += list(s2)
@@ -180,10 +178,7 @@ def main() -> None:
     def evaluate() -> dict:
         with torch.no_grad():
             vecs = mixed(torch.from_numpy(dev_f), torch.from_numpy(dev_l)).numpy()
-        rows = dict(zip(dev_list, vecs))
-        model = type(
-            "Lookup", (), {"embed": lambda self, xs, **_: np.stack([rows[x] for x in xs])}
-        )()
+        model = PrecomputedEmbedder(dict(zip(dev_list, vecs)))
         out = {}
         for name, (kind, data) in sets.items():
             fig = (

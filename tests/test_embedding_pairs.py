@@ -50,3 +50,23 @@ def test_malformed_files_name_the_file_and_line(tmp_path, text, where):
     with pytest.raises(PairFileError, match="bad.tsv") as err:
         read_pairs_tsv(path)
     assert where in str(err.value)
+
+
+def test_read_sick_keeps_one_split_and_names_bad_rows(tmp_path):
+    from fastlm.embedding.data import DataFileError, read_sick
+
+    f = tmp_path / "pairs.tsv"
+    f.write_text(
+        "sentence1\tsentence2\tscore\tsplit\tentailment_label\n"
+        "a b\tc d\t4.5\ttrain\tneutral\n"
+        "e f\tg h\t1.0\ttrial\tneutral\n"
+        "i j\tk l\t3.0\ttrain\tneutral\n",
+        encoding="utf-8",
+    )
+    s1, s2, gold = read_sick(f, "train")
+    assert s1 == ["a b", "i j"] and s2 == ["c d", "k l"] and gold.tolist() == [4.5, 3.0]
+    with pytest.raises(DataFileError, match="no rows of split 'test'"):
+        read_sick(f, "test")
+    f.write_text("sentence1\tsentence2\tscore\tsplit\nx\ty\tnot-a-number\ttrial\n")
+    with pytest.raises(DataFileError, match=r"pairs.tsv.*2"):
+        read_sick(f, "trial")

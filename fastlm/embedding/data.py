@@ -120,6 +120,20 @@ def read_sts_tsv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     return s1, s2, np.asarray(gold, dtype=np.float64)
 
 
+def read_sick(path: str | Path, split: str) -> tuple[list[str], list[str], np.ndarray]:
+    """The rows of one split ("train", "trial", "test") of SICK's pairs.tsv (columns sentence1,
+    sentence2, score, split): sentence1, sentence2 and score (N,) float64."""
+    s1, s2, gold = [], [], []
+    for n, (a, b, score, part) in tsv_rows(path, ("sentence1", "sentence2", "score", "split")):
+        if part == split:
+            gold.append(finite_number(path, n, score, "score"))
+            s1.append(a)
+            s2.append(b)
+    if not gold:
+        raise DataFileError(path, None, f"no rows of split {split!r}")
+    return s1, s2, np.asarray(gold, dtype=np.float64)
+
+
 def read_labelled_pairs_tsv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """sentence1, sentence2 and label (N,) int8 of a tab-separated file with a header row; the
     label column may be called `label` or `score` and holds 0 or 1; both must occur."""

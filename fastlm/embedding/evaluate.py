@@ -50,6 +50,17 @@ Beir = tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]  # corpu
 Pairs = tuple[list[str], list[str], np.ndarray]  # sentence1s, sentence2s, (N,) scores or labels
 
 
+class PrecomputedEmbedder:
+    """`embed(texts)` from rows computed beforehand ({text: (D,) vector}), for evaluating many
+    variants of an embedding (weights, mixes) without embedding the dev texts again."""
+
+    def __init__(self, rows: dict[str, np.ndarray]):
+        self.rows = rows
+
+    def embed(self, texts, batch_size: int = 64, **_) -> np.ndarray:
+        return np.stack([self.rows[t] for t in texts])
+
+
 def _cosines(model, s1: list[str], s2: list[str], batch_size: int) -> np.ndarray:
     """(N,) cosine of each pair (the embeddings are L2-normalised)."""
     u = model.embed(s1, batch_size=batch_size)
