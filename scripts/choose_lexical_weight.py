@@ -22,13 +22,7 @@ import numpy as np
 import fastlm
 from fastlm.batching import l2_normalize
 from fastlm.char_ngrams import LexicalBranch
-from fastlm.embedding.data import read_sick, read_sts_tsv
-from fastlm.embedding.evaluate import (
-    PrecomputedEmbedder,
-    read_beir,
-    retrieval_figures,
-    sts_figures,
-)
+from fastlm.embedding.evaluate import DevSets, PrecomputedEmbedder
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 1e6)
 
@@ -46,15 +40,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
 
-    sets = {Path(f).parent.name: ("sts", read_sts_tsv(f)) for f in args.dev_sts}
-    if args.sick:
-        sets["sick-trial"] = ("sts", read_sick(args.sick, "trial"))
-    for d in args.dev_retrieval:
-        sets[Path(d).name] = ("retrieval", read_beir(d))
-    texts = set()
-    for kind, data in sets.values():
-        texts.update(data[0] + data[1] if kind == "sts" else [*data[0].values(), *data[1].values()])
-    texts = sorted(texts)
+    dev = DevSets(args.dev_sts, args.sick, args.dev_retrieval)
+    texts = dev.texts()
     if args.tower_cache and args.tower_cache.exists():
         tower = np.load(args.tower_cache)["tower"]
     else:
@@ -68,15 +55,7 @@ def main() -> None:
     for w in args.weights:
         mixed = l2_normalize(tower + w * branch)
         model = PrecomputedEmbedder(dict(zip(texts, mixed)))
-        row = {"weight": w}
-        for name, (kind, data) in sets.items():
-            row[name] = round(
-                sts_figures(model, data)["spearman"]
-                if kind == "sts"
-                else retrieval_figures(model, data)["ndcg@10"],
-                2,
-            )
-        row["mean"] = round(float(np.mean([row[n] for n in sets])), 2)
+        row = {"weight": w, **dev.figures(model)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["mean"])

@@ -57,6 +57,7 @@ def main() -> None:
         extra_manifest=facts,
         force=True,
         embedder=tower,
+        lexical=ckpt.lexical,  # a shipped lexical branch stays
     )
     write_model_card(WEIGHTS_DIR / args.name)  # README.md from the manifest just written
     print(json.dumps(facts["embedder"], indent=1))

@@ -26,7 +26,7 @@ import torch
 
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, count_ngrams, normalize_text, project
 from fastlm.embedding.data import read_sick, read_sts_tsv
-from fastlm.embedding.evaluate import read_beir, retrieval_figures, sts_figures
+from fastlm.embedding.evaluate import DevSets
 from fastlm.embedding.lexical_training import (
     LexicalConfig,
     LexicalData,
@@ -56,34 +56,8 @@ class LexicalEmbedder:
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def dev_sets(args) -> tuple[dict, set[str]]:
-    """{name: (kind, data)} and every dev text, normalised (to drop from training)."""
-    sets, seen = {}, set()
-    for p in args.dev_sts or []:
-        s1, s2, gold = read_sts_tsv(p)
-        sets[Path(p).parent.name] = ("sts", (s1, s2, gold))
-        seen.update(s1 + s2)
-    if args.sick:
-        s1, s2, gold = read_sick(args.sick, "trial")
-        sets["sick-trial"] = ("sts", (s1, s2, gold))
-        seen.update(s1 + s2)
-    for d in args.dev_retrieval or []:
-        beir = read_beir(d)
-        sets[Path(d).name] = ("retrieval", beir)
-        seen.update(beir[0].values())
-        seen.update(beir[1].values())
-    return sets, {normalize_text(t) for t in seen}
-
-
-def evaluate(table: np.ndarray, sets: dict) -> dict:
-    model = LexicalEmbedder(table)
-    out = {}
-    for name, (kind, data) in sets.items():
-        if kind == "sts":
-            out[name] = round(sts_figures(model, data)["spearman"], 2)
-        else:
-            out[name] = round(retrieval_figures(model, data)["ndcg@10"], 2)
-    return out
+def evaluate(table: np.ndarray, dev: DevSets) -> dict:
+    return dev.figures(LexicalEmbedder(table))
 
 
 def mine_negatives(queries: list[str], positives: list[str], depth: int) -> list[str | None]:
@@ -196,7 +170,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = LexicalConfig(**{k: getattr(args, k) for k in LexicalConfig.__dataclass_fields__})
     args.out.mkdir(parents=True, exist_ok=True)
-    sets, dev_texts = dev_sets(args)
+    dev = DevSets(args.dev_sts or [], args.sick, args.dev_retrieval or [])
+    dev_texts = {normalize_text(t) for t in dev.texts()}
     data, stats = build_data(args, dev_texts)
     print(json.dumps(stats), flush=True)
     start = idf_scaled_table(data.texts, args.buckets, args.dim, cfg.seed)
@@ -204,7 +179,7 @@ def main() -> None:
     trainer = LexicalTrainer(bag, data, cfg)
     log = (args.out / "log.jsonl").open("a", encoding="utf-8")
     log.write(json.dumps({"config": vars(cfg), "data": stats}) + "\n")
-    first = {"step": 0, **evaluate(start, sets)}
+    first = {"step": 0, **evaluate(start, dev)}
     print(json.dumps(first), flush=True)
     log.write(json.dumps(first) + "\n")
     t0, totals = time.time(), {}
@@ -216,7 +191,7 @@ def main() -> None:
                 "step": step,
                 "s": round(time.time() - t0, 1),
                 **{k: round(v / args.eval_every, 4) for k, v in totals.items()},
-                **evaluate(bag.table(), sets),
+                **evaluate(bag.table(), dev),
             }
             totals = {}
             print(json.dumps(row), flush=True)

@@ -33,12 +33,7 @@ from fastlm.batching import embed_windowed
 from fastlm.char_ngrams import LexicalBranch, normalize_text
 from fastlm.checkpoint import load_checkpoint
 from fastlm.embedding.data import read_sick, read_sts_tsv
-from fastlm.embedding.evaluate import (
-    PrecomputedEmbedder,
-    read_beir,
-    retrieval_figures,
-    sts_figures,
-)
+from fastlm.embedding.evaluate import DevSets, PrecomputedEmbedder
 from fastlm.embedding.losses import cosent_loss, similarity_mse
 from fastlm.embedding.pairs import read_pairs_tsv
 from fastlm.embedding.teacher import cached_prefix
@@ -106,17 +101,8 @@ def main() -> None:
     feats = Features(ckpt, args.threads)
 
     # dev sets (never trained on: their texts are dropped from the training sample)
-    sets = {Path(f).parent.name: ("sts", read_sts_tsv(f)) for f in args.dev_sts}
-    if args.sick:
-        sets["sick-trial"] = ("sts", read_sick(args.sick, "trial"))
-    for d in args.dev_retrieval:
-        sets[Path(d).name] = ("retrieval", read_beir(d))
-    dev_texts = set()
-    for kind, data in sets.values():
-        dev_texts.update(
-            data[0] + data[1] if kind == "sts" else [*data[0].values(), *data[1].values()]
-        )
-    dev_list = sorted(dev_texts)
+    dev = DevSets(args.dev_sts, args.sick, args.dev_retrieval)
+    dev_list = dev.texts()
     dev_norm = {normalize_text(t) for t in dev_list}
     fresh = lambda t: normalize_text(t) not in dev_norm  # noqa: E731
 
@@ -178,17 +164,7 @@ def main() -> None:
     def evaluate() -> dict:
         with torch.no_grad():
             vecs = mixed(torch.from_numpy(dev_f), torch.from_numpy(dev_l)).numpy()
-        model = PrecomputedEmbedder(dict(zip(dev_list, vecs)))
-        out = {}
-        for name, (kind, data) in sets.items():
-            fig = (
-                sts_figures(model, data)["spearman"]
-                if kind == "sts"
-                else retrieval_figures(model, data)["ndcg@10"]
-            )
-            out[name] = round(fig, 2)
-        out["mean"] = round(float(np.mean(list(out.values()))), 2)
-        return out
+        return dev.figures(PrecomputedEmbedder(dict(zip(dev_list, vecs))))
 
     log = (args.out / "log.jsonl").open("a", encoding="utf-8")
     log.write(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **facts}) + "\n")

@@ -25,7 +25,7 @@ every file before it loads a model.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from fastlm.embedding.data import (
     DataFileError,
     finite_number,
     read_labelled_pairs_tsv,
+    read_sick,
     read_sts_tsv,
     text_lines,
 )
@@ -322,3 +323,45 @@ def _ranked_figures(ranked: list[list[str]], qids: list[str], qrels: dict) -> di
     ndcg = [ndcg_at_k(r, qrels[q], 10) for q, r in zip(qids, ranked, strict=True)]
     recall = [recall_at_k(r, qrels[q], 100) for q, r in zip(qids, ranked, strict=True)]
     return {"ndcg@10": 100 * float(np.mean(ndcg)), "recall@100": 100 * float(np.mean(recall))}
+
+
+class DevSets:
+    """Named dev sets judged together: STS-style files (Spearman x100), SICK's trial rows, and
+    BEIR directories (nDCG@10 x100), named by their folder (`sick-trial` for SICK)."""
+
+    def __init__(
+        self,
+        sts: Sequence[str | Path] = (),
+        sick: str | Path | None = None,
+        retrieval: Sequence[str | Path] = (),
+    ):
+        self.sets: dict[str, tuple[str, object]] = {}
+        for f in sts:
+            self.sets[Path(f).parent.name] = ("sts", read_sts_tsv(f))
+        if sick is not None:
+            self.sets["sick-trial"] = ("sts", read_sick(sick, "trial"))
+        for d in retrieval:
+            self.sets[Path(d).name] = ("retrieval", read_beir(d))
+
+    def texts(self) -> list[str]:
+        """Every text of every set, sorted, once."""
+        out: set[str] = set()
+        for kind, data in self.sets.values():
+            out.update(
+                data[0] + data[1] if kind == "sts" else [*data[0].values(), *data[1].values()]
+            )
+        return sorted(out)
+
+    def figures(self, model) -> dict[str, float]:
+        """{set name: figure, rounded to 0.01} and their "mean", for anything with embed()."""
+        out = {}
+        for name, (kind, data) in self.sets.items():
+            fig = (
+                sts_figures(model, data)["spearman"]
+                if kind == "sts"
+                else retrieval_figures(model, data)["ndcg@10"]
+            )
+            out[name] = round(fig, 2)
+        if out:
+            out["mean"] = round(float(np.mean(list(out.values()))), 2)
+        return out
