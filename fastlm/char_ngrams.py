@@ -151,8 +151,12 @@ class LexicalBranch:
     def mix(self, tower: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, not normalised: the tower's unit rows plus `weight` times the
         branch's. `tower` (n, dim) is the tower's output (any scale; zero rows stay zero)."""
+        return self.mix_vectors(tower, self.vectors(texts))
+
+    def mix_vectors(self, tower: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """`mix` with the branch's unit rows (n, dim) already computed (`vectors`)."""
         unit = tower / np.maximum(np.linalg.norm(tower, axis=1, keepdims=True), 1e-12)
-        return (unit + self.weight * self.vectors(texts)).astype(np.float32)
+        return (unit + self.weight * vectors).astype(np.float32)
 
     def save(self, path, extra: dict[str, str] | None = None) -> None:
         """Write `path` (safetensors): the table as int8 rows with one float32 scale each (a

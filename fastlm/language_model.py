@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,9 @@ from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
 from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
 
 PROGRESS_MIN_TEXTS = 1000  # progress bar on by default only from this many texts
+# the lexical branch runs in a thread beside the tower from this many texts (below, a thread
+# costs more than it hides)
+OVERLAP_MIN_TEXTS = 32
 
 
 @dataclass(frozen=True)
@@ -126,23 +131,28 @@ class LanguageModel:
         def bar(batches):
             return tqdm(batches, desc="embed", disable=not show_progress_bar)
 
-        out = embed_windowed(
-            seqs,
-            self.embedding_dim,
-            self.backend.embed_batch,
-            self.embed_window,
-            batch_size,
-            token_budget,
-            bar,
-        )
         lexical = self.backend.lexical
-        if lexical is not None:
-            # the branch reads the text the tower read: cut where max_length cut the tokens
-            cut = [
-                self.tokenizer.decode(s) if max_length is not None else t
-                for s, t in zip(seqs, items)
-            ]
-            out = lexical.mix(out, cut)
+        # the branch reads the text the tower read: cut where max_length cut the tokens
+        cut = (
+            [self.tokenizer.decode(s) if max_length is not None else t for s, t in zip(seqs, items)]
+            if lexical is not None
+            else []
+        )
+        with ThreadPoolExecutor(1) if len(cut) >= OVERLAP_MIN_TEXTS else nullcontext() as pool:
+            # numpy and the backends release the GIL: the branch runs beside the tower
+            branch = pool.submit(lexical.vectors, cut) if pool is not None else None
+            out = embed_windowed(
+                seqs,
+                self.embedding_dim,
+                self.backend.embed_batch,
+                self.embed_window,
+                batch_size,
+                token_budget,
+                bar,
+            )
+            if lexical is not None:
+                vectors = branch.result() if branch is not None else lexical.vectors(cut)
+                out = lexical.mix_vectors(out, vectors)
         if normalize:
             out = l2_normalize(out)
         result = out[0] if single else out
