@@ -10,7 +10,8 @@ Documented behaviour for edge cases:
   whitespace-only text is ordinary text (it has tokens). A text of any length embeds in bounded
   memory: longer than the embedding window (`embed_window`: the Transformer's 256 trained
   positions, 1,024 for the LSTM) it is embedded window by window and the windows pooled
-  (fastlm/batching.py); `max_length=` truncates first.
+  (fastlm/batching.py); `max_length=` truncates first. A progress bar is drawn when asked
+  (`show_progress_bar=True`), or by default for >= 1,000 texts when stderr is a terminal.
 - score: "" -> log_likelihood 0, perplexity 1, bits_per_byte 0, tokens 0. Every token is scored,
   the first one given <|endoftext|> as context. Text longer than the Transformer's context is a
   ValueError (truncating would silently change the score); the LSTM scores any length, in
@@ -26,6 +27,7 @@ Documented behaviour for edge cases:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -47,7 +49,9 @@ from fastlm.sampling import check_sampling, make_rng, sample_next
 from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
 from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
 
-PROGRESS_MIN_TEXTS = 1000  # progress bar on by default only from this many texts
+# progress bar on by default only from this many texts, and only when stderr is a terminal:
+# captured logs (servers, CI, notebooks' redirected stderr) get no bar unless one is asked for
+PROGRESS_MIN_TEXTS = 1000
 # the lexical branch runs in a thread beside the tower from this many texts (below, a thread
 # costs more than it hides)
 OVERLAP_MIN_TEXTS = 32
@@ -126,7 +130,7 @@ class LanguageModel:
         check_optional_int(max_length, "max_length", min=1)
         seqs = truncate(self.tokenizer.encode_many(items), max_length)
         if show_progress_bar is None:
-            show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS
+            show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS and _stderr_is_terminal()
 
         def bar(batches):
             return tqdm(batches, desc="embed", disable=not show_progress_bar)
@@ -384,3 +388,10 @@ def _check_stop(stop) -> list[str]:
 def _first_stop(text: str, stops: list[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False

@@ -287,3 +287,11 @@ def test_onnx_arena_gives_memory_back_after_an_outsize_batch(tmp_path_factory, s
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["after"] - out["before"] < 150, out
+
+
+def test_no_progress_bar_in_captured_logs_unless_asked(eager, capsys):
+    texts = [f"text {i}" for i in range(1000)]  # the default threshold
+    eager.embed(texts)
+    assert "embed" not in capsys.readouterr().err  # stderr is not a terminal here
+    eager.embed(texts[:10], show_progress_bar=True)
+    assert "embed" in capsys.readouterr().err
