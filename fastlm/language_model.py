@@ -133,7 +133,8 @@ class LanguageModel:
             show_progress_bar = len(seqs) >= PROGRESS_MIN_TEXTS and _stderr_is_terminal()
 
         def bar(batches):
-            return tqdm(batches, desc="embed", disable=not show_progress_bar)
+            # no tqdm object at all when off: creating one takes tqdm's process-shared lock
+            return tqdm(batches, desc="embed") if show_progress_bar else batches
 
         lexical = self.backend.lexical
         # the branch reads the text the tower read: cut where max_length cut the tokens

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import os
 import warnings
 from collections.abc import Sequence
@@ -62,7 +63,18 @@ def _import_backend():
         raise ImportError(f"lexical search needs bm25s and PyStemmer: {INSTALL_HINT}") from err
     # bm25s sets its own logger to DEBUG, which prints a line per fit through any root handler
     logging.getLogger("bm25s").setLevel(logging.WARNING)
+    _without_tqdm()
     return bm25s, Stemmer
+
+
+def _without_tqdm() -> None:
+    """Point bm25s's modules at their own no-op `_faketqdm`. fastlm always passes
+    show_progress=False, but a disabled tqdm still takes tqdm's process-shared lock on creation:
+    a process killed (-9) while holding it left every later tqdm in its parent's process tree
+    waiting forever (seen: an Index saving after forked savers were killed)."""
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "bm25s" and hasattr(module, "_faketqdm"):
+            module.tqdm = module._faketqdm
 
 
 @dataclass(frozen=True)
