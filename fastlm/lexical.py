@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
