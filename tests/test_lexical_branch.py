@@ -92,3 +92,8 @@ def test_the_branch_is_part_of_the_embedding_digest(small_checkpoints, tmp_path)
         for p in (small_checkpoints["lstm"], out, without)
     }
     assert len(digests) == 3
+
+
+def test_the_onnx_backend_keeps_one_table(small_checkpoints):
+    model = fastlm.load(small_checkpoints["lstm"], backend="onnx")
+    assert model.backend.lexical is model.backend.checkpoint.lexical

@@ -68,6 +68,9 @@ class OnnxBackend(OrtBackend):
             path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
             manifest = _load_or_export(checkpoint.path, path, (weights_sha, arch, dtype))
         super().__init__(path, manifest, threads, providers)
+        # the export's lexical.safetensors is a copy of the checkpoint's (same digest): keep one
+        # table in memory, not two
+        self.lexical = checkpoint.lexical
         self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
         # the torch model that scores what lm.onnx cannot (None: lm.onnx scores everything)
         carries = architecture_of(checkpoint.config).carries_state
