@@ -12,7 +12,9 @@ Only the standard library is imported here; torch loads when a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,7 +65,9 @@ def _add_embed(sub) -> None:
         "embed",
         help="embed texts: JSON lines or a .npy array",
         description='Print one JSON object per text, {"text": ..., "embedding": [D floats]}, '
-        "or write an (n, D) float32 .npy file. Vectors are L2-normalised unless --no-normalize.",
+        "or write an (n, D) float32 .npy file. Vectors are L2-normalised unless --no-normalize. "
+        "--input is read and written chunk by chunk: memory stays bounded whatever its size, "
+        "and --out appears only once the whole input is embedded.",
     )
     _add_input_flags(p, "texts to embed")
     _add_model_flags(p)
@@ -72,6 +76,16 @@ def _add_embed(sub) -> None:
     p.add_argument("--no-normalize", dest="normalize", action="store_false")
     p.add_argument("--out", metavar="FILE", help="write here (.npy or .jsonl) instead of stdout")
     p.add_argument("--format", choices=OUT_FORMATS, help="output format (default: from --out)")
+    p.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        help="lines read, embedded and written at a time (default 2048)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar with tokens/s on stderr (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=_run_embed)
 
 
@@ -83,41 +97,84 @@ def _embed_format(args) -> str:
     return "jsonl"
 
 
-def _run_embed(args) -> int:
-    import numpy as np
+def _open_input(args):
+    """(binary stream or None, name, size in bytes or None) of the texts: None for texts given as
+    arguments, else --input FILE or standard input. Opened before the model loads, so a missing
+    file fails at once."""
+    if args.texts and args.input:
+        raise UsageError("give texts as arguments or --input, not both")
+    if args.texts:
+        return None, "arguments", None
+    if args.input in (None, "-"):
+        if sys.stdin.isatty():  # would wait silently
+            raise UsageError("give texts as arguments, --input FILE, or pipe them on stdin")
+        return sys.stdin.buffer, "<stdin>", None
+    stream = open(args.input, "rb")  # noqa: SIM115 (closed by _run_embed)
+    return stream, args.input, os.fstat(stream.fileno()).st_size
 
+
+def _run_embed(args) -> int:
+    from fastlm.embed_stream import JsonlWriter, NpyWriter, embed_stream, read_lines
     from fastlm.io import atomic_write
 
     fmt = _embed_format(args)
     if fmt == "npy" and not args.out and sys.stdout.isatty():
         raise UsageError("--format npy writes binary: give --out FILE.npy or redirect stdout")
-    texts = _texts(args)
-    model = load_model(args)
-    vecs = model.embed(
-        texts, batch_size=args.batch_size, max_length=args.max_length, normalize=args.normalize
+    stream, name, size = _open_input(args)
+    owned = stream is not None and stream is not sys.stdin.buffer
+    lines = (
+        read_lines(stream, name)
+        if stream is not None
+        else ((t, len(t.encode("utf-8", "surrogatepass"))) for t in args.texts)
     )
-    if fmt == "npy":
+    with stream if owned else contextlib.nullcontext():
+        model = load_model(args)
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = _progress_bar(size) if show else None
+
+        def run(out, in_place: bool) -> None:
+            writer = (
+                NpyWriter(out, model.embedding_dim, in_place=in_place)
+                if fmt == "npy"
+                else JsonlWriter(out)
+            )
+            stats = embed_stream(
+                model,
+                lines,
+                writer,
+                **({"chunk_texts": args.chunk_size} if args.chunk_size else {}),
+                on_chunk=None if bar is None else (lambda st, n: _advance(bar, st, n)),
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                normalize=args.normalize,
+            )
+            if bar is not None:
+                bar.close()
+            if args.out or show:
+                print(f"fastlm embed: {stats.summary()}", file=sys.stderr)
+
         if args.out:
 
-            def save(tmp: str) -> None:
-                with open(tmp, "wb") as f:  # a file object: np.save(str) would add ".npy"
-                    np.save(f, vecs)
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as out:
+                    run(out, in_place=True)
 
-            atomic_write(args.out, save)
+            atomic_write(args.out, write)
         else:
-            np.save(sys.stdout.buffer, vecs)
-        return 0
-    lines = (
-        json.dumps({"text": t, "embedding": [round(float(x), 7) for x in v]}, ensure_ascii=False)
-        + "\n"
-        for t, v in zip(texts, vecs)
-    )
-    if args.out:
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
-    else:
-        for line in lines:
-            sys.stdout.write(line)
+            # stdout may be a pipe, or a file opened for appending: never seek in it
+            run(sys.stdout.buffer, in_place=False)
     return 0
+
+
+def _progress_bar(size: int | None):
+    from tqdm import tqdm
+
+    return tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="embed")
+
+
+def _advance(bar, stats, nbytes: int) -> None:
+    bar.update(nbytes)
+    bar.set_postfix_str(f"{stats.texts:,} texts, {stats.tokens_per_second:,.0f} tokens/s")
 
 
 # ----------------------------------------------------------------------------- generate

@@ -7,6 +7,7 @@ fastlm`, the same `fastlm.cli:main`) with this checkout first on the path.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -232,6 +233,41 @@ def test_embed_npy_and_jsonl_match_the_api(tmp_path):
     assert [r["text"] for r in rows] == texts
     np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_embed_streams_in_chunks_to_a_file_and_a_pipe(tmp_path):
+    import fastlm
+
+    texts = ["one", "", "naïve café", "x " * 300, "日本語", "six", "seven\rin one line"]
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"".join(t.encode() + b"\r\n" for t in texts))
+    common = ["--input", str(src), "--model", "lstm", "--threads", "1", "--chunk-size", "2"]
+    expected = fastlm.load("lstm", backend="eager", device="cpu").embed(texts)
+    for name in ("v.npy", "v.jsonl"):
+        proc = run_cli("embed", *common, "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        assert "fastlm embed: 7 texts" in proc.stderr and "tokens/s" in proc.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-6)
+    rows = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text("utf-8").splitlines()]
+    assert [r["text"] for r in rows] == texts
+    np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-6)
+    piped = subprocess.run(
+        [*FASTLM, "embed", *common, "--format", "npy"], capture_output=True, env=_env(), cwd=ROOT
+    )
+    assert piped.returncode == 0 and piped.stderr == b""  # no summary, no bar: not a terminal
+    np.testing.assert_array_equal(np.load(io.BytesIO(piped.stdout)), np.load(tmp_path / "v.npy"))
+
+
+def test_embed_bad_line_leaves_the_previous_output_whole(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"fine\nalso fine\nbroken \xff\nnever read\n")
+    out = tmp_path / "v.npy"
+    out.write_bytes(b"previous contents")
+    args = ["--input", str(src), "--model", "lstm", "--threads", "1", "--chunk-size", "1"]
+    line = one_line_error(run_cli("embed", *args, "--out", str(out)), 1)
+    assert f"{src} line 3 is not UTF-8" in line
+    assert out.read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "v.npy"]  # no temp file
 
 
 def test_generate_is_greedy_by_default_and_matches_the_api(capsys):
