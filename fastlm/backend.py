@@ -97,7 +97,17 @@ class Backend:
         """A decoder able to hold `max_seq` tokens (prompt + generated)."""
         raise NotImplementedError
 
+    # set by `fastlm.load(..., backend="auto")`: {"chosen": name, "why": ...}
+    auto_choice: dict | None = None
+
     def describe(self) -> dict:
+        """What runs the model (`details()`), and why "auto" chose it when it did."""
+        out = self.details()
+        if self.auto_choice is not None:
+            out["auto"] = dict(self.auto_choice)
+        return out
+
+    def details(self) -> dict:
         return {"backend": self.name}
 
 

@@ -47,6 +47,7 @@ from fastlm.export.format import (
     check_graph,
     verify_export_dir,
 )
+from fastlm.export.pack_format import PackedGraphs
 from fastlm.language_model import LanguageModel
 from fastlm.tokenizer import Tokenizer
 from fastlm.validation import check_optional_int
@@ -95,18 +96,36 @@ def _run(session, feed: dict, what: str, shrink: bool | None = None) -> list[np.
         raise MemoryError(f"ONNX Runtime could not allocate memory for {what} {shapes}") from err
 
 
-def make_session(path: Path, threads: int | None, providers: Sequence[str], arena: bool = True):
+def make_session(
+    path: Path,
+    threads: int | None,
+    providers: Sequence[str],
+    arena: bool = True,
+    packed: tuple[bytes, dict[str, np.ndarray]] | None = None,
+):
     """An ORT session; its intra-op threads are this session's own (0: ORT's default, one per
     physical core), never a process-wide setting. arena=False: CPU buffers are freed after each
-    run instead of pooled (for outsize runs; pooling is 15-35% faster on planned batches)."""
+    run instead of pooled (for outsize runs; pooling is 15-35% faster on planned batches).
+    packed: (graph bytes, {initializer name: array}) to open instead of the file at `path`
+    (a packed graph, fastlm/export/pack_format.py; the arrays must outlive the session)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0
     opts.enable_cpu_mem_arena = arena
+    model: str | bytes = str(path)
+    if packed is not None:
+        model, arrays = packed
+        opts.add_external_initializers(
+            list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        )
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+        return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
     except (ort_state.InvalidProtobuf, ort_state.InvalidGraph) as err:
         raise ExportDirError(f"{path} is not a valid ONNX graph: {err}") from None
+    except ort_state.Fail as err:  # e.g. a packed graph missing one of its tensors
+        if packed is None:
+            raise
+        raise ExportDirError(f"{path} cannot be opened: {err}") from None
 
 
 class OrtBackend(Backend):
@@ -121,24 +140,37 @@ class OrtBackend(Backend):
         manifest: dict,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        packed: PackedGraphs | None = None,
     ):
         """Open the graphs of `path` as `manifest` describes them, with no sha256 check (the
-        exporter certifies a directory before its manifest exists; `load` verifies first)."""
+        exporter certifies a directory before its manifest exists; `load` verifies first).
+        packed: a checkpoint's verified pack (its manifest is `manifest`; `path` the checkpoint,
+        whose tokenizer.json it reads) whose graphs are opened instead of the directory's."""
         check_optional_int(threads, "threads", min=1)
         self.path, self.manifest, self.threads = Path(path), manifest, threads
         self.tokenizer = Tokenizer.load(self.path / TOKENIZER_FILE)
         providers = list(providers) if providers else default_providers()
-        self.sessions = {
-            key: make_session(self.path / name, threads, providers)
+        where = packed.path if packed is not None else self.path
+        self._graphs = {
+            key: (where / name, packed.graphs[key] if packed is not None else None)
             for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE))
         }
-        for key, name in (("embed", EMBED_FILE), ("lm", LM_FILE), ("decode", DECODE_FILE)):
+        self.sessions = {
+            key: make_session(file, threads, providers, packed=graph)
+            for key, (file, graph) in self._graphs.items()
+        }
+        for key, (file, _) in self._graphs.items():
             # digests prove nothing once a manifest is re-hashed: the graphs must fit the facts
-            check_graph(self.sessions[key], self.path / name, key, manifest)
+            check_graph(self.sessions[key], file, key, manifest)
         self.info = ModelInfo.from_facts(manifest["model"]).with_identity(
             manifest["source"]["weights_sha256"], self.tokenizer
         )
-        self.dtype: str = manifest.get("dtype", "fp32")
+        self.dtypes: dict[str, str] = (
+            packed.dtypes
+            if packed is not None
+            else dict.fromkeys(self._graphs, manifest.get("dtype", "fp32"))
+        )
+        self.dtype: str = "+".join(dict.fromkeys(self.dtypes.values()))  # "int8+fp32" mixed
         if LEXICAL_FILE in manifest.get("files", {}):  # unlisted: unverified, never read
             try:
                 self.lexical = LexicalBranch.load(self.path / LEXICAL_FILE)
@@ -185,8 +217,9 @@ class OrtBackend(Backend):
         with self._outsize_lock:
             if self._outsize_lm is None:
                 providers = self.sessions["lm"].get_providers()
+                file, graph = self._graphs["lm"]
                 self._outsize_lm = make_session(
-                    self.path / LM_FILE, self.threads, providers, arena=False
+                    file, self.threads, providers, arena=False, packed=graph
                 )
             return self._outsize_lm
 
@@ -202,8 +235,13 @@ class OrtBackend(Backend):
     def new_decoder(self, max_seq: int) -> OnnxDecoder:
         return OnnxDecoder(self.sessions["decode"], self.info.context_length)
 
-    def describe(self) -> dict:
-        return {"backend": self.name, "dtype": self.dtype, "providers": self.providers}
+    def details(self) -> dict:
+        return {
+            "backend": self.name,
+            "dtype": self.dtype,
+            "dtypes": self.dtypes,
+            "providers": self.providers,
+        }
 
 
 class OnnxDecoder:

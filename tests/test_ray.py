@@ -27,7 +27,7 @@ def test_embed_dataset_writes_parquet_matching_the_api(local_ray, tmp_path):
 
     texts = [f"document {i}: " + "some words " * (i % 7) for i in range(40)] + ["", "naïve 日本"]
     ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
-    out = embed_dataset(ds, model=MODEL, concurrency=1, batch_size=16, threads=1)
+    out = embed_dataset(ds, model=MODEL, backend="eager", concurrency=1, batch_size=16, threads=1)
     out.write_parquet(str(tmp_path / "emb"))
     table = pq.read_table(tmp_path / "emb").to_pydict()
     assert sorted(table["id"]) == list(range(len(texts)))  # nothing lost, nothing twice

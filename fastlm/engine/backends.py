@@ -62,7 +62,7 @@ class TorchBackend(Backend):
             self._step = self.model.step_module()
         return TorchDecoder(self.model, self._step, max_seq, self.device, self.scope)
 
-    def describe(self) -> dict:
+    def details(self) -> dict:
         return {"backend": self.name, "device": str(self.device), "threads": self.threads}
 
 

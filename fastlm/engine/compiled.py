@@ -96,8 +96,8 @@ class CompileBackend(TorchBackend):
         step = _TimedStep(self, key)
         return TorchDecoder(self.model, step, cache_len, self.device, self.scope)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "compile_seconds": dict(self.compile_seconds)}
+    def details(self) -> dict:
+        return {**super().details(), "compile_seconds": dict(self.compile_seconds)}
 
 
 def padded_width(T: int, bucket: int, extra: int, limit: int | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -13,19 +14,20 @@ from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel
 from fastlm.validation import check_optional_int
 
+log = logging.getLogger("fastlm")
+
 DEVICES_ACCEPTED = "expected cpu, cuda, cuda:N, mps, ... (None: cuda when available, else cpu)"
+
+
+# The accuracy budget "auto" holds, read from each packed graph's parity certificate (probes
+# against eager PyTorch fp32): embeddings within cosine 0.999 and 99% top-10 ranking overlap;
+# scoring and decoding give eager's greedy tokens exactly.
+AUTO_EMBED_COSINE_MIN, AUTO_TOP10_MIN, AUTO_GREEDY_AGREEMENT = 0.999, 0.99, 1.0
 
 
 def pick_auto_backend(device: torch.device) -> str:
     """'triton' on CUDA when that backend is registered and its kernels can run, else 'eager'.
-
-    On CPU "auto" is eager, decided by measurement (docs/benchmarks.md, "Long documents"):
-    torch.compile is no faster than eager for these small models on 2 cores once length-sorted,
-    windowed batching removes padding, and costs seconds of compilation; ONNX Runtime int8 is
-    1.6x (Transformer) and 2.2x (LSTM) eager's tokens/s on long documents (the "Measured" table
-    there) but its first use exports the graphs (4-9 s, over the ~2 s first-call budget) and
-    shipping them would add ~38 MB to the package.
-    """
+    (On a CPU, `choose_auto` runs a checkpoint's certified ONNX pack before falling back here.)"""
     if device.type == "cuda" and cuda_kernels_available():
         try:
             get_backend_class("triton")
@@ -33,6 +35,70 @@ def pick_auto_backend(device: torch.device) -> str:
         except (ValueError, ImportError):
             return "eager"
     return "eager"
+
+
+def choose_auto(device: torch.device, checkpoint) -> tuple[str, dict, str]:
+    """(backend name, its options, why) for backend="auto".
+
+    On a CPU: ONNX Runtime over the graphs packed with the checkpoint (fastlm/export/pack.py:
+    the shipped models carry int8 embed and fp32 lm/decode graphs) when onnxruntime is installed,
+    the pack verifies against these weights and its certificates hold the budget above; it is
+    1.4-2.8x eager (docs/benchmarks.md, "auto on a CPU"). Otherwise eager, saying why (INFO when
+    onnxruntime or a pack is absent, WARNING when a pack is refused)."""
+    fallback = pick_auto_backend(device)
+    if device.type != "cpu":
+        return fallback, {}, f"{fallback} on {device.type}"
+    try:
+        import onnxruntime  # noqa: F401  (the optional `cpu` extra)
+    except ImportError:
+        why = 'onnxruntime is not installed (pip install "fastlm[cpu]" for the faster backend)'
+        log.info("backend auto: eager, %s", why)
+        return fallback, {}, why
+    from fastlm.export.format import ExportDirError
+    from fastlm.export.pack_format import read_pack
+
+    try:
+        packed = read_pack(checkpoint.path, checkpoint.weights_digest)
+    except FileNotFoundError:
+        why = f"{checkpoint.path.name} carries no ONNX pack"
+        log.info("backend auto: eager, %s", why)
+        return fallback, {}, why
+    except ExportDirError as err:
+        why = f"its ONNX pack was refused: {err}"
+        log.warning("backend auto: eager, %s", why)
+        return fallback, {}, why
+    short = _certificate_shortfalls(packed)
+    if short:
+        why = f"its ONNX pack is outside the accuracy budget: {'; '.join(short)}"
+        log.warning("backend auto: eager, %s", why)
+        return fallback, {}, why
+    embed = packed.certificate("embed")
+    why = (
+        f"certified ONNX pack: embed {packed.dtypes['embed']} (cosine to eager >= "
+        f"{embed['embedding']['cosine_min']:.5f}, top-10 overlap "
+        f"{embed['ranking']['top10_overlap']:.0%}), lm/decode {packed.dtypes['decode']} "
+        "(greedy tokens identical to eager)"
+    )
+    return "onnx", {"packed": packed}, why
+
+
+def _certificate_shortfalls(packed) -> list[str]:
+    """What in the pack's certificates misses the "auto" budget (empty: none)."""
+    short = []
+    try:
+        embed = packed.certificate("embed")
+        cosine, overlap = embed["embedding"]["cosine_min"], embed["ranking"]["top10_overlap"]
+        if not (embed.get("passed") and cosine >= AUTO_EMBED_COSINE_MIN):
+            short.append(f"embed cosine min {cosine} < {AUTO_EMBED_COSINE_MIN}")
+        if overlap < AUTO_TOP10_MIN:
+            short.append(f"embed top-10 overlap {overlap} < {AUTO_TOP10_MIN}")
+        for role in ("lm", "decode"):
+            greedy = packed.certificate(role)["greedy"]["agreement"]
+            if greedy < AUTO_GREEDY_AGREEMENT:
+                short.append(f"{role} greedy agreement {greedy} < {AUTO_GREEDY_AGREEMENT}")
+    except (KeyError, TypeError) as err:
+        short.append(f"a certificate lacks {err}")
+    return short
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -67,8 +133,11 @@ def load(
 ) -> LanguageModel:
     """Load a shipped model by name ("transformer", "lstm") or a checkpoint/run directory.
 
-    backend: "auto" | "eager" | "compile" | "onnx" | "triton". device: "cpu", "cuda", ... (default:
-    CUDA when available). threads: intra-op threads for this model's calls (torch's count is
+    backend: "auto" | "eager" | "compile" | "onnx" | "triton". "auto" is triton on CUDA; on a
+    CPU, ONNX Runtime over the checkpoint's certified ONNX pack when onnxruntime is installed,
+    else eager (`choose_auto`; `model.backend.describe()["auto"]` says which and why; backend
+    options with "auto" skip the pack). device: "cpu", "cuda", ... (default: CUDA when
+    available). threads: intra-op threads for this model's calls (torch's count is
     set for each call and restored after it; ONNX Runtime's belongs to its sessions); None
     leaves the defaults.
     """
@@ -76,13 +145,20 @@ def load(
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     check_optional_int(threads, "threads", min=1)  # True is not a thread count
     dev = resolve_device(device)
-    name = backend if backend != "auto" else pick_auto_backend(dev)
-    cls = get_backend_class(name)
+    if backend != "auto":
+        get_backend_class(backend)  # an unknown name fails before the checkpoint loads
     ckpt = load_checkpoint(resolve_checkpoint(name_or_path), device=dev)
+    choice = None
+    if backend == "auto" and not backend_options:
+        backend, options, why = choose_auto(dev, ckpt)
+        backend_options, choice = options, {"chosen": backend, "why": why}
+    elif backend == "auto":  # options name what to run: the plain fallback takes them
+        backend = pick_auto_backend(dev)
     label = os.fspath(name_or_path)
-    backend_obj = cls(ckpt, dev, threads, **backend_options)
+    backend_obj = get_backend_class(backend)(ckpt, dev, threads, **backend_options)
+    backend_obj.auto_choice = choice
     backend_obj.info = backend_obj.info.with_identity(ckpt.weights_digest, ckpt.tokenizer)
     return LanguageModel(label, backend_obj)
 
 
-__all__ = ["backend_names", "load", "pick_auto_backend", "resolve_device"]
+__all__ = ["backend_names", "choose_auto", "load", "pick_auto_backend", "resolve_device"]

@@ -22,6 +22,7 @@ import torch
 from fastlm.checkpoint import Checkpoint
 from fastlm.engine.backends import chunked_nll, register_backend
 from fastlm.export.format import ExportDirError, verify_export_dir
+from fastlm.export.pack_format import PackedGraphs
 from fastlm.models import architecture_of
 from fastlm.runtime import OrtBackend, default_providers
 
@@ -49,9 +50,14 @@ class OnnxBackend(OrtBackend):
         dtype: str | None = None,
         export_dir: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
+        packed: PackedGraphs | None = None,
     ):
+        """packed: the checkpoint's verified pack (`read_pack`), run instead of an export (what
+        "auto" does on a CPU); dtype, export_dir and cache_dir do not apply to it."""
         from fastlm.export import DTYPES
 
+        if packed is not None and (dtype, export_dir, cache_dir) != (None, None, None):
+            raise ValueError("a packed model takes no dtype, export_dir or cache_dir")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(
                 f"unknown dtype {dtype!r} for the onnx backend; choose one of {', '.join(DTYPES)}"
@@ -59,7 +65,9 @@ class OnnxBackend(OrtBackend):
         providers = default_providers() if device.type == "cuda" else ["CPUExecutionProvider"]
         weights_sha = checkpoint.weights_digest  # LM + embedding tower
         arch = checkpoint.config.architecture
-        if export_dir is not None:  # dtype None: whatever the export holds
+        if packed is not None:
+            path, manifest = checkpoint.path, packed.manifest
+        elif export_dir is not None:  # dtype None: whatever the export holds
             path = Path(export_dir)
             manifest = verify_export_dir(path)
             _check_source(manifest, weights_sha, arch, dtype, path)
@@ -67,7 +75,8 @@ class OnnxBackend(OrtBackend):
             dtype = dtype or "fp32"
             path = Path(cache_dir or default_cache_dir()) / f"{weights_sha}-{dtype}"
             manifest = _load_or_export(checkpoint.path, path, (weights_sha, arch, dtype))
-        super().__init__(path, manifest, threads, providers)
+        super().__init__(path, manifest, threads, providers, packed=packed)
+        self.packed = packed
         # the export's lexical.safetensors is a copy of the checkpoint's (same digest): keep one
         # table in memory, not two
         self.lexical = checkpoint.lexical
@@ -87,8 +96,9 @@ class OnnxBackend(OrtBackend):
             return chunked_nll(self._chunked_model, True, input_ids, attention_mask)
         return super().nll_batch(input_ids, attention_mask)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "device": str(self.device), "export_dir": str(self.path)}
+    def details(self) -> dict:
+        where = self.packed.path if self.packed is not None else self.path
+        return {**super().details(), "device": str(self.device), "export_dir": str(where)}
 
 
 def _load_or_export(ckpt_path: Path, path: Path, want: tuple) -> dict:

@@ -77,8 +77,8 @@ class TritonBackend(TorchBackend):
     def _embed(self, ids, mask):
         return tower_embeddings(self.embedder, ids, mask, self.dtype, self.kernel_encoder)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "dtype": self.dtype_name}
+    def details(self) -> dict:
+        return {**super().details(), "dtype": self.dtype_name}
 
 
 register_backend("triton", TritonBackend)

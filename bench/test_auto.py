@@ -1,0 +1,85 @@
+"""`auto` against the fastest backend, same run: what a user who never picks a backend gets.
+
+- test_auto_choice (every mode, free of timing noise): on a CPU, `auto` runs the shipped ONNX
+  pack (int8 embed, fp32 lm and decode) and its certificates hold the budget; on CUDA, triton.
+- test_auto_embed: 2,000 paragraphs (smoke: 200) and the long-document corpus, `auto` vs
+  onnx-int8, the fastest CPU embed backend (docs/benchmarks.md): gate >= 1/1.15.
+- test_auto_decode: greedy 16 + 128 tokens, `auto` vs onnx-int8, the fastest decoder: gate
+  >= 1/1.15; `auto`'s tokens must be eager's (its decode graph is fp32).
+
+Ratios here are fastest-backend time / auto time (1.0: as fast as the fastest).
+"""
+
+from __future__ import annotations
+
+import pytest
+from long_docs import build_corpus
+
+import fastlm
+from fastlm.benchmarking import ARCHS, greedy_decode, random_batch
+
+ROUNDS = 2
+
+
+def _auto(sources, arch: str, device: str, threads):
+    return fastlm.load(sources[arch], backend="auto", device=device, threads=threads)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_choice(sources, device, threads, arch):
+    info = _auto(sources, arch, device, threads).backend.describe()
+    if device.startswith("cuda"):
+        assert info["auto"]["chosen"] in ("triton", "eager"), info
+        return
+    assert info["backend"] == "onnx", info["auto"]["why"]
+    assert info["dtypes"] == {"embed": "int8", "lm": "fp32", "decode": "fp32"}
+    assert info["auto"]["why"].startswith("certified ONNX pack"), info["auto"]
+
+
+@pytest.fixture(scope="module")
+def long_texts(lms, smoke):
+    tokenizer = lms("transformer", "eager").tokenizer
+    if smoke:
+        return build_corpus(24, cap=1200, tokenizer=tokenizer)
+    return build_corpus(120, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("corpus", ["paragraphs", "long"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_embed(bench, lms, sources, paragraphs, long_texts, device, threads, arch, corpus):
+    if device.startswith("cuda"):
+        pytest.skip("the CPU choice is gated here; CUDA's auto is triton (bench/test_embed.py)")
+    auto, fastest = _auto(sources, arch, device, threads), lms(arch, "onnx-int8")
+    texts = paragraphs.texts if corpus == "paragraphs" else long_texts.texts
+    for lm in (auto, fastest):
+        lm.embed(texts[:32], show_progress_bar=False)  # warm-up
+    timing = bench.run(
+        lambda: auto.embed(texts, show_progress_bar=False),
+        lambda: fastest.embed(texts, show_progress_bar=False),
+        ROUNDS,
+        0,
+    )
+    bench.describe("auto-embed", arch, "auto", "int8", texts=len(texts), corpus=corpus)
+    bench.check("auto-embed", arch, "auto", corpus, timing, baseline="onnx-int8")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_auto_decode(bench, lms, sources, device, threads, arch):
+    if device.startswith("cuda"):
+        pytest.skip("the CPU choice is gated here; CUDA's auto is triton (bench/test_decode.py)")
+    auto, fastest, eager = (
+        _auto(sources, arch, device, threads),
+        lms(arch, "onnx-int8"),
+        lms(arch, "eager"),
+    )
+    prompt = random_batch(1, 16, auto.info.vocab_size, seed=1)[0][0].tolist()
+    tokens = greedy_decode(auto.backend, prompt, 128)
+    assert tokens == greedy_decode(eager.backend, prompt, 128), "auto's greedy tokens differ"
+    timing = bench.run(
+        lambda: greedy_decode(auto.backend, prompt, 128),
+        lambda: greedy_decode(fastest.backend, prompt, 128),
+        5,
+        1,
+    )
+    bench.describe("auto-decode", arch, "auto", "fp32", ms_per_token=timing.seconds * 1000 / 128)
+    bench.check("auto-decode", arch, "auto", "16+128", timing, baseline="onnx-int8")

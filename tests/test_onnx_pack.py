@@ -1,0 +1,193 @@
+"""ONNX packs (fastlm/export/pack.py, pack_format.py) and what backend "auto" does with them.
+
+A pack's graphs are the exports' graphs with their weights taken out: run on ONNX Runtime they
+must give exactly what the export directories give. "auto" on a CPU runs a pack only when it
+verifies against the checkpoint's weights and its certificates hold the budget; otherwise eager,
+saying why. The shipped models' packs must match the shipped weights (a stale pack fails here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from model_helpers import exported
+
+pytest.importorskip("onnxruntime")
+
+import fastlm  # noqa: E402
+from fastlm.checkpoint import load_checkpoint  # noqa: E402
+from fastlm.engine.loading import choose_auto  # noqa: E402
+from fastlm.export.format import ExportDirError  # noqa: E402
+from fastlm.export.pack import pack  # noqa: E402
+from fastlm.export.pack_format import PACK_DIR, PACK_MANIFEST, PACK_TENSORS, read_pack  # noqa: E402
+from fastlm.hub import WEIGHTS_DIR  # noqa: E402
+from fastlm.runtime import OrtBackend, verify_export_dir  # noqa: E402
+
+ARCHS = ("lstm", "transformer")
+TEXTS = ["The quick brown fox.", "", "Ünïcödé 日本語", "Once upon a time there was a girl. " * 12]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def packed_copy(request, tmp_path_factory, small_checkpoints):
+    """(arch, a copy of the small checkpoint with a pack: int8 embed, fp32 lm and decode)."""
+    arch = request.param
+    ckpt = tmp_path_factory.mktemp(f"packed-{arch}") / "ckpt"
+    shutil.copytree(small_checkpoints[arch], ckpt)
+    fp32, int8 = (exported(tmp_path_factory, small_checkpoints, arch, d) for d in ("fp32", "int8"))
+    pack(ckpt, {"embed": int8, "lm": fp32, "decode": fp32})
+    return arch, ckpt
+
+
+def export_backend(path):
+    return OrtBackend(path, verify_export_dir(path), threads=1)
+
+
+def test_packed_graphs_compute_what_their_exports_compute(packed_copy, tmp_path_factory,
+                                                          small_checkpoints):  # fmt: skip
+    arch, ckpt = packed_copy
+    fp32, int8 = (exported(tmp_path_factory, small_checkpoints, arch, d) for d in ("fp32", "int8"))
+    ckpt_obj = load_checkpoint(ckpt)
+    packed = OrtBackend(ckpt, (p := read_pack(ckpt, ckpt_obj.weights_digest)).manifest, 1, None,
+                        packed=p)  # fmt: skip
+    ids = np.array([[5, 9, 14, 3, 7, 7, 22], [8, 2, 11, 30, 0, 0, 0]], dtype=np.int64)
+    mask = (np.arange(7)[None, :] < np.array([[7], [4]])).astype(np.int64)
+    np.testing.assert_array_equal(
+        packed.embed_batch(ids, mask), export_backend(int8).embed_batch(ids, mask)
+    )
+    np.testing.assert_array_equal(packed.logits(ids), export_backend(fp32).logits(ids))
+    a, b = packed.new_decoder(64), export_backend(fp32).new_decoder(64)
+    np.testing.assert_array_equal(a.prefill([5, 9, 14]), b.prefill([5, 9, 14]))
+    np.testing.assert_array_equal(a.step(3), b.step(3))
+    assert packed.dtypes == {"embed": "int8", "lm": "fp32", "decode": "fp32"}
+
+
+def test_a_pack_holds_each_tensor_once_and_no_checkpoint_weight(packed_copy):
+    from safetensors import safe_open
+
+    _, ckpt = packed_copy
+    manifest = json.loads((ckpt / PACK_DIR / PACK_MANIFEST).read_text())
+    refs = [r for g in manifest["graphs"].values() for r in g["initializers"].values()]
+    stored = [key for source, key in refs if source == "pack"]
+    with safe_open(ckpt / PACK_DIR / PACK_TENSORS, framework="numpy") as f:
+        keys = set(f.keys())
+    assert keys == set(stored)  # every stored tensor is used, and stored once
+    assert len(stored) > len(keys)  # lm and decode share theirs
+    assert any(source == "model.safetensors" for source, _ in refs)  # fp32 weights: by reference
+    graph_bytes = sum((ckpt / PACK_DIR / g["file"]).stat().st_size
+                      for g in manifest["graphs"].values())  # fmt: skip
+    assert graph_bytes < 200_000  # no weights inside the graphs
+    assert "checkpoint" not in manifest["source"]  # no path of the machine that packed it
+
+
+def test_auto_runs_a_certified_pack_and_says_why(packed_copy):
+    arch, ckpt = packed_copy
+    model = fastlm.load(ckpt, threads=1)
+    info = model.backend.describe()
+    assert info["backend"] == "onnx" and info["dtypes"]["decode"] == "fp32"
+    assert info["auto"]["chosen"] == "onnx" and "certified" in info["auto"]["why"]
+    eager = fastlm.load(ckpt, backend="eager", threads=1)
+    cos = (model.embed(TEXTS) * eager.embed(TEXTS)).sum(axis=1)
+    assert cos[[0, 2, 3]].min() > 0.99
+    assert model.generate("Once upon", max_new_tokens=12) == eager.generate(
+        "Once upon", max_new_tokens=12
+    )
+
+
+def edited(ckpt, tmp_path, edit):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    edit(copy / PACK_DIR)
+    return copy
+
+
+def rewrite_manifest(change):
+    def edit(pack_dir):
+        manifest = json.loads((pack_dir / PACK_MANIFEST).read_text())
+        change(manifest)
+        (pack_dir / PACK_MANIFEST).write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _stale(m):
+    m["source"]["weights_sha256"] = "0" * 64
+
+
+def _flip(pack_dir):
+    data = bytearray((pack_dir / PACK_TENSORS).read_bytes())
+    data[-1] ^= 1
+    (pack_dir / PACK_TENSORS).write_bytes(bytes(data))
+
+
+def _uncertified(m):
+    m["parity"]["decode"]["greedy"]["agreement"] = 0.97
+
+
+def _missing_key(m):
+    next(iter(m["graphs"]["lm"]["initializers"].values()))[1] = "no-such-tensor"
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (rewrite_manifest(_stale), "stale"),
+        (_flip, "sha256"),
+        (lambda d: (d / PACK_MANIFEST).write_text("{not json"), "corrupt"),
+        (rewrite_manifest(_uncertified), "greedy agreement 0.97"),
+    ],
+    ids=["stale", "edited-tensors", "corrupt-manifest", "uncertified"],
+)
+def test_a_refused_pack_falls_back_to_eager_with_a_warning(packed_copy, tmp_path, caplog, edit,
+                                                           says):  # fmt: skip
+    _, ckpt = packed_copy
+    copy = edited(ckpt, tmp_path, edit)
+    with caplog.at_level(logging.WARNING, logger="fastlm"):
+        model = fastlm.load(copy, threads=1)
+    info = model.backend.describe()
+    assert info["backend"] == "eager" and says in info["auto"]["why"]
+    assert any(says in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert model.embed(["still works"]).shape == (1, 256)
+
+
+def test_a_reference_to_a_missing_tensor_is_refused(packed_copy, tmp_path):
+    _, ckpt = packed_copy
+    copy = edited(ckpt, tmp_path, rewrite_manifest(_missing_key))
+    digest = load_checkpoint(copy).weights_digest
+    with pytest.raises(ExportDirError, match="no-such-tensor"):
+        read_pack(copy, digest)
+
+
+def test_without_onnxruntime_auto_is_eager_and_says_so(packed_copy, monkeypatch, caplog):
+    _, ckpt = packed_copy
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises ImportError
+    with caplog.at_level(logging.INFO, logger="fastlm"):
+        model = fastlm.load(ckpt, threads=1)
+    assert model.backend.describe()["backend"] == "eager"
+    assert "fastlm[cpu]" in model.backend.describe()["auto"]["why"]
+    assert any("onnxruntime is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_checkpoint_without_a_pack_is_eager(small_checkpoints):
+    name, options, why = choose_auto(
+        __import__("torch").device("cpu"), load_checkpoint(small_checkpoints["lstm"])
+    )
+    assert (name, options) == ("eager", {}) and "no ONNX pack" in why
+
+
+def test_explicit_backends_ignore_the_pack(packed_copy):
+    _, ckpt = packed_copy
+    model = fastlm.load(ckpt, backend="eager")
+    assert model.backend.describe()["backend"] == "eager" and "auto" not in model.backend.describe()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_shipped_packs_match_the_shipped_weights_and_the_budget(name):
+    """Fails when a shipped model's weights change without `python scripts/ship_onnx.py NAME`."""
+    ckpt = load_checkpoint(WEIGHTS_DIR / name)
+    read_pack(WEIGHTS_DIR / name, ckpt.weights_digest)  # raises when stale or edited
+    chosen, _, why = choose_auto(__import__("torch").device("cpu"), ckpt)
+    assert chosen == "onnx", why
