@@ -4,8 +4,9 @@
   pack (int8 embed, fp32 lm and decode) and its certificates hold the budget; on CUDA, triton.
 - test_auto_embed: 2,000 paragraphs (smoke: 200) and the long-document corpus, `auto` vs
   onnx-int8, the fastest CPU embed backend (docs/benchmarks.md): gate >= 1/1.15.
-- test_auto_decode: greedy 16 + 128 tokens, `auto` vs onnx-int8, the fastest decoder: gate
-  >= 1/1.15; `auto`'s tokens must be eager's (its decode graph is fp32).
+- test_auto_decode: greedy 16 + 128 tokens, `auto` vs onnx-fp32, the fastest decoder that keeps
+  eager's tokens: gate >= 1/1.15; `auto`'s tokens must be eager's (its decode graph is fp32).
+  And vs eager, the issue's targets (Transformer >= 3x, LSTM >= 2.5x): reported.
 
 Ratios here are fastest-backend time / auto time (1.0: as fast as the fastest).
 """
@@ -63,13 +64,16 @@ def test_auto_embed(bench, lms, sources, paragraphs, long_texts, device, threads
     bench.check("auto-embed", arch, "auto", corpus, timing, baseline="onnx-int8")
 
 
+@pytest.mark.parametrize("baseline", ["onnx-fp32", "eager"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_auto_decode(bench, lms, sources, device, threads, arch):
+def test_auto_decode(bench, lms, sources, device, threads, arch, baseline):
+    """Against onnx-fp32, the fastest decoder whose greedy tokens are eager's (int8 decodes
+    faster but changes 2-3% of them): gated. Against eager: the issue's target, reported."""
     if device.startswith("cuda"):
         pytest.skip("the CPU choice is gated here; CUDA's auto is triton (bench/test_decode.py)")
-    auto, fastest, eager = (
+    auto, other, eager = (
         _auto(sources, arch, device, threads),
-        lms(arch, "onnx-int8"),
+        lms(arch, baseline),
         lms(arch, "eager"),
     )
     prompt = random_batch(1, 16, auto.info.vocab_size, seed=1)[0][0].tolist()
@@ -77,9 +81,11 @@ def test_auto_decode(bench, lms, sources, device, threads, arch):
     assert tokens == greedy_decode(eager.backend, prompt, 128), "auto's greedy tokens differ"
     timing = bench.run(
         lambda: greedy_decode(auto.backend, prompt, 128),
-        lambda: greedy_decode(fastest.backend, prompt, 128),
-        5,
-        1,
+        lambda: greedy_decode(other.backend, prompt, 128),
+        9,  # ~30 ms a run: more rounds steady the median on a shared machine
+        2,
     )
-    bench.describe("auto-decode", arch, "auto", "fp32", ms_per_token=timing.seconds * 1000 / 128)
-    bench.check("auto-decode", arch, "auto", "16+128", timing, baseline="onnx-int8")
+    ms = round(timing.seconds * 1000 / 128, 4)
+    bench.describe("auto-decode", arch, "auto", "fp32", ms_per_token=ms, baseline=baseline)
+    suite = "auto-decode" if baseline != "eager" else "auto-decode-eager"
+    bench.check(suite, arch, "auto", "16+128", timing, baseline=baseline)

@@ -42,9 +42,9 @@ GATES: dict[tuple[str, str, str, str], float] = {
     # long documents vs the seed pipeline at full length (windowing + sorting + token budget)
     ("long", "*", "eager", "*"): 3.0,  # measured LSTM 4.5-6.1, Transformer 10.5-11.5
     ("long", "*", "onnx-int8", "*"): 5.0,  # measured LSTM 9.1-10.0, Transformer 13.8-18.4
-    # `auto` vs the fastest backend (onnx-int8), same run: within 1.15x of it
-    ("auto-embed", "*", "auto", "*"): 0.87,
-    ("auto-decode", "*", "auto", "*"): 0.87,
+    # `auto` vs the fastest backend within the accuracy budget, same run: within 1.15x of it
+    ("auto-embed", "*", "auto", "*"): 0.87,  # vs onnx-int8
+    ("auto-decode", "*", "auto", "*"): 0.87,  # vs onnx-fp32 (int8 changes greedy tokens)
 }
 
 # Targets are reported (met / missed) but never fail the run: goals, not regressions.
@@ -55,6 +55,9 @@ TARGETS: dict[tuple[str, str, str, str], float] = {
     ("long", "*", "auto", "*"): 4.0,
     ("long-best", "*", "*", "*"): 6.0,
     ("long-minilm", "*", "*", "*"): 6.0,  # fastlm auto texts/s over all-MiniLM-L6-v2's
+    # greedy decoding through `auto` vs eager (bench/test_auto.py)
+    ("auto-decode-eager", "transformer", "*", "*"): 3.0,
+    ("auto-decode-eager", "lstm", "*", "*"): 2.5,
 }
 
 

@@ -21,7 +21,7 @@ import torch
 
 from fastlm.checkpoint import Checkpoint
 from fastlm.engine.backends import chunked_nll, register_backend
-from fastlm.export.format import ExportDirError, verify_export_dir
+from fastlm.export.format import DTYPES, ExportDirError, verify_export_dir
 from fastlm.export.pack_format import PackedGraphs
 from fastlm.models import architecture_of
 from fastlm.runtime import OrtBackend, default_providers
@@ -54,8 +54,6 @@ class OnnxBackend(OrtBackend):
     ):
         """packed: the checkpoint's verified pack (`read_pack`), run instead of an export (what
         "auto" does on a CPU); dtype, export_dir and cache_dir do not apply to it."""
-        from fastlm.export import DTYPES
-
         if packed is not None and (dtype, export_dir, cache_dir) != (None, None, None):
             raise ValueError("a packed model takes no dtype, export_dir or cache_dir")
         if dtype is not None and dtype not in DTYPES:
