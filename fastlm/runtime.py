@@ -259,6 +259,11 @@ class OnnxDecoder:
             for i in session.get_inputs()
             if i.name != "input_ids"
         }
+        self.outputs = [o.name for o in session.get_outputs()]
+        # On CPU the state stays in ONNX Runtime's own buffers between runs (IO binding): the
+        # Transformer's past is not copied out to numpy and back every token (measured 0.212
+        # -> 0.178 ms/token over 128 greedy tokens; the LSTM's (h, c) is too small to matter)
+        self.bound = session.get_providers()[0] == "CPUExecutionProvider"
         self.length = 0  # tokens consumed so far
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
@@ -280,11 +285,38 @@ class OnnxDecoder:
 
     def _run(self, ids: list[int]) -> np.ndarray:
         self._check_room(ids)
-        feed = {"input_ids": np.asarray([ids], dtype=np.int64), **self.state}
-        logits, *state = _run(self.session, feed, "a decode step")
+        ids_array = np.asarray([ids], dtype=np.int64)
+        if self.bound:
+            logits, *state = self._run_bound(ids_array)
+        else:
+            feed = {"input_ids": ids_array, **self.state}
+            logits, *state = _run(self.session, feed, "a decode step")
         self.state = dict(zip(self.state, state))
         self.length += len(ids)
         return logits[0]
+
+    def _run_bound(self, ids: np.ndarray) -> list:
+        """One run with the state bound in place: [logits (numpy), *state (OrtValues)]."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        for name, value in self.state.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:  # the zeros of the first run
+                binding.bind_cpu_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, "cpu")
+        shrink = ids.size > SHRINK_ABOVE_TOKENS
+        try:
+            self.session.run_with_iobinding(binding, RUN_OPTIONS if shrink else None)
+        except (ort_state.RuntimeException, ort_state.Fail) as err:
+            if "alloc" not in str(err).lower():
+                raise
+            raise MemoryError(
+                f"ONNX Runtime could not allocate memory for a decode step {ids.shape}"
+            ) from err
+        logits, *state = binding.get_outputs()
+        return [logits.numpy(), *state]
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

@@ -118,14 +118,13 @@ def _record_torch_chunks(model, monkeypatch) -> list[int]:
 def _record_onnx_chunks(monkeypatch) -> list[int]:
     """Lengths of the input_ids every decode.onnx run gets from now on."""
     seen: list[int] = []
-    inner = fastlm.runtime._run
+    inner = OnnxDecoder._run
 
-    def run(session, feed, what, *args, **kwargs):
-        if what == "a decode step":
-            seen.append(int(feed["input_ids"].shape[1]))
-        return inner(session, feed, what, *args, **kwargs)
+    def run(self, ids):
+        seen.append(len(ids))
+        return inner(self, ids)
 
-    monkeypatch.setattr(fastlm.runtime, "_run", run)
+    monkeypatch.setattr(OnnxDecoder, "_run", run)
     return seen
 
 
@@ -253,3 +252,17 @@ def test_a_valid_device_still_loads(small_checkpoints):
     m = fastlm.load(small_checkpoints["lstm"], device=torch.device("cpu"), threads=1)
     assert m.backend.device == torch.device("cpu")
     assert fastlm.load(small_checkpoints["lstm"], device="cpu:0").backend.device.type == "cpu"
+
+
+def test_a_decode_step_that_cannot_allocate_is_a_memory_error(exports, monkeypatch):
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    decoder = fastlm.runtime.load(exports["transformer"], threads=1).backend.new_decoder(64)
+    assert decoder.bound  # the CPU path: state kept in ONNX Runtime's buffers
+
+    def fail(*args, **kwargs):
+        raise ort_state.RuntimeException("Failed to allocate memory for requested buffer")
+
+    monkeypatch.setattr(decoder.session, "run_with_iobinding", fail)
+    with pytest.raises(MemoryError, match="a decode step"):
+        decoder.prefill([5, 6, 7])
