@@ -40,6 +40,7 @@ DTYPES = ("f32", "f16")  # how the graph stores vectors: f16 halves their bytes,
 NORM_TOLERANCE = 1e-3  # |norm - 1| above this is not an L2-normalised vector
 # `add` re-inserts a new row that a search for its own vector (top 4 at efSearch 32) misses
 REACH_CHECK_K, REACH_CHECK_EF = 4, 32
+REACH_DUPLICATE = 1e-3  # 1 - cosine below which the hit is a duplicate of the row (f16 rounds)
 
 # Below this many vectors an Index searches exactly (numpy `vectors @ q`, argpartition) instead
 # of through the graph. Measured with bench/ann_choice.py (docs/benchmarks.md), batch 1, d=256,
@@ -128,10 +129,10 @@ class AnnIndex:
             threads = check_int(threads, "threads", min=0)
             self._index.add(rows.astype(np.uint64), vectors, threads=threads)
             if threads != 1 and len(rows) > 1:
-                self._reinsert_unreachable(vectors, rows)
+                self._reinsert_unreachable(vectors, rows, threads)
         return self
 
-    def _reinsert_unreachable(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+    def _reinsert_unreachable(self, vectors: np.ndarray, rows: np.ndarray, threads: int) -> None:
         """Re-insert, on one thread, the new rows a search for their own vector does not find.
 
         usearch's concurrent add can strand a node: stored, yet no search reaches it
@@ -140,17 +141,22 @@ class AnnIndex:
         A stranded row is missed at every efSearch, so the check searches at a narrow one
         (REACH_CHECK_EF): 50,000 random rows on 2 cores took 7 s to check and 0.5 s to
         re-insert its 356 misses, after a 15 s parallel build (26 s on one thread, 28 s to
-        check at efSearch 128). Random vectors are the worst case; clustered ones miss less."""
+        check at efSearch 128). Random vectors are the worst case; clustered ones miss less.
+        A row whose search finds a duplicate of its vector (many copies of one text) counts as
+        reached. The check narrows the index's efSearch while it runs: an `add` must not run
+        beside searches of the same index from other threads."""
         k = min(REACH_CHECK_K, len(self))
         wide = self._index.expansion_search
         self._index.expansion_search = REACH_CHECK_EF
         try:
-            found = self._index.search(vectors, k, threads=0)
+            found = self._index.search(vectors, k, threads=threads)
         finally:
             self._index.expansion_search = wide
-        keys, _, counts = _as_batch(found, len(vectors))
+        keys, dists, counts = _as_batch(found, len(vectors))
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]  # the tail is undefined
-        lost = rows[~((keys.astype(np.int64) == rows[:, None]) & valid).any(axis=1)]
+        itself = ((keys.astype(np.int64) == rows[:, None]) & valid).any(axis=1)
+        duplicate = valid[:, 0] & (dists[:, 0] <= REACH_DUPLICATE)
+        lost = rows[~(itself | duplicate)]
         if len(lost):
             self._index.remove(lost.astype(np.uint64))
             self._index.add(lost.astype(np.uint64), vectors[np.isin(rows, lost)], threads=1)

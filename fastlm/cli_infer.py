@@ -138,18 +138,21 @@ def _run_embed(args) -> int:
                 if fmt == "npy"
                 else JsonlWriter(out)
             )
-            stats = embed_stream(
-                model,
-                lines,
-                writer,
-                **({"chunk_texts": args.chunk_size} if args.chunk_size else {}),
-                on_chunk=None if bar is None else (lambda st, n: _advance(bar, st, n)),
-                batch_size=args.batch_size,
-                max_length=args.max_length,
-                normalize=args.normalize,
-            )
-            if bar is not None:
-                bar.close()
+            try:
+                stats = embed_stream(
+                    model,
+                    lines,
+                    writer,
+                    **({"chunk_texts": args.chunk_size} if args.chunk_size else {}),
+                    on_chunk=None if bar is None else (lambda st, n: _advance(bar, st, n)),
+                    count_tokens=bool(args.out or show),  # only the summary and bar use it
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    normalize=args.normalize,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
             if args.out or show:
                 print(f"fastlm embed: {stats.summary()}", file=sys.stderr)
 

@@ -119,13 +119,16 @@ def make_session(
             list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
         )
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=list(providers))
+        session = ort.InferenceSession(model, sess_options=opts, providers=list(providers))
     except (ort_state.InvalidProtobuf, ort_state.InvalidGraph) as err:
         raise ExportDirError(f"{path} is not a valid ONNX graph: {err}") from None
-    except ort_state.Fail as err:  # e.g. a packed graph missing one of its tensors
-        if packed is None:
+    except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException) as err:
+        if packed is None:  # e.g. a packed graph missing a tensor, or given one of another shape
             raise
         raise ExportDirError(f"{path} cannot be opened: {err}") from None
+    if packed is not None:  # the arrays live as long as the session that was handed them
+        session._fastlm_initializers = arrays
+    return session
 
 
 class OrtBackend(Backend):

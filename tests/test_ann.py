@@ -165,6 +165,24 @@ def test_a_parallel_build_leaves_no_row_unreachable():
     assert len(ann) == 3000 and lost.tolist() == []
 
 
+def test_duplicated_vectors_are_not_reinserted_on_every_add(monkeypatch):
+    """1,500 copies of one vector: a search cannot return each copy in its own top 4, but finding
+    a copy is reaching the row: no copy is re-inserted (before: all 1,500, on every add)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, DIM)).astype(np.float32)
+    x[:1500] = x[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.arange(3000, dtype=np.int64)
+    ann = AnnIndex.build(x[:10], rows[:10], threads=1)
+    removed = []
+    inner = ann._index.remove
+    monkeypatch.setattr(ann._index, "remove", lambda keys: removed.extend(keys) or inner(keys))
+    ann.add(x[10:], rows[10:], threads=2)
+    assert len(ann) == 3000 and not [r for r in removed if r < 1500]
+    found, scores = ann.search(x[0], k=5)
+    assert set(found[0]) <= set(range(1500)) and scores[0].min() > 0.999
+
+
 def with_inf(x: np.ndarray) -> np.ndarray:
     x = x.copy()
     x[0, 3] = np.inf

@@ -60,8 +60,11 @@ def test_packed_graphs_compute_what_their_exports_compute(packed_copy, tmp_path_
     )
     np.testing.assert_array_equal(packed.logits(ids), export_backend(fp32).logits(ids))
     a, b = packed.new_decoder(64), export_backend(fp32).new_decoder(64)
+    b.bound = False  # the plain path: numpy state in and out of every run
+    assert a.bound
     np.testing.assert_array_equal(a.prefill([5, 9, 14]), b.prefill([5, 9, 14]))
-    np.testing.assert_array_equal(a.step(3), b.step(3))
+    for token in (3, 17, 4, 4, 29):  # the state carried through several bound steps
+        np.testing.assert_array_equal(a.step(token), b.step(token))
     assert packed.dtypes == {"embed": "int8", "lm": "fp32", "decode": "fp32"}
 
 
@@ -71,12 +74,12 @@ def test_a_pack_holds_each_tensor_once_and_no_checkpoint_weight(packed_copy):
     _, ckpt = packed_copy
     manifest = json.loads((ckpt / PACK_DIR / PACK_MANIFEST).read_text())
     refs = [r for g in manifest["graphs"].values() for r in g["initializers"].values()]
-    stored = [key for source, key in refs if source == "pack"]
+    stored = [key for source, key, *_ in refs if source == "pack"]
     with safe_open(ckpt / PACK_DIR / PACK_TENSORS, framework="numpy") as f:
         keys = set(f.keys())
     assert keys == set(stored)  # every stored tensor is used, and stored once
     assert len(stored) > len(keys)  # lm and decode share theirs
-    assert any(source == "model.safetensors" for source, _ in refs)  # fp32 weights: by reference
+    assert any(source == "model.safetensors" for source, *_ in refs)  # fp32 weights: by reference
     graph_bytes = sum((ckpt / PACK_DIR / g["file"]).stat().st_size
                       for g in manifest["graphs"].values())  # fmt: skip
     assert graph_bytes < 200_000  # no weights inside the graphs
@@ -131,6 +134,25 @@ def _missing_key(m):
     next(iter(m["graphs"]["lm"]["initializers"].values()))[1] = "no-such-tensor"
 
 
+def _nan_overlap(m):
+    m["parity"]["embed"]["ranking"]["top10_overlap"] = float("nan")
+
+
+def _dropped_entry(m):
+    refs = m["graphs"]["lm"]["initializers"]
+    del refs[next(iter(refs))]  # the graph still wants it: ONNX Runtime must refuse
+
+
+def _swapped_tensor(m):
+    """A reference moved to another tensor, its recorded dtype and shape edited to match it:
+    read_pack cannot tell, ONNX Runtime refuses the graph."""
+    refs = m["graphs"]["decode"]["initializers"]
+    names = sorted(refs, key=lambda n: refs[n][3])
+    small, large = refs[names[0]], refs[names[-1]]
+    assert small[3] != large[3]
+    refs[names[0]] = list(large)
+
+
 @pytest.mark.parametrize(
     "edit, says",
     [
@@ -138,8 +160,19 @@ def _missing_key(m):
         (_flip, "sha256"),
         (lambda d: (d / PACK_MANIFEST).write_text("{not json"), "corrupt"),
         (rewrite_manifest(_uncertified), "greedy agreement 0.97"),
+        (rewrite_manifest(_nan_overlap), "top-10 overlap nan"),
+        (rewrite_manifest(_dropped_entry), "could not be opened"),
+        (rewrite_manifest(_swapped_tensor), "could not be opened"),
     ],
-    ids=["stale", "edited-tensors", "corrupt-manifest", "uncertified"],
+    ids=[
+        "stale",
+        "edited-tensors",
+        "corrupt-manifest",
+        "uncertified",
+        "nan-certificate",
+        "dropped-reference",
+        "swapped-tensor",
+    ],
 )
 def test_a_refused_pack_falls_back_to_eager_with_a_warning(packed_copy, tmp_path, caplog, edit,
                                                            says):  # fmt: skip
@@ -153,12 +186,44 @@ def test_a_refused_pack_falls_back_to_eager_with_a_warning(packed_copy, tmp_path
     assert model.embed(["still works"]).shape == (1, 256)
 
 
-def test_a_reference_to_a_missing_tensor_is_refused(packed_copy, tmp_path):
+def _wrong_shape(m):
+    next(iter(m["graphs"]["lm"]["initializers"].values()))[3] = [1, 2, 3]
+
+
+def _not_a_ref(m):
+    m["graphs"]["embed"]["file"] = ["embed.onnx"]
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (_missing_key, "no-such-tensor"),
+        (_wrong_shape, r"is <f4 \[1, 2, 3\], but"),
+        (_not_a_ref, "names no file"),
+    ],
+    ids=["missing-tensor", "recorded-shape", "file-not-a-name"],
+)
+def test_read_pack_refuses_bad_references(packed_copy, tmp_path, change, says):
     _, ckpt = packed_copy
-    copy = edited(ckpt, tmp_path, rewrite_manifest(_missing_key))
+    copy = edited(ckpt, tmp_path, rewrite_manifest(change))
     digest = load_checkpoint(copy).weights_digest
-    with pytest.raises(ExportDirError, match="no-such-tensor"):
+    with pytest.raises(ExportDirError, match=says):
         read_pack(copy, digest)
+
+
+def test_a_tensors_file_that_is_not_safetensors_is_refused(packed_copy, tmp_path):
+    from fastlm.io import sha256_file
+
+    def garble(pack_dir):
+        (pack_dir / PACK_TENSORS).write_bytes(b"not safetensors at all" * 10)
+        rewrite_manifest(
+            lambda m: m["files"].update({PACK_TENSORS: sha256_file(pack_dir / PACK_TENSORS)})
+        )(pack_dir)
+
+    _, ckpt = packed_copy
+    copy = edited(ckpt, tmp_path, garble)
+    with pytest.raises(ExportDirError, match="cannot be read"):
+        read_pack(copy, load_checkpoint(copy).weights_digest)
 
 
 def test_without_onnxruntime_auto_is_eager_and_says_so(packed_copy, monkeypatch, caplog):

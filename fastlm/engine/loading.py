@@ -9,6 +9,7 @@ import torch
 
 from fastlm.checkpoint import load_checkpoint
 from fastlm.engine.backends import backend_names, get_backend_class
+from fastlm.export.format import ExportDirError
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel
@@ -54,7 +55,6 @@ def choose_auto(device: torch.device, checkpoint) -> tuple[str, dict, str]:
         why = 'onnxruntime is not installed (pip install "fastlm[cpu]" for the faster backend)'
         log.info("backend auto: eager, %s", why)
         return fallback, {}, why
-    from fastlm.export.format import ExportDirError
     from fastlm.export.pack_format import read_pack
 
     try:
@@ -88,15 +88,18 @@ def _certificate_shortfalls(packed) -> list[str]:
     try:
         embed = packed.certificate("embed")
         cosine, overlap = embed["embedding"]["cosine_min"], embed["ranking"]["top10_overlap"]
-        if not (embed.get("passed") and cosine >= AUTO_EMBED_COSINE_MIN):
+        # written `not (x >= bound)`: a NaN (json reads one) fails every bound
+        if not cosine >= AUTO_EMBED_COSINE_MIN:
             short.append(f"embed cosine min {cosine} < {AUTO_EMBED_COSINE_MIN}")
-        if overlap < AUTO_TOP10_MIN:
+        if not overlap >= AUTO_TOP10_MIN:
             short.append(f"embed top-10 overlap {overlap} < {AUTO_TOP10_MIN}")
         for role in ("lm", "decode"):
             greedy = packed.certificate(role)["greedy"]["agreement"]
-            if greedy < AUTO_GREEDY_AGREEMENT:
+            if not greedy >= AUTO_GREEDY_AGREEMENT:
                 short.append(f"{role} greedy agreement {greedy} < {AUTO_GREEDY_AGREEMENT}")
-    except (KeyError, TypeError) as err:
+        short += [f"the {r} certificate did not pass" for r in packed.dtypes
+                  if packed.certificate(r).get("passed") is not True]  # fmt: skip
+    except (KeyError, TypeError, AttributeError) as err:
         short.append(f"a certificate lacks {err}")
     return short
 
@@ -155,7 +158,15 @@ def load(
     elif backend == "auto":  # options name what to run: the plain fallback takes them
         backend = pick_auto_backend(dev)
     label = os.fspath(name_or_path)
-    backend_obj = get_backend_class(backend)(ckpt, dev, threads, **backend_options)
+    try:
+        backend_obj = get_backend_class(backend)(ckpt, dev, threads, **backend_options)
+    except ExportDirError as err:  # a pack that verified, but whose graphs ORT refuses
+        if choice is None:
+            raise
+        why = f"its ONNX pack could not be opened: {err}"
+        log.warning("backend auto: eager, %s", why)
+        backend, choice = pick_auto_backend(dev), {"chosen": "eager", "why": why}
+        backend_obj = get_backend_class(backend)(ckpt, dev, threads)
     backend_obj.auto_choice = choice
     backend_obj.info = backend_obj.info.with_identity(ckpt.weights_digest, ckpt.tokenizer)
     return LanguageModel(label, backend_obj)

@@ -97,7 +97,7 @@ def pack(checkpoint_dir: str | os.PathLike, exports: dict[str, str | os.PathLike
     return out
 
 
-def _checkpoint_tensors(ckpt_dir: Path) -> dict[tuple, list[str]]:
+def _checkpoint_tensors(ckpt_dir: Path) -> dict[tuple, tuple[str, str]]:
     """{(sha256, dtype, shape): [file, key]} of every tensor in the checkpoint's weight files."""
     known = {}
     for name in CHECKPOINT_SOURCES:
@@ -105,7 +105,7 @@ def _checkpoint_tensors(ckpt_dir: Path) -> dict[tuple, list[str]]:
             continue
         with safe_open(ckpt_dir / name, framework="numpy") as f:
             for key in f.keys():
-                known.setdefault(_identity(f.get_tensor(key)), [name, key])
+                known.setdefault(_identity(f.get_tensor(key)), (name, key))
     return known
 
 
@@ -114,8 +114,9 @@ def _identity(a: np.ndarray) -> tuple:
     return hashlib.sha256(a.tobytes()).hexdigest(), a.dtype.str, a.shape
 
 
-def _strip(graph, known: dict, derived: dict) -> dict[str, list[str]]:
-    """Replace the graph's large tensors by external references; returns {name: [source, key]}.
+def _strip(graph, known: dict, derived: dict) -> dict[str, list]:
+    """Replace the graph's large tensors by external references; returns {name: [source, key,
+    dtype, shape]}.
     Large Constant nodes become initializers first (the exporter folds e.g. the position table
     into one)."""
     for node in [n for n in graph.node if n.op_type == "Constant"]:
@@ -133,17 +134,19 @@ def _strip(graph, known: dict, derived: dict) -> dict[str, list[str]]:
             continue
         ident = _identity(array)
         if ident in known:
-            refs[tensor.name] = known[ident]
+            source, key = known[ident]
         else:  # bytes, dtype and shape name it: equal bytes of another shape are another tensor
-            key = f"{ident[0]}:{ident[1]}:{'x'.join(map(str, ident[2]))}"
+            source, key = PACKED, f"{ident[0]}:{ident[1]}:{'x'.join(map(str, ident[2]))}"
             derived.setdefault(key, np.ascontiguousarray(array))
-            refs[tensor.name] = [PACKED, key]
+        refs[tensor.name] = [source, key, ident[1], list(ident[2])]  # + dtype, shape: checked
         for field in _DATA_FIELDS:
             tensor.ClearField(field)
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
         entry = tensor.external_data.add()
-        entry.key, entry.value = "location", "supplied-at-load"
+        # "." cannot be read as a file: a tensor the loader fails to supply is an error, never
+        # bytes read from wherever the process happens to run
+        entry.key, entry.value = "location", "."
     return refs
 
 

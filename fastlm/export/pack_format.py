@@ -8,7 +8,9 @@ initializer is a reference, resolved at load time and handed to ONNX Runtime in 
     a tensor of the checkpoint's model.safetensors / embedder.safetensors (byte-identical: the
         fp32 weights, stored once for the checkpoint and every graph), or
     a tensor of onnx/tensors.safetensors (what the exporter derived: int8 weights, transposes,
-        the sinusoidal position table), keyed by its sha256, so graphs share each one.
+        the sinusoidal position table), keyed by its sha256, so graphs share each one;
+
+each reference recording the tensor's dtype and shape, checked when it is read.
 
     onnx/embed.onnx, lm.onnx, decode.onnx   graphs without weights; each role in its own dtype
     onnx/tensors.safetensors                the derived tensors
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from fastlm.export.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.io import sha256_file
@@ -96,17 +98,38 @@ def read_pack(checkpoint_dir: str | os.PathLike, weights_digest: str) -> PackedG
 
 
 def _graph(path: Path, files: dict, spec: object, tensors: _Tensors, where: Path) -> tuple:
-    if not isinstance(spec, dict) or spec.get("file") not in files:
-        raise ExportDirError(f"{where}: a graph entry names no listed file")
+    if not isinstance(spec, dict) or not isinstance(spec.get("file"), str):
+        raise ExportDirError(f"{where}: a graph entry names no file")
+    if spec["file"] not in files:
+        raise ExportDirError(f"{where}: graph file {spec['file']!r} is not listed")
     refs = spec.get("initializers")
     if not isinstance(refs, dict) or not isinstance(spec.get("dtype"), str):
         raise ExportDirError(f"{where}: {spec['file']} needs a dtype and its initializers")
     arrays = {}
     for name, ref in refs.items():
-        if not (isinstance(ref, list) and len(ref) == 2 and all(isinstance(r, str) for r in ref)):
-            raise ExportDirError(f"{where}: initializer {name!r} must be [source, key]")
-        arrays[name] = tensors.get(*ref, where)
+        if not _is_ref(ref):
+            raise ExportDirError(
+                f"{where}: initializer {name!r} must be [source, key, dtype, shape]"
+            )
+        array = tensors.get(ref[0], ref[1], where)
+        if array.dtype.str != ref[2] or list(array.shape) != ref[3]:
+            raise ExportDirError(
+                f"{where}: initializer {name!r} of {spec['file']} is {ref[2]} {ref[3]}, but "
+                f"{ref[0]}:{ref[1]} is {array.dtype.str} {list(array.shape)}"
+            )
+        arrays[name] = array
     return (path / spec["file"]).read_bytes(), arrays
+
+
+def _is_ref(ref: object) -> bool:
+    """[source, key, dtype str, shape list] as the writer records it."""
+    return (
+        isinstance(ref, list)
+        and len(ref) == 4
+        and all(isinstance(r, str) for r in ref[:3])
+        and isinstance(ref[3], list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in ref[3])
+    )
 
 
 class _Tensors:
@@ -126,11 +149,14 @@ class _Tensors:
         if source not in self.open:
             try:
                 self.open[source] = safe_open(self.files[source], framework="numpy")
-            except (OSError, ValueError) as err:  # a file safetensors cannot parse
+            except (OSError, ValueError, SafetensorError) as err:  # not a safetensors file
                 raise ExportDirError(f"{self.files[source]} cannot be read: {err}") from None
         if key not in self.open[source].keys():
             raise ExportDirError(f"{where}: {self.files[source]} holds no tensor {key!r}")
-        self.cache[source, key] = self.open[source].get_tensor(key)
+        try:
+            self.cache[source, key] = self.open[source].get_tensor(key)
+        except (OSError, ValueError, SafetensorError) as err:  # e.g. a truncated file
+            raise ExportDirError(f"{self.files[source]}: tensor {key!r}: {err}") from None
         return self.cache[source, key]
 
     def close(self) -> None:
