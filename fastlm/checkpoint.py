@@ -23,26 +23,26 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fastlm import validation
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
+from fastlm.checkpoint_files import (
+    CONFIG_FILE,
+    EMBEDDER_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIM_FILE,
+    REQUIRED_FILES,
+    STATE_FILE,
+    TOKENIZER_FILE,
+    CheckpointError,
+    check_manifest_files,
+    verify_checkpoint,
+    weights_digest,
+)
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, build_model, config_from_dict
 from fastlm.models.config import config_to_json
 from fastlm.models.embedder import EmbeddingTower, tower_from_weights
 from fastlm.tokenizer import Tokenizer
-
-MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
-EMBEDDER_FILE = "embedder.safetensors"
-MANIFEST_FILE, OPTIM_FILE, STATE_FILE = (
-    "manifest.json",
-    "optimizer.safetensors",
-    "trainer_state.json",
-)
-REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing a file, fails its sha256 check, or cannot be parsed."""
 
 
 @dataclass
@@ -62,11 +62,7 @@ class Checkpoint:
     @property
     def weights_digest(self) -> str:
         """sha256 over the digests of every weight file: names what this checkpoint computes."""
-        import hashlib
-
-        files = self.manifest.get("files", {})
-        parts = [f"{n}={files.get(n) or sha256_file(self.path / n)}" for n in self.weight_files]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return weights_digest(self.path, self.manifest, self.weight_files)
 
     @property
     def weight_files(self) -> list[str]:
@@ -117,44 +113,6 @@ def save_checkpoint(
 
     atomic_write_dir(path, fill, force=force)
     return Path(path)
-
-
-def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Check the manifest's schema and every file it names against its sha256; return it.
-
-    The manifest must list every file the loader reads (model, config, tokenizer, and the
-    optimizer/trainer state when present) as plain file names: an empty or partial `files`
-    would let an unlisted file load unverified, and a name with a separator would read (and
-    reveal) files outside the checkpoint.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    for name in REQUIRED_FILES:
-        if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}")
-    try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path / MANIFEST_FILE} is corrupt: {err}") from None
-    files = check_manifest_files(manifest, path / MANIFEST_FILE)
-    optional = (EMBEDDER_FILE, LEXICAL_FILE, OPTIM_FILE, STATE_FILE)
-    present = [n for n in optional if (path / n).is_file()]
-    for name in (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, *present):
-        if name not in files:
-            raise CheckpointError(f"{path / MANIFEST_FILE} does not list {name}: cannot verify it")
-    for name, digest in files.items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint file missing: {f}")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"sha256 mismatch for {f}: the file is corrupt or was edited")
-    return manifest
-
-
-def check_manifest_files(manifest: object, where: Path) -> dict[str, str]:
-    """The manifest's `files` {plain file name: sha256 hex}, or CheckpointError (no I/O)."""
-    return validation.check_manifest_files(manifest, str(where), CheckpointError, MANIFEST_FILE)
 
 
 def load_checkpoint(
@@ -287,3 +245,27 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list) -> dict[
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = t
     return {"state": state, "param_groups": groups}
+
+
+# the torch-free names (fastlm/checkpoint_files.py), importable from here as before
+__all__ = [
+    "CONFIG_FILE",
+    "EMBEDDER_FILE",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "OPTIM_FILE",
+    "REQUIRED_FILES",
+    "STATE_FILE",
+    "TOKENIZER_FILE",
+    "Checkpoint",
+    "CheckpointError",
+    "check_manifest_files",
+    "flatten_optimizer",
+    "load_checkpoint",
+    "load_optimizer_state",
+    "load_trainer_state",
+    "save_checkpoint",
+    "unflatten_optimizer",
+    "verify_checkpoint",
+    "weights_digest",
+]

@@ -9,7 +9,9 @@
 `load` returns the same `LanguageModel` that `fastlm.load` does (fastlm/language_model.py), over
 `OrtBackend`: one set of defaults, checks and edge cases (README's table) for every backend.
 Needs onnxruntime, numpy and tokenizers only (`import fastlm` itself is lazy). The directory
-comes from `fastlm export` (fastlm/export/format.py, docs/onnx.md).
+comes from `fastlm export` (fastlm/export/format.py, docs/onnx.md); a shipped model runs by name
+too, from the ONNX pack it carries (`fastlm.runtime.load("transformer")`: int8 embedding, fp32
+scoring and decoding, the graphs `backend="auto"` runs; fastlm/export/pack_format.py).
 
 Scoring: lm.onnx starts from an empty state, so every text is scored in one pass (logits take
 ~8 KB per token); the torch engine's "onnx" backend scores long LSTM texts in chunks instead.
@@ -38,6 +40,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
 from fastlm.batching import DEFAULT_TOKEN_BUDGET
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
+from fastlm.checkpoint_files import verify_checkpoint
 from fastlm.export.format import (
     DECODE_FILE,
     EMBED_FILE,
@@ -47,7 +50,8 @@ from fastlm.export.format import (
     check_graph,
     verify_export_dir,
 )
-from fastlm.export.pack_format import PackedGraphs
+from fastlm.export.pack_format import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
+from fastlm.hub import WEIGHTS_DIR, available_models
 from fastlm.language_model import LanguageModel
 from fastlm.tokenizer import Tokenizer
 from fastlm.validation import check_optional_int
@@ -347,10 +351,23 @@ class OnnxModel(LanguageModel):
         threads: int | None = None,
         providers: Sequence[str] | None = None,
     ) -> OnnxModel:
-        """Open an export directory after checking every file against its manifest."""
+        """Open an export directory, or a shipped model / checkpoint carrying an ONNX pack,
+        after checking every file against its manifest."""
         check_optional_int(threads, "threads", min=1)
-        manifest = verify_export_dir(path)
-        return cls(os.fspath(path), OrtBackend(path, manifest, threads, providers))
+        path = _resolve(path)
+        if not (path / PACK_DIR / PACK_MANIFEST).is_file():
+            manifest = verify_export_dir(path)
+            return cls(os.fspath(path), OrtBackend(path, manifest, threads, providers))
+        packed = open_pack(path)
+        backend = OrtBackend(path, packed.manifest, threads, providers, packed=packed)
+        if LEXICAL_FILE in verify_checkpoint(path)["files"]:  # checked, as the pack's sources
+            try:
+                backend.lexical = LexicalBranch.load(path / LEXICAL_FILE)
+            except LexicalBranchError as err:
+                raise ExportDirError(str(err)) from None
+            if backend.lexical.dim != backend.info.embedding_dim:
+                raise ExportDirError(f"{path / LEXICAL_FILE}: rows of {backend.lexical.dim}")
+        return cls(os.fspath(path), backend)
 
     @property
     def path(self) -> Path:
@@ -372,8 +389,20 @@ class OnnxModel(LanguageModel):
 def load(
     path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
 ) -> OnnxModel:
-    """The model of an export directory (fastlm/export/format.py) on ONNX Runtime, verified."""
+    """The model of an export directory (fastlm/export/format.py), or of a shipped model name /
+    checkpoint directory that carries an ONNX pack (fastlm/export/pack_format.py), on ONNX
+    Runtime, verified."""
     return OnnxModel.load(path, threads, providers)
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """A directory as given, else a shipped model's directory by name."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not Path(text).is_dir() and text in available_models():
+        return WEIGHTS_DIR / text
+    return Path(text)
 
 
 __all__ = ["ExportDirError", "OnnxDecoder", "OnnxModel", "OrtBackend", "load", "verify_export_dir"]

@@ -256,3 +256,14 @@ def test_shipped_packs_match_the_shipped_weights_and_the_budget(name):
     read_pack(WEIGHTS_DIR / name, ckpt.weights_digest)  # raises when stale or edited
     chosen, _, why = choose_auto(__import__("torch").device("cpu"), ckpt)
     assert chosen == "onnx", why
+
+
+def test_the_runtime_refuses_a_stale_pack_rather_than_falling_back(packed_copy, tmp_path):
+    """fastlm.runtime.load has no eager to fall back to: a stale pack is an error."""
+    import fastlm.runtime
+
+    _, ckpt = packed_copy
+    assert fastlm.runtime.load(ckpt, threads=1).backend.dtypes["embed"] == "int8"
+    copy = edited(ckpt, tmp_path, rewrite_manifest(_stale))
+    with pytest.raises(ExportDirError, match="stale"):
+        fastlm.runtime.load(copy, threads=1)

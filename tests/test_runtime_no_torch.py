@@ -18,6 +18,7 @@ import pytest
 from model_helpers import exported
 
 import fastlm
+import fastlm.runtime
 from fastlm.runtime import OnnxModel
 
 TEXTS = [
@@ -98,6 +99,51 @@ def test_runtime_without_torch(dirs, small_checkpoints):
         else:
             assert (emb * want).sum(axis=1)[[0, 2, 3, 4]].min() > 0.99
         assert res["sampled"][0] == res["sampled"][1]  # numpy-seeded sampling is reproducible
+
+
+SHIPPED_CHILD = textwrap.dedent("""
+    import json, sys
+    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+    import fastlm.runtime
+
+    out = {}
+    for name in ("lstm", "transformer"):
+        model = fastlm.runtime.load(name, threads=1)  # by name: the model's ONNX pack
+        out[name] = {
+            "embed": model.embed(json.loads(sys.argv[1])).tolist(),
+            "greedy": model.generate(sys.argv[2], max_new_tokens=16),
+            "dtypes": model.backend.describe()["dtypes"],
+            "digest": model.embedding_digest,
+        }
+    assert "torch" not in [m.split(".")[0] for m, v in sys.modules.items() if v is not None]
+    print(json.dumps(out))
+""")
+
+
+def test_shipped_models_run_by_name_without_torch():
+    """The runtime opens a shipped model's pack with no torch and computes what `auto` does."""
+    env = {**os.environ, "PYTHONPATH": str(Path(fastlm.__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", SHIPPED_CHILD, json.dumps(TEXTS), PROMPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    for name, res in got.items():
+        auto = fastlm.load(name, threads=1)
+        assert auto.backend.describe()["backend"] == "onnx"  # the same pack, through the engine
+        assert res["dtypes"] == {"embed": "int8", "lm": "fp32", "decode": "fp32"}
+        assert res["digest"] == auto.embedding_digest  # an Index built by either opens in both
+        np.testing.assert_allclose(res["embed"], auto.embed(TEXTS), atol=1e-6)
+        assert res["greedy"] == fastlm.load(name, backend="eager").generate(PROMPT, 16)
+
+
+def test_a_name_that_is_neither_shipped_nor_a_directory_is_refused():
+    with pytest.raises(ValueError, match="not found"):
+        fastlm.runtime.load("no-such-model")
 
 
 @pytest.fixture(scope="module")
