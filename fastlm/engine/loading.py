@@ -10,6 +10,7 @@ import torch
 from fastlm.checkpoint import load_checkpoint
 from fastlm.engine.backends import backend_names, get_backend_class
 from fastlm.export.format import ExportDirError
+from fastlm.export.pack_format import read_pack
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel
@@ -55,8 +56,6 @@ def choose_auto(device: torch.device, checkpoint) -> tuple[str, dict, str]:
         why = 'onnxruntime is not installed (pip install "fastlm[cpu]" for the faster backend)'
         log.info("backend auto: eager, %s", why)
         return fallback, {}, why
-    from fastlm.export.pack_format import read_pack
-
     try:
         packed = read_pack(checkpoint.path, checkpoint.weights_digest)
     except FileNotFoundError:
