@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.checkpoint_files import (
+    CHECKPOINT_FORMAT,
     CONFIG_FILE,
     EMBEDDER_FILE,
     MANIFEST_FILE,
@@ -104,7 +105,7 @@ def save_checkpoint(
             (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
         files = sorted(f.name for f in tmp.iterdir())
         manifest = {
-            "format": "fastlm-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "architecture": model.config.architecture,
             "files": {name: sha256_file(tmp / name) for name in files},
             **(extra_manifest or {}),

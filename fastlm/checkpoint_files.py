@@ -25,6 +25,7 @@ MANIFEST_FILE, OPTIM_FILE, STATE_FILE = (
     "trainer_state.json",
 )
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE, MANIFEST_FILE)
+CHECKPOINT_FORMAT = "fastlm-checkpoint/1"  # manifest.json's "format"
 
 
 class CheckpointError(ValueError):
@@ -75,3 +76,11 @@ def weights_digest(path: Path, manifest: dict, names: list[str]) -> str:
     files = manifest.get("files", {})
     parts = [f"{n}={files.get(n) or sha256_file(Path(path) / n)}" for n in names]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def listed_weight_files(manifest: dict) -> list[str]:
+    """The weight files a checkpoint's manifest lists, in digest order: the LM, the embedding
+    tower and the lexical branch when present (`Checkpoint.weight_files` of the loaded
+    checkpoint: a listed tower always has its projection, else it does not load)."""
+    files = manifest.get("files", {})
+    return [MODEL_FILE] + [n for n in (EMBEDDER_FILE, LEXICAL_FILE) if n in files]

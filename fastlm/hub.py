@@ -39,7 +39,7 @@ def read_latest(run_dir: Path) -> Path:
     `latest` is data, not a path to follow anywhere: "../other" or "/abs" could make a run
     directory load (or resume from) a model that is not part of it.
     """
-    from fastlm.checkpoint import CheckpointError
+    from fastlm.checkpoint_files import CheckpointError
 
     pointer = run_dir / "latest"
     try:

@@ -28,6 +28,7 @@ run, so a prompt of any length prefills in bounded memory.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
 from fastlm.batching import DEFAULT_TOKEN_BUDGET
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
-from fastlm.checkpoint_files import verify_checkpoint
+from fastlm.checkpoint_files import CHECKPOINT_FORMAT, verify_checkpoint
 from fastlm.export.format import (
     DECODE_FILE,
     EMBED_FILE,
@@ -51,7 +52,7 @@ from fastlm.export.format import (
     verify_export_dir,
 )
 from fastlm.export.pack_format import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
-from fastlm.hub import WEIGHTS_DIR, available_models
+from fastlm.hub import WEIGHTS_DIR, available_models, read_latest
 from fastlm.language_model import LanguageModel
 from fastlm.tokenizer import Tokenizer
 from fastlm.validation import check_optional_int
@@ -355,18 +356,27 @@ class OnnxModel(LanguageModel):
         after checking every file against its manifest."""
         check_optional_int(threads, "threads", min=1)
         path = _resolve(path)
-        if not (path / PACK_DIR / PACK_MANIFEST).is_file():
+        if not _is_checkpoint(path):
             manifest = verify_export_dir(path)
             return cls(os.fspath(path), OrtBackend(path, manifest, threads, providers))
-        packed = open_pack(path)
+        if not (path / PACK_DIR / PACK_MANIFEST).is_file():
+            raise ExportDirError(
+                f"{path} is a checkpoint without an ONNX pack: export it (`fastlm export`) and "
+                "load the export directory"
+            )
+        ckpt_manifest = verify_checkpoint(path)  # every file, the lexical branch's included
+        packed = open_pack(path, ckpt_manifest)
         backend = OrtBackend(path, packed.manifest, threads, providers, packed=packed)
-        if LEXICAL_FILE in verify_checkpoint(path)["files"]:  # checked, as the pack's sources
+        if LEXICAL_FILE in ckpt_manifest["files"]:
             try:
                 backend.lexical = LexicalBranch.load(path / LEXICAL_FILE)
             except LexicalBranchError as err:
                 raise ExportDirError(str(err)) from None
             if backend.lexical.dim != backend.info.embedding_dim:
-                raise ExportDirError(f"{path / LEXICAL_FILE}: rows of {backend.lexical.dim}")
+                raise ExportDirError(
+                    f"{path / LEXICAL_FILE}: rows of {backend.lexical.dim}, the embeddings have "
+                    f"{backend.info.embedding_dim}"
+                )
         return cls(os.fspath(path), backend)
 
     @property
@@ -396,13 +406,25 @@ def load(
 
 
 def _resolve(path: str | os.PathLike) -> Path:
-    """A directory as given, else a shipped model's directory by name."""
+    """What `fastlm.load` would open for the same argument: a shipped model's directory by
+    name, a run directory's latest checkpoint, or the directory as given."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     text = os.fspath(path)
-    if not Path(text).is_dir() and text in available_models():
+    if text in available_models():
         return WEIGHTS_DIR / text
+    if (Path(text) / "latest").is_file():
+        return read_latest(Path(text))
     return Path(text)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint directory (its manifest says so), not an export directory."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # verify_export_dir says what is wrong
+    return isinstance(manifest, dict) and manifest.get("format") == CHECKPOINT_FORMAT
 
 
 __all__ = ["ExportDirError", "OnnxDecoder", "OnnxModel", "OrtBackend", "load", "verify_export_dir"]

@@ -267,3 +267,39 @@ def test_the_runtime_refuses_a_stale_pack_rather_than_falling_back(packed_copy, 
     copy = edited(ckpt, tmp_path, rewrite_manifest(_stale))
     with pytest.raises(ExportDirError, match="stale"):
         fastlm.runtime.load(copy, threads=1)
+
+
+def test_the_runtime_refuses_a_pack_from_before_a_weight_file_was_added(packed_copy, tmp_path):
+    """A pack whose digest covers fewer weight files than the checkpoint now lists (packed before
+    its lexical branch was added): stale for the runtime as for `fastlm.load`."""
+    import fastlm.runtime
+    from fastlm.checkpoint_files import verify_checkpoint, weights_digest
+
+    _, ckpt = packed_copy
+    manifest = verify_checkpoint(ckpt)
+    older = weights_digest(ckpt, manifest, ["model.safetensors", "embedder.safetensors"])
+    copy = edited(ckpt, tmp_path, rewrite_manifest(lambda m: m["source"].update(
+        weights_sha256=older)))  # fmt: skip
+    with pytest.raises(ExportDirError, match="stale"):
+        fastlm.runtime.load(copy, threads=1)
+    assert fastlm.load(copy, threads=1).backend.describe()["backend"] == "eager"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_the_torch_free_digest_is_the_checkpoints(name, small_checkpoints):
+    from fastlm.checkpoint_files import listed_weight_files, verify_checkpoint, weights_digest
+
+    for path in (WEIGHTS_DIR / name, small_checkpoints[name]):
+        manifest = verify_checkpoint(path)
+        digest = weights_digest(path, manifest, listed_weight_files(manifest))
+        assert digest == load_checkpoint(path).weights_digest
+
+
+def test_runtime_names_resolve_as_fastlm_load_does(tmp_path, monkeypatch, small_checkpoints):
+    import fastlm.runtime
+
+    (tmp_path / "lstm").mkdir()  # a folder named like a shipped model: the name still wins
+    monkeypatch.chdir(tmp_path)
+    assert fastlm.runtime.load("lstm", threads=1).path == WEIGHTS_DIR / "lstm"
+    with pytest.raises(ExportDirError, match="checkpoint without an ONNX pack"):
+        fastlm.runtime.load(small_checkpoints["lstm"], threads=1)

@@ -52,8 +52,7 @@ def pack(checkpoint_dir: str | os.PathLike, exports: dict[str, str | os.PathLike
     ckpt_dir = Path(checkpoint_dir)
     if set(exports) != set(GRAPHS):
         raise ValueError(f"exports must give a directory for each of {sorted(GRAPHS)}")
-    ckpt = load_checkpoint(ckpt_dir)
-    digest = ckpt.weights_digest
+    digest = load_checkpoint(ckpt_dir).weights_digest
     known = _checkpoint_tensors(ckpt_dir)
     derived: dict[str, np.ndarray] = {}
     manifests = {role: verify_export_dir(path) for role, path in exports.items()}
@@ -85,7 +84,7 @@ def pack(checkpoint_dir: str | os.PathLike, exports: dict[str, str | os.PathLike
         manifest = {
             "format": PACK_FORMAT,
             "model": manifests["embed"]["model"],
-            "source": {"weights_sha256": digest, "weight_files": ckpt.weight_files},
+            "source": {"weights_sha256": digest},
             "graphs": graphs,
             "parity": parity,
             "versions": manifests["decode"]["versions"],

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from fastlm.checkpoint_files import verify_checkpoint, weights_digest
+from fastlm.checkpoint_files import listed_weight_files, verify_checkpoint, weights_digest
 from fastlm.export.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.io import sha256_file
 from fastlm.validation import check_manifest_files
@@ -98,22 +98,14 @@ def read_pack(checkpoint_dir: str | os.PathLike, weights_digest: str) -> PackedG
     return PackedGraphs(path, manifest, loaded)
 
 
-def open_pack(checkpoint_dir: str | os.PathLike) -> PackedGraphs:
+def open_pack(checkpoint_dir: str | os.PathLike, manifest: dict | None = None) -> PackedGraphs:
     """The pack of a checkpoint, with no torch: the checkpoint's files are checked against its
-    manifest, and its weights digest is computed over the weight files the pack names
-    (`source.weight_files`). CheckpointError / ExportDirError / FileNotFoundError as read_pack."""
+    manifest (or `manifest`, the result of `verify_checkpoint` already run), and its weights
+    digest is computed over the weight files that manifest lists, as `Checkpoint.weights_digest`
+    is. CheckpointError / ExportDirError / FileNotFoundError as read_pack."""
     ckpt = Path(checkpoint_dir)
-    manifest = verify_checkpoint(ckpt)
-    where = ckpt / PACK_DIR / PACK_MANIFEST
-    try:
-        names = json.loads(where.read_text(encoding="utf-8"))["source"]["weight_files"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{ckpt} has no ONNX pack ({PACK_DIR}/{PACK_MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ExportDirError(f"{where} is corrupt: no source.weight_files ({err!r})") from None
-    if not (isinstance(names, list) and names and all(n in manifest["files"] for n in names)):
-        raise ExportDirError(f"{where}: source.weight_files must name files of {ckpt}")
-    return read_pack(ckpt, weights_digest(ckpt, manifest, names))
+    manifest = manifest if manifest is not None else verify_checkpoint(ckpt)
+    return read_pack(ckpt, weights_digest(ckpt, manifest, listed_weight_files(manifest)))
 
 
 def _graph(path: Path, files: dict, spec: object, tensors: _Tensors, where: Path) -> tuple:
