@@ -36,6 +36,7 @@ from fastlm.checkpoint_files import (
     TOKENIZER_FILE,
     CheckpointError,
     check_manifest_files,
+    listed_weight_files,
     verify_checkpoint,
     weights_digest,
 )
@@ -67,11 +68,8 @@ class Checkpoint:
 
     @property
     def weight_files(self) -> list[str]:
-        return (
-            [MODEL_FILE]
-            + ([EMBEDDER_FILE] if self.embedder.proj is not None else [])
-            + ([LEXICAL_FILE] if self.lexical is not None else [])
-        )
+        """The weight files its manifest lists (one rule, shared with the torch-free readers)."""
+        return listed_weight_files(self.manifest)
 
 
 def save_checkpoint(

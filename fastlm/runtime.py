@@ -35,11 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
-from fastlm.batching import DEFAULT_TOKEN_BUDGET
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.checkpoint_files import CHECKPOINT_FORMAT, verify_checkpoint
 from fastlm.export.format import (
@@ -54,6 +51,8 @@ from fastlm.export.format import (
 from fastlm.export.pack_format import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
 from fastlm.hub import WEIGHTS_DIR, available_models, read_latest
 from fastlm.language_model import LanguageModel
+from fastlm.onnx_decoder import OnnxDecoder
+from fastlm.ort_sessions import SHRINK_ABOVE_TOKENS, default_providers, make_session, run_session
 from fastlm.tokenizer import Tokenizer
 from fastlm.validation import check_optional_int
 
@@ -61,79 +60,20 @@ from fastlm.validation import check_optional_int
 # 4 bytes = 16 bytes per cell per tensor; 2^24 cells bound a tensor to 256 MB (a single text
 # longer than that runs alone).
 ATTENTION_CELLS = 1 << 24
-# Shrinking costs a fresh allocation on the next call (measured 1.3-1.5x slower 64 x 256
-# batches), so only runs above this many input tokens shrink: batches within the default
-# token budget reuse the arena; a larger one (an outsize text, a bigger budget) gives its
-# memory back.
-SHRINK_ABOVE_TOKENS = DEFAULT_TOKEN_BUDGET
 
 
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build has it, then CPU."""
-    have = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
-
-
-def run_options() -> ort.RunOptions:
-    """Per-call options that shrink the CPU arena back after the run. Without them the arena
-    keeps its high-water mark (measured: 3.2 GB after one 64 x 1,024-token Transformer batch,
-    0.9 GB for the LSTM) and the next call of the process can fail under a memory cap."""
-    opts = ort.RunOptions()
-    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    return opts
-
-
-RUN_OPTIONS = run_options()
-
-
-def _run(session, feed: dict, what: str, shrink: bool | None = None) -> list[np.ndarray]:
-    """session.run (shrinking the arena after an outsize input; shrink=False for a session
-    without arena, which has nothing to shrink), with an allocation failure raised as
-    MemoryError."""
-    if shrink is None:
-        shrink = feed["input_ids"].size > SHRINK_ABOVE_TOKENS
+def read_lexical(directory: Path, dim: int) -> LexicalBranch:
+    """The lexical branch in `directory` (a verified file), its rows `dim` wide: else
+    ExportDirError naming the file."""
     try:
-        return session.run(None, feed, run_options=RUN_OPTIONS if shrink else None)
-    except (ort_state.RuntimeException, ort_state.Fail) as err:
-        if "alloc" not in str(err).lower():
-            raise
-        shapes = {k: tuple(v.shape) for k, v in feed.items()}
-        raise MemoryError(f"ONNX Runtime could not allocate memory for {what} {shapes}") from err
-
-
-def make_session(
-    path: Path,
-    threads: int | None,
-    providers: Sequence[str],
-    arena: bool = True,
-    packed: tuple[bytes, dict[str, np.ndarray]] | None = None,
-):
-    """An ORT session; its intra-op threads are this session's own (0: ORT's default, one per
-    physical core), never a process-wide setting. arena=False: CPU buffers are freed after each
-    run instead of pooled (for outsize runs; pooling is 15-35% faster on planned batches).
-    packed: (graph bytes, {initializer name: array}) to open instead of the file at `path`
-    (a packed graph, fastlm/export/pack_format.py; the arrays must outlive the session)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads or 0
-    opts.enable_cpu_mem_arena = arena
-    model: str | bytes = str(path)
-    if packed is not None:
-        model, arrays = packed
-        opts.add_external_initializers(
-            list(arrays), [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        branch = LexicalBranch.load(directory / LEXICAL_FILE)
+    except LexicalBranchError as err:
+        raise ExportDirError(str(err)) from None
+    if branch.dim != dim:
+        raise ExportDirError(
+            f"{directory / LEXICAL_FILE}: rows of {branch.dim}, the embeddings have {dim}"
         )
-    try:
-        session = ort.InferenceSession(model, sess_options=opts, providers=list(providers))
-    except (ort_state.InvalidProtobuf, ort_state.InvalidGraph) as err:
-        raise ExportDirError(f"{path} is not a valid ONNX graph: {err}") from None
-    except (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException) as err:
-        if packed is None:  # e.g. a packed graph missing a tensor, or given one of another shape
-            raise
-        raise ExportDirError(f"{path} cannot be opened: {err}") from None
-    if packed is not None:  # the arrays live as long as the session that was handed them
-        session._fastlm_initializers = arrays
-    return session
+    return branch
 
 
 class OrtBackend(Backend):
@@ -180,15 +120,7 @@ class OrtBackend(Backend):
         )
         self.dtype: str = "+".join(dict.fromkeys(self.dtypes.values()))  # "int8+fp32" mixed
         if LEXICAL_FILE in manifest.get("files", {}):  # unlisted: unverified, never read
-            try:
-                self.lexical = LexicalBranch.load(self.path / LEXICAL_FILE)
-            except LexicalBranchError as err:
-                raise ExportDirError(str(err)) from None
-            if self.lexical.dim != self.info.embedding_dim:
-                raise ExportDirError(
-                    f"{self.path / LEXICAL_FILE}: rows of {self.lexical.dim}, the embeddings "
-                    f"have {self.info.embedding_dim}"
-                )
+            self.lexical = read_lexical(self.path, self.info.embedding_dim)
         if manifest["model"]["attention_scores"]:
             self.max_attention_cells = ATTENTION_CELLS
 
@@ -198,7 +130,7 @@ class OrtBackend(Backend):
 
     def embed_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": _i64(input_ids), "attention_mask": _i64(attention_mask)}
-        return _run(self.sessions["embed"], feed, "an embedding batch")[0]
+        return run_session(self.sessions["embed"], feed, "an embedding batch")[0]
 
     _outsize_lm = None  # the lm session without arena, built on the first outsize run
     _outsize_lock = threading.Lock()
@@ -207,8 +139,8 @@ class OrtBackend(Backend):
         """(B, T) int64 ids -> (B, T, V) float32 logits at every position."""
         feed = {"input_ids": _i64(input_ids)}
         if self._outsize(*input_ids.shape):
-            return _run(self._outsize_session(), feed, "a logits batch", shrink=False)[0]
-        return _run(self.sessions["lm"], feed, "a logits batch")[0]
+            return run_session(self._outsize_session(), feed, "a logits batch", shrink=False)[0]
+        return run_session(self.sessions["lm"], feed, "a logits batch")[0]
 
     def _outsize(self, batch: int, length: int) -> bool:
         """More tokens than SHRINK_ABOVE_TOKENS, or more attention cells than a planned batch
@@ -252,89 +184,6 @@ class OrtBackend(Backend):
         }
 
 
-class OnnxDecoder:
-    """Incremental decoding of one sequence with decode.onnx; logits are float32 (V,). The state
-    inputs are read from the graph: zeros, batch 1, growing axes empty."""
-
-    # prompt tokens per decode.onnx run: one run over a 355k-token LSTM prompt took +2.1 GB
-    # (fp32; +9.6 GB for 4M characters on int8) and a 4,900-token Transformer one 1.75 GB
-    prefill_chunk = SCORE_CHUNK
-
-    def __init__(self, session, max_len: int | None):
-        self.session, self.max_len = session, max_len
-        self.state = {
-            i.name: np.zeros(_empty_shape(i.shape), _NUMPY_TYPES[i.type])
-            for i in session.get_inputs()
-            if i.name != "input_ids"
-        }
-        self.outputs = [o.name for o in session.get_outputs()]
-        # On CPU the state stays in ONNX Runtime's own buffers between runs (IO binding): the
-        # Transformer's past is not copied out to numpy and back every token (measured 0.212
-        # -> 0.178 ms/token over 128 greedy tokens; the LSTM's (h, c) is too small to matter)
-        self.bound = session.get_providers()[0] == "CPUExecutionProvider"
-        self.length = 0  # tokens consumed so far
-
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """The prompt, `prefill_chunk` tokens per run (the state carries it on)."""
-        ids = list(ids)
-        self._check_room(ids)  # before the first chunk runs
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits = self._run(ids[start : start + self.prefill_chunk])
-        return logits
-
-    def step(self, token: int) -> np.ndarray:
-        return self._run([int(token)])
-
-    def _check_room(self, ids: list[int]) -> None:
-        if not ids:
-            raise ValueError("no tokens to decode")
-        if self.max_len is not None and self.length + len(ids) > self.max_len:
-            raise ValueError(f"the sequence would exceed the context ({self.max_len} tokens)")
-
-    def _run(self, ids: list[int]) -> np.ndarray:
-        self._check_room(ids)
-        ids_array = np.asarray([ids], dtype=np.int64)
-        if self.bound:
-            logits, *state = self._run_bound(ids_array)
-        else:
-            feed = {"input_ids": ids_array, **self.state}
-            logits, *state = _run(self.session, feed, "a decode step")
-        self.state = dict(zip(self.state, state))
-        self.length += len(ids)
-        return logits[0]
-
-    def _run_bound(self, ids: np.ndarray) -> list:
-        """One run with the state bound in place: [logits (numpy), *state (OrtValues)]."""
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        for name, value in self.state.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:  # the zeros of the first run
-                binding.bind_cpu_input(name, value)
-        for name in self.outputs:
-            binding.bind_output(name, "cpu")
-        shrink = ids.size > SHRINK_ABOVE_TOKENS
-        try:
-            self.session.run_with_iobinding(binding, RUN_OPTIONS if shrink else None)
-        except (ort_state.RuntimeException, ort_state.Fail) as err:
-            if "alloc" not in str(err).lower():
-                raise
-            raise MemoryError(
-                f"ONNX Runtime could not allocate memory for a decode step {ids.shape}"
-            ) from err
-        logits, *state = binding.get_outputs()
-        return [logits.numpy(), *state]
-
-
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _empty_shape(dims) -> tuple[int, ...]:
-    """A state input's starting shape: the batch axis 1, other named (growing) axes 0."""
-    return tuple(d if isinstance(d, int) else (1 if d == "batch" else 0) for d in dims)
-
-
 def _i64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
@@ -367,16 +216,8 @@ class OnnxModel(LanguageModel):
         ckpt_manifest = verify_checkpoint(path)  # every file, the lexical branch's included
         packed = open_pack(path, ckpt_manifest)
         backend = OrtBackend(path, packed.manifest, threads, providers, packed=packed)
-        if LEXICAL_FILE in ckpt_manifest["files"]:
-            try:
-                backend.lexical = LexicalBranch.load(path / LEXICAL_FILE)
-            except LexicalBranchError as err:
-                raise ExportDirError(str(err)) from None
-            if backend.lexical.dim != backend.info.embedding_dim:
-                raise ExportDirError(
-                    f"{path / LEXICAL_FILE}: rows of {backend.lexical.dim}, the embeddings have "
-                    f"{backend.info.embedding_dim}"
-                )
+        if LEXICAL_FILE in ckpt_manifest["files"]:  # verified with the checkpoint
+            backend.lexical = read_lexical(path, backend.info.embedding_dim)
         return cls(os.fspath(path), backend)
 
     @property

@@ -177,13 +177,13 @@ def test_an_outsize_scoring_run_uses_a_session_without_arena(exports, monkeypatc
     text = exact_tokens(model, 300)
     want = model.score(text).log_likelihood  # 301^2 cells: within the budget
     arenas: list[bool] = []
-    inner = fastlm.runtime._run
+    inner = fastlm.runtime.run_session
 
     def run(session, feed, what, *args, **kwargs):
         arenas.append(session.get_session_options().enable_cpu_mem_arena)
         return inner(session, feed, what, *args, **kwargs)
 
-    monkeypatch.setattr(fastlm.runtime, "_run", run)
+    monkeypatch.setattr(fastlm.runtime, "run_session", run)
     monkeypatch.setattr(model.backend, "max_attention_cells", 200 * 200)
     got = model.score(text).log_likelihood
     assert arenas == [False]

@@ -24,7 +24,8 @@ from fastlm.engine.backends import chunked_nll, register_backend
 from fastlm.export.format import DTYPES, ExportDirError, verify_export_dir
 from fastlm.export.pack_format import PackedGraphs
 from fastlm.models import architecture_of
-from fastlm.runtime import OrtBackend, default_providers
+from fastlm.ort_sessions import default_providers
+from fastlm.runtime import OrtBackend
 
 log = logging.getLogger("fastlm")
 

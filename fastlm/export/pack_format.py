@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from fastlm.checkpoint_files import listed_weight_files, verify_checkpoint, weights_digest
+from fastlm.checkpoint_files import (
+    EMBEDDER_FILE,
+    MODEL_FILE,
+    listed_weight_files,
+    verify_checkpoint,
+    weights_digest,
+)
 from fastlm.export.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.io import sha256_file
 from fastlm.validation import check_manifest_files
@@ -40,7 +46,7 @@ from fastlm.validation import check_manifest_files
 PACK_FORMAT = "fastlm-onnx-pack/1"
 PACK_DIR, PACK_MANIFEST, PACK_TENSORS = "onnx", "manifest.json", "tensors.safetensors"
 PACKED = "pack"  # the source name of a tensor stored in PACK_TENSORS
-CHECKPOINT_SOURCES = ("model.safetensors", "embedder.safetensors")
+CHECKPOINT_SOURCES = (MODEL_FILE, EMBEDDER_FILE)  # the checkpoint files a reference may name
 
 
 @dataclass
