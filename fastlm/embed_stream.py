@@ -42,16 +42,20 @@ class InputLineError(ValueError):
 
 
 def read_lines(stream: BinaryIO, name: str = "<stdin>") -> Iterator[tuple[str, int]]:
-    """(text, bytes read) per line of a binary stream, lazily; the line end (LF or CRLF) is
-    dropped. A line that is not UTF-8 is an InputLineError naming `name` and the line number."""
+    """(text, bytes read) per line of a binary stream, lazily; the line end (LF or CRLF) and a
+    leading byte-order mark are dropped. A line that is not UTF-8 is an InputLineError naming
+    `name` and the line number (corpus_io reads index corpora the same way, with its own
+    file:line errors)."""
     for number, raw in enumerate(stream, start=1):
         size = len(raw)
         raw = raw[:-1] if raw.endswith(b"\n") else raw
         raw = raw[:-1] if raw.endswith(b"\r") else raw
         try:
-            yield raw.decode("utf-8"), size
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise InputLineError(f"{name} line {number} is not UTF-8 text ({err.reason})") from None
+        # a byte-order mark some editors write is not part of the first text (as corpus_io)
+        yield (text.removeprefix("\ufeff") if number == 1 else text), size
 
 
 def chunked(

@@ -120,6 +120,13 @@ def test_read_lines_strips_lf_and_crlf_only():
     ]
 
 
+def test_a_byte_order_mark_is_not_text():
+    assert list(read_lines(io.BytesIO(b"\xef\xbb\xbfhello\n\xef\xbb\xbfkept\n"))) == [
+        ("hello", 9),
+        ("\ufeffkept", 8),  # only the file's first bytes can be a mark
+    ]
+
+
 def test_a_line_that_is_not_utf8_names_its_number():
     lines = read_lines(io.BytesIO(b"ok\nfine\nbad \xff byte\n"), "docs.txt")
     assert next(lines) == ("ok", 3) and next(lines) == ("fine", 5)
