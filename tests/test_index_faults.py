@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_helpers import version_dir
 
 import fastlm.index.core as index_mod
 from fastlm.index import Index, IndexFileError
@@ -54,11 +55,6 @@ def seed_of(index: Index) -> int:
 
 def save(path: Path, seed: int) -> None:
     Index.from_embeddings(StubModel(), *corpus(seed)).save(path)
-
-
-def version_dir(path: Path) -> Path:
-    """The directory the index pointer names: the files of the current save."""
-    return path / json.loads((path / "manifest.json").read_text())["current"]
 
 
 def forge(vdir: Path, name: str, data: bytes) -> None:

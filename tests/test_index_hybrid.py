@@ -1,10 +1,6 @@
 """fastlm.index: document ids and metadata, upsert/remove, dense / lexical / hybrid search
-(weighted and RRF), the HNSW graph, float16 and memory-mapped storage, and a saved index bound
-to the model that built it.
-
-The model here is a stand-in whose `embed` is a bag of hand-placed word vectors, so which
-documents each side finds is known in advance: the dense side knows synonyms ("automobile" is
-"car") and nothing of unknown words ("zx81"); BM25 knows words and nothing of synonyms.
+(weighted and RRF), and a saved index bound to the model that built it. Storage, mmap and the
+HNSW graph: test_index_storage.py. The stand-in model (BagModel): tests/index_helpers.py.
 """
 
 from __future__ import annotations
@@ -20,6 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_helpers import (
+    DIM,
+    DOCS,
+    QUERY,
+    RELEVANT,
+    BagModel,
+    TableModel,
+    corpus_index,
+    ids_of,
+    random_unit,
+    version_dir,
+)
 
 import fastlm
 from fastlm.index import (
@@ -28,58 +36,6 @@ from fastlm.index import (
     IndexFileError,
     IndexModelMismatch,
 )
-
-DIM = 16
-# word -> axis of its one-hot vector; synonyms share an axis
-AXES = {
-    "car": 0, "automobile": 0, "vehicle": 0, "bread": 1, "banana": 2, "weather": 3,
-    "manual": 4, "sale": 5, "recipe": 6, "today": 7, "report": 8, "ship": 9, "sea": 10,
-}  # fmt: skip
-
-
-class BagModel:
-    """Embeds a text as the normalised sum of its known words' one-hot vectors (a text of
-    unknown words only: the zero vector, as the real models give for "")."""
-
-    architecture = "bag"
-    embedding_dim = DIM
-
-    def __init__(self, name: str = "bag", digest: str = "a" * 64):
-        self.name, self.embedding_digest = name, digest
-        self.calls = 0
-
-    def embed(self, texts, batch_size=64, show_progress_bar=None):
-        self.calls += 1
-        out = np.zeros((len(texts), DIM), np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                if word in AXES:
-                    out[row, AXES[word]] += 1
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1)
-
-
-DOCS = {
-    "auto": "automobile",  # dense finds it for "car" (a synonym); BM25 cannot
-    "code": "zx81 manual",  # BM25 finds it for "zx81"; the dense side knows no "zx81"
-    "van": "vehicle bread",  # dense distractor
-    "rumour": "zx81 rumours rumours rumours",  # lexical distractor (longer: lower BM25)
-    "bake": "banana bread recipe",
-    "news": "weather report today",
-}
-QUERY, RELEVANT = "car zx81", {"auto", "code"}
-
-
-def corpus_index(**options) -> Index:
-    return Index(BagModel(), **options).add(list(DOCS.values()), ids=list(DOCS))
-
-
-def ids_of(hits: list[dict]) -> list[str]:
-    return [h["id"] for h in hits]
-
-
-def version_dir(path: Path) -> Path:
-    return path / json.loads((path / "manifest.json").read_text())["current"]
 
 
 # ------------------------------------------------------------ ids and metadata
@@ -244,111 +200,6 @@ def test_rrf_scores_by_hand():
             expected[list(DOCS)[row]] += 1 / (60 + rank)
     got = {h["id"]: h["score"] for h in index.search(QUERY, top_k=6, fusion="rrf")}
     assert got == pytest.approx(expected, abs=1e-6)
-
-
-# ------------------------------------------------------------ storage, mmap, graph
-@pytest.mark.parametrize("mmap", [True, False])
-def test_float16_storage_round_trip(tmp_path, mmap):
-    index = corpus_index(storage="float16")
-    full = corpus_index()
-    assert index.embeddings.dtype == np.float16
-    np.testing.assert_allclose(index.embeddings, full.embeddings, atol=1e-3)
-    index.save(tmp_path / "idx")
-    manifest = json.loads((version_dir(tmp_path / "idx") / "manifest.json").read_text())
-    assert manifest["storage"] == "float16"
-    again = Index.load(tmp_path / "idx", BagModel(), mmap=mmap)
-    assert again.embeddings.dtype == np.float16 and again.storage == "float16"
-    np.testing.assert_array_equal(again.embeddings, index.embeddings)
-    for q in (QUERY, "bread"):
-        assert again.search(q, top_k=3) == index.search(q, top_k=3)
-        hits = zip(again.search(q, top_k=3, mode="dense"), full.search(q, top_k=3, mode="dense"))
-        assert all(a["score"] == pytest.approx(b["score"], abs=2e-3) for a, b in hits)
-
-
-def test_mmap_load_maps_read_only_and_an_edit_copies(tmp_path):
-    corpus_index().save(tmp_path / "idx")
-    saved = {p.name: p.read_bytes() for p in version_dir(tmp_path / "idx").iterdir()}
-    again = Index.load(tmp_path / "idx", BagModel())  # mmap=True by default
-    assert isinstance(again.embeddings, np.memmap) and not again.embeddings.flags.writeable
-    again.add(["ship"], ids=["boat"]).add(["ship sale"], ids=["auto"], upsert=True)
-    again.remove("van")
-    assert ids_of(again.search("ship", top_k=2, mode="dense")) == ["boat", "auto"]
-    assert {p.name: p.read_bytes() for p in version_dir(tmp_path / "idx").iterdir()} == saved
-
-
-def random_unit(n: int, seed: int) -> np.ndarray:
-    vecs = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-
-
-class TableModel(BagModel):
-    """Embeds "doc N" as row N of a table (plus a little noise): queries with known answers."""
-
-    def __init__(self, table: np.ndarray, **kwargs):
-        super().__init__(**kwargs)
-        self.table = table
-
-    def embed(self, texts, batch_size=64, show_progress_bar=None):
-        self.calls += 1
-        rows = [int(t.split()[1]) for t in texts]
-        noise = np.random.default_rng(len(texts)).standard_normal((len(texts), DIM)) * 0.01
-        vecs = self.table[rows] + noise.astype(np.float32)
-        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-
-
-def test_ann_top1_equals_exact_and_survives_save_mmap_and_edits(tmp_path):
-    table = random_unit(3000, 0)
-    model = TableModel(table)
-    texts = [f"doc {i}" for i in range(len(table))]
-    graph = Index.from_embeddings(model, table, texts, lexical=False, ann=True)
-    exact = Index.from_embeddings(model, table, texts, lexical=False, ann=False)
-    queries = [f"doc {i}" for i in range(0, 3000, 60)]
-    assert (
-        ids_of(h[0] for h in graph.search(queries, top_k=1))
-        == ids_of(h[0] for h in exact.search(queries, top_k=1))
-        == [str(i) for i in range(0, 3000, 60)]
-    )
-    graph.save(tmp_path / "idx")
-    vdir = version_dir(tmp_path / "idx")
-    manifest = json.loads((vdir / "manifest.json").read_text())
-    assert "ann.usearch" in manifest["files"] and manifest["ann"]["graph"]["size"] == 3000
-    loaded = Index.load(tmp_path / "idx", model)
-    assert loaded._ann is not None and loaded._ann.view  # the saved graph, mapped
-    assert loaded.search(queries[:5], top_k=1) == graph.search(queries[:5], top_k=1)
-    loaded.save(tmp_path / "copy")  # the mapped graph's file, copied into the new version
-    assert (version_dir(tmp_path / "copy") / "ann.usearch").read_bytes() == (
-        vdir / "ann.usearch"
-    ).read_bytes()
-    model.table = np.concatenate([table, random_unit(1, 1)])
-    loaded.add("doc 3000")  # an edit of a mapped graph: an editable copy, then the new row
-    assert not loaded._ann.view and len(loaded._ann) == 3001
-    assert loaded.search("doc 3000", top_k=1)[0]["id"] == "3000"
-    loaded.remove(["0"])  # rows renumber: rebuilt on the next search
-    assert loaded.search("doc 3000", top_k=1)[0]["id"] == "3000"
-
-
-def test_float16_storage_keeps_the_graph_in_float16_too(tmp_path):
-    table = random_unit(2000, 2)
-    texts = [f"doc {i}" for i in range(len(table))]
-    sizes = {}
-    for storage in ("float32", "float16"):
-        index = Index.from_embeddings(
-            TableModel(table), table, texts, lexical=False, ann=True, storage=storage
-        )
-        index.save(tmp_path / storage)
-        vdir = version_dir(tmp_path / storage)
-        manifest = json.loads((vdir / "manifest.json").read_text())
-        assert manifest["ann"]["graph"]["dtype"] == ("f16" if storage == "float16" else "f32")
-        sizes[storage] = (vdir / "ann.usearch").stat().st_size
-        assert index.search("doc 7", top_k=1)[0]["id"] == "7"
-    # the graph's vectors: 4 bytes a value in float32, 2 in float16
-    assert sizes["float32"] - sizes["float16"] >= 2000 * DIM * 2
-
-
-def test_automatic_ann_is_exact_below_the_threshold():
-    index = corpus_index()  # ann=None
-    index.search(QUERY)
-    assert index._ann is None
 
 
 # ------------------------------------------------------------ files bound to their model
