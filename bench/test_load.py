@@ -16,7 +16,7 @@ import itertools
 import pytest
 
 from fastlm.benchmarking import ARCHS, BACKENDS, BackendUnavailable, load_model, timed
-from fastlm.export.format import verify_export_dir
+from fastlm.ort.format import verify_export_dir
 
 LOAD_BUDGET_S = 3.0  # rounds per backend: as many as fit (1..5), judged by the first load
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from fastlm.version import __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads on use
-    from fastlm.engine import LanguageModel, load
+    from fastlm.engine import load
+    from fastlm.language_model import LanguageModel
     from fastlm.hub import available_models
     from fastlm.index import Index
     from fastlm.tokenizer import Tokenizer
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
 _LAZY = {
     "load": ("fastlm.engine", "load"),
     "Index": ("fastlm.index", "Index"),
-    "LanguageModel": ("fastlm.engine", "LanguageModel"),
+    "LanguageModel": ("fastlm.language_model", "LanguageModel"),
     "available_models": ("fastlm.hub", "available_models"),
     "Tokenizer": ("fastlm.tokenizer", "Tokenizer"),
 }

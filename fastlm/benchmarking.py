@@ -43,7 +43,7 @@ class BackendUnavailable(Exception):
 def load_model(source, key: str, device: str, threads: int | None):
     """fastlm.load(source) on backend `key`; BackendUnavailable says why it cannot run here."""
     import fastlm
-    from fastlm.engine.backends import get_backend_class
+    from fastlm.engine.registry import get_backend_class
 
     if key not in BACKENDS:
         raise ValueError(f"unknown backend key {key!r}; choose from {sorted(BACKENDS)}")

@@ -41,7 +41,8 @@ from fastlm.checkpoint_files import (
     weights_digest,
 )
 from fastlm.io import atomic_write_dir, sha256_file
-from fastlm.models import ModelConfig, build_model, config_from_dict
+from fastlm.hub import resolve_checkpoint
+from fastlm.models import ModelConfig, architectures, build_model, config_from_dict
 from fastlm.models.config import config_to_json
 from fastlm.models.embedder import EmbeddingTower, tower_from_weights
 from fastlm.tokenizer import Tokenizer
@@ -268,3 +269,16 @@ __all__ = [
     "verify_checkpoint",
     "weights_digest",
 ]
+
+
+def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):
+    """The bare nn.Module of a shipped model or checkpoint, checked to be of `model_class`.
+
+    >>> load_pretrained(SimpleTransformer_LM, "transformer")
+    Passing a checkpoint of the other architecture raises CheckpointError.
+    """
+    known = {a.model_class: name for name, a in architectures().items()}
+    if model_class not in known:
+        names = ", ".join(c.__name__ for c in known)
+        raise TypeError(f"model_class must be one of {names}, got {model_class!r}")
+    return load_checkpoint(resolve_checkpoint(name_or_path), known[model_class], device).model

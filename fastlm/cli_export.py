@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastlm.export import export
-    from fastlm.export.format import PARITY_FILE
+    from fastlm.ort.format import PARITY_FILE
 
     out = export(args.model, args.out, dtype=args.dtype, force=args.force)  # errors: fastlm.cli
     report = json.loads((out / PARITY_FILE).read_text(encoding="utf-8"))

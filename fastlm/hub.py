@@ -53,19 +53,3 @@ def read_latest(run_dir: Path) -> Path:
     if not target.is_dir():
         raise CheckpointError(f"{pointer} names {name!r}, which does not exist")
     return run_dir / name
-
-
-def load_pretrained(model_class, name_or_path: str | os.PathLike, device="cpu"):
-    """The bare nn.Module of a shipped model or checkpoint, checked to be of `model_class`.
-
-    >>> load_pretrained(SimpleTransformer_LM, "transformer")
-    Passing a checkpoint of the other architecture raises CheckpointError.
-    """
-    from fastlm.checkpoint import load_checkpoint
-    from fastlm.models import architectures
-
-    known = {a.model_class: name for name, a in architectures().items()}
-    if model_class not in known:
-        names = ", ".join(c.__name__ for c in known)
-        raise TypeError(f"model_class must be one of {names}, got {model_class!r}")
-    return load_checkpoint(resolve_checkpoint(name_or_path), known[model_class], device).model

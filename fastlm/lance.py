@@ -44,9 +44,9 @@ def _lancedb():
 def _load(model: Any):
     """A model name or directory loaded with fastlm.load; a model object as given."""
     if isinstance(model, (str, os.PathLike)):
-        import fastlm
+        from fastlm.engine import load  # torch: only when a model is named, not given
 
-        return fastlm.load(model)
+        return load(model)
     if not hasattr(model, "embedding_dim") or not hasattr(model, "embed"):
         raise TypeError(
             f"model must be a fastlm LanguageModel or a model name/path; got {type(model).__name__}"

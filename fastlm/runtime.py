@@ -9,9 +9,9 @@
 `load` returns the same `LanguageModel` that `fastlm.load` does (fastlm/language_model.py), over
 `OrtBackend`: one set of defaults, checks and edge cases (README's table) for every backend.
 Needs onnxruntime, numpy and tokenizers only (`import fastlm` itself is lazy). The directory
-comes from `fastlm export` (fastlm/export/format.py, docs/onnx.md); a shipped model runs by name
+comes from `fastlm export` (fastlm/ort/format.py, docs/onnx.md); a shipped model runs by name
 too, from the ONNX pack it carries (`fastlm.runtime.load("transformer")`: int8 embedding, fp32
-scoring and decoding, the graphs `backend="auto"` runs; fastlm/export/pack_format.py).
+scoring and decoding, the graphs `backend="auto"` runs; fastlm/ort/packs.py).
 
 Scoring: lm.onnx starts from an empty state, so every text is scored in one pass (logits take
 ~8 KB per token); the torch engine's "onnx" backend scores long LSTM texts in chunks instead.
@@ -39,7 +39,7 @@ import numpy as np
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.checkpoint_files import CHECKPOINT_FORMAT, verify_checkpoint
-from fastlm.export.format import (
+from fastlm.ort.format import (
     DECODE_FILE,
     EMBED_FILE,
     LM_FILE,
@@ -48,11 +48,11 @@ from fastlm.export.format import (
     check_graph,
     verify_export_dir,
 )
-from fastlm.export.pack_format import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
+from fastlm.ort.packs import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
 from fastlm.hub import WEIGHTS_DIR, available_models, read_latest
 from fastlm.language_model import LanguageModel
-from fastlm.onnx_decoder import OnnxDecoder
-from fastlm.ort_sessions import SHRINK_ABOVE_TOKENS, default_providers, make_session, run_session
+from fastlm.ort.decoder import OnnxDecoder
+from fastlm.ort.sessions import SHRINK_ABOVE_TOKENS, default_providers, make_session, run_session
 from fastlm.tokenizer import Tokenizer
 from fastlm.validation import check_optional_int
 
@@ -240,8 +240,8 @@ class OnnxModel(LanguageModel):
 def load(
     path: str | os.PathLike, threads: int | None = None, providers: Sequence[str] | None = None
 ) -> OnnxModel:
-    """The model of an export directory (fastlm/export/format.py), or of a shipped model name /
-    checkpoint directory that carries an ONNX pack (fastlm/export/pack_format.py), on ONNX
+    """The model of an export directory (fastlm/ort/format.py), or of a shipped model name /
+    checkpoint directory that carries an ONNX pack (fastlm/ort/packs.py), on ONNX
     Runtime, verified."""
     return OnnxModel.load(path, threads, providers)
 

@@ -42,9 +42,9 @@ class Embedder:
         normalize: bool = True,
         **backend_options: Any,
     ):
-        import fastlm
+        from fastlm.engine import load  # torch, in each Ray actor: not at import
 
-        self.model = fastlm.load(
+        self.model = load(
             model, backend=backend, device=device, threads=threads, **backend_options
         )
         self.text_column, self.output_column = text_column, output_column

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from fastlm.checkpoint import load_checkpoint, save_checkpoint
 from fastlm.hub import WEIGHTS_DIR
-from fastlm.model_card import write_model_card
+from fastlm.export.model_card import write_model_card
 from fastlm.models import build_model
 from fastlm.models.embedder import tower_from_weights
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import fastlm
 from fastlm.checkpoint import CheckpointError, check_manifest_files, verify_checkpoint
-from fastlm.models.config import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, config_from_dict
+from fastlm.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
+from fastlm.models.config import config_from_dict
 from fastlm.validation import check_float, check_int
 
 FUZZ = settings(

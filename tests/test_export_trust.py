@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fastlm.export.format import FORMAT
+from fastlm.ort.format import FORMAT
 from fastlm.io import sha256_file
 from fastlm.runtime import ExportDirError, OnnxModel
 

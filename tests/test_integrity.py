@@ -18,7 +18,7 @@ import fastlm
 import fastlm.checkpoint as checkpoint_mod
 import fastlm.index.store as index_mod
 from fastlm.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
-from fastlm.engine import IndexFileError
+from fastlm.index import IndexFileError
 from fastlm.tokenizer import Tokenizer
 
 

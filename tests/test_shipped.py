@@ -10,7 +10,8 @@ import pytest
 
 import fastlm
 from fastlm.checkpoint import CheckpointError
-from fastlm.hub import WEIGHTS_DIR, load_pretrained
+from fastlm.checkpoint import load_pretrained
+from fastlm.hub import WEIGHTS_DIR
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
 
 

@@ -13,7 +13,8 @@ import torch
 from parity_helpers import row_cosines
 
 import fastlm
-from fastlm.engine.backends import backend_names, chunked_nll, get_backend_class
+from fastlm.engine.eager import chunked_nll
+from fastlm.engine.registry import backend_names, get_backend_class
 from fastlm.engine.decoding import TorchDecoder
 from fastlm.engine.loading import pick_auto_backend
 from fastlm.engine.triton_backend import tower_embeddings
@@ -140,8 +141,8 @@ def test_kernel_model_scores_like_the_model(arch: str) -> None:
     ids = random_ids(2, 9, seed=5).cpu().numpy()
     mask = np.ones_like(ids)
     mask[1, 6:] = 0
-    want = chunked_nll(model, architecture.carries_state, ids, mask)
-    got = chunked_nll(kernel, architecture.carries_state, ids, mask)
+    want = chunked_nll(model, architecture, ids, mask)
+    got = chunked_nll(kernel, architecture, ids, mask)
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 

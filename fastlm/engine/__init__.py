@@ -1,17 +1,7 @@
-"""Inference engine: one model object, several backends."""
+"""The torch engine: the backends that run a checkpoint with PyTorch (eager, compile, triton)
+or export it for ONNX Runtime on first use (onnx), and `load`, which picks one ("auto")."""
 
-from fastlm.engine.backends import Backend, backend_names, register_backend
-from fastlm.engine.index import Index, IndexFileError
 from fastlm.engine.loading import load
-from fastlm.language_model import LanguageModel, ScoreResult
+from fastlm.engine.registry import backend_names, get_backend_class, register_backend
 
-__all__ = [
-    "Backend",
-    "Index",
-    "IndexFileError",
-    "LanguageModel",
-    "ScoreResult",
-    "backend_names",
-    "load",
-    "register_backend",
-]
+__all__ = ["backend_names", "get_backend_class", "load", "register_backend"]

@@ -7,11 +7,11 @@
   Right-padding is exact here: the models are causal, so pad rows/columns never touch real
   tokens' states.
 - Decode step: `model.step_module(static=True)` compiled with fullgraph=True on fixed shapes;
-  a cache sized for the whole generation (`Architecture.sized_state`) is rounded up to a
+  a cache sized for the whole generation (`Architecture.decode_state_tokens`) is rounded up to a
   multiple of 256 tokens so generations of different lengths share one graph.
 - Architectures whose full-sequence pass torch.compile does not speed up
-  (`Architecture.compiles_sequence` False: the LSTM, whose nn.LSTM stays one opaque op, no gain
-  measured) embed and score eagerly; their decode step, written out, is compiled.
+  (`Architecture.compile_sequence` gives None: the LSTM, whose nn.LSTM stays one opaque op, no
+  gain measured) embed and score eagerly; their decode step, written out, is compiled.
 
 Compile time is measured apart (`compile_seconds`) and reported by describe().
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastlm.engine.backends import TorchBackend, register_backend
+from fastlm.engine.eager import TorchBackend
 from fastlm.engine.decoding import TorchDecoder
 
 CACHE_BUCKET = 256
@@ -38,13 +38,10 @@ class CompileBackend(TorchBackend):
         self.bucket = bucket
         self.compile_seconds: dict[str, float] = {}
         self._seen: set = set()
-        sequence = self.architecture.compiles_sequence
-        self._pool = (
-            torch.compile(self._pool_eager, dynamic=True, backend=compile_backend)
-            if sequence
-            else self._pool_eager
-        )
-        self._nll = torch.compile(self._nll_eager, dynamic=True, backend=compile_backend)
+        compile_sequence = self.architecture.compile_sequence
+        pool = compile_sequence(self._pool_eager, backend=compile_backend)
+        self._pool = pool if pool is not None else self._pool_eager
+        self._nll = compile_sequence(self._nll_eager, backend=compile_backend)  # None: eager
         step = self.model.step_module(static=True)
         self._step = torch.compile(step, fullgraph=True, dynamic=False, backend=compile_backend)
 
@@ -82,7 +79,7 @@ class CompileBackend(TorchBackend):
             return self._timed("embed", self._pool, ids, mask)[:B].cpu().numpy()
 
     def nll_batch(self, input_ids, attention_mask):
-        if not self.architecture.compiles_sequence:
+        if self._nll is None:
             return super().nll_batch(input_ids, attention_mask)  # eager, chunked (see __doc__)
         with self.scope(), torch.inference_mode():
             # +1 so the shifted (T-1) length is the bucketed one
@@ -92,7 +89,8 @@ class CompileBackend(TorchBackend):
     def new_decoder(self, max_seq: int):
         limit = self.config.max_len or max_seq
         cache_len = min(limit, -(-max_seq // CACHE_BUCKET) * CACHE_BUCKET)
-        key = f"decode-{cache_len}" if self.architecture.sized_state else "decode"
+        tokens = self.architecture.decode_state_tokens(cache_len)
+        key = "decode" if tokens is None else f"decode-{tokens}"
         step = _TimedStep(self, key)
         return TorchDecoder(self.model, step, cache_len, self.device, self.scope)
 
@@ -118,6 +116,3 @@ class _TimedStep:
 
     def __call__(self, *args):
         return self.backend._timed(self.key, self.backend._step, *args)
-
-
-register_backend("compile", CompileBackend)

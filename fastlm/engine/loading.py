@@ -8,9 +8,9 @@ import os
 import torch
 
 from fastlm.checkpoint import load_checkpoint
-from fastlm.engine.backends import backend_names, get_backend_class
-from fastlm.export.format import ExportDirError
-from fastlm.export.pack_format import read_pack
+from fastlm.engine.registry import backend_names, get_backend_class
+from fastlm.ort.format import ExportDirError
+from fastlm.ort.packs import read_pack
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from fastlm.checkpoint import Checkpoint
-from fastlm.engine.backends import chunked_nll, register_backend
-from fastlm.export.format import DTYPES, ExportDirError, verify_export_dir
-from fastlm.export.pack_format import PackedGraphs
+from fastlm.engine.eager import chunked_nll
+from fastlm.ort.format import DTYPES, ExportDirError, verify_export_dir
+from fastlm.ort.packs import PackedGraphs
 from fastlm.models import architecture_of
-from fastlm.ort_sessions import default_providers
+from fastlm.ort.sessions import default_providers
 from fastlm.runtime import OrtBackend
 
 log = logging.getLogger("fastlm")
@@ -81,8 +81,10 @@ class OnnxBackend(OrtBackend):
         self.lexical = checkpoint.lexical
         self.checkpoint, self.config, self.device = checkpoint, checkpoint.config, device
         # the torch model that scores what lm.onnx cannot (None: lm.onnx scores everything)
-        carries = architecture_of(checkpoint.config).carries_state
-        self._chunked_model = checkpoint.model.eval() if carries else None  # where it was loaded
+        # (an unbounded context: the architecture carries its state on, chunk by chunk)
+        unbounded = self.info.context_length is None
+        self._architecture = architecture_of(checkpoint.config)
+        self._chunked_model = checkpoint.model.eval() if unbounded else None  # where it was loaded
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning(
                 "device is %s but this onnxruntime has no CUDA provider: running on CPU "
@@ -92,7 +94,7 @@ class OnnxBackend(OrtBackend):
 
     def nll_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self._chunked_model is not None and input_ids.shape[1] - 1 > ONNX_SCORE_MAX:
-            return chunked_nll(self._chunked_model, True, input_ids, attention_mask)
+            return chunked_nll(self._chunked_model, self._architecture, input_ids, attention_mask)
         return super().nll_batch(input_ids, attention_mask)
 
     def details(self) -> dict:
@@ -145,6 +147,3 @@ def _check_source(
     have = manifest.get("dtype", "fp32")
     if dtype is not None and have != dtype:
         raise ValueError(f"{path} holds a {have} export, not the requested dtype {dtype!r}")
-
-
-register_backend("onnx", OnnxBackend)

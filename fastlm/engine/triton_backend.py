@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastlm.engine.backends import TorchBackend, backend_names, register_backend
+from fastlm.engine.eager import TorchBackend
 from fastlm.kernels import cuda_kernels_available, triton_available
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
@@ -58,7 +58,7 @@ class TritonBackend(TorchBackend):
             why = f"device is {device}" if device.type != "cuda" else "no CUDA device"
             raise ValueError(
                 f"the triton backend needs a CUDA GPU and the triton package ({why}); "
-                f"available backends: {backend_names() + ['auto']}"
+                "on this machine use eager, compile, onnx or auto"
             )
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -79,6 +79,3 @@ class TritonBackend(TorchBackend):
 
     def details(self) -> dict:
         return {**super().details(), "dtype": self.dtype_name}
-
-
-register_backend("triton", TritonBackend)

@@ -5,7 +5,7 @@
 
 or `fastlm export transformer --format onnx --dtype int8 --out exports/transformer-int8`.
 Run the result with `fastlm.runtime.load` (no torch) or `fastlm.load(..., backend="onnx")`.
-The directory format is fastlm/export/format.py; names load on first use, so the format
+The directory format is fastlm/ort/format.py; names load on first use, so the format
 module imports without torch or onnx.
 """
 

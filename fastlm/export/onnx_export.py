@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastlm.export.format import DECODE_FILE, EMBED_FILE, LM_FILE
+from fastlm.ort.format import DECODE_FILE, EMBED_FILE, LM_FILE
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
 from fastlm.models.layers import NextTokenLogits

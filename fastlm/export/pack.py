@@ -8,7 +8,7 @@ Each role's graph is taken from the export directory given for it (so embed can 
 decode stays fp32) and stripped of its weights: an initializer (or a large Constant, made one)
 byte-identical to a checkpoint tensor becomes a reference to it; any other becomes a tensor of
 onnx/tensors.safetensors keyed by its sha256, stored once however many graphs use it. The
-format and its reader: fastlm/export/pack_format.py. The pack is written atomically.
+format and its reader: fastlm/ort/packs.py. The pack is written atomically.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fastlm.checkpoint import load_checkpoint
-from fastlm.export.format import GRAPHS, PARITY_FILE, verify_export_dir
-from fastlm.export.pack_format import (
+from fastlm.ort.format import GRAPHS, PARITY_FILE, verify_export_dir
+from fastlm.ort.packs import (
     CHECKPOINT_SOURCES,
     PACK_DIR,
     PACK_FORMAT,

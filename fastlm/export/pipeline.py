@@ -1,6 +1,6 @@
 """`export()`: a checkpoint -> one ONNX directory, certified against PyTorch and written atomically.
 
-Layout of DIR (fastlm/export/format.py):
+Layout of DIR (fastlm/ort/format.py):
     embed.onnx, lm.onnx, decode.onnx   the graphs (fastlm/export/onnx_export.py), in `dtype`
     tokenizer.json, config.json        the checkpoint's tokenizer and model config
     lexical.safetensors                the embedding's lexical branch, when the checkpoint has one
@@ -23,10 +23,9 @@ import onnx
 import onnxruntime
 import torch
 
-import fastlm
 from fastlm.char_ngrams import LEXICAL_FILE
 from fastlm.checkpoint import MODEL_FILE, load_checkpoint
-from fastlm.export.format import (
+from fastlm.ort.format import (
     CONFIG_FILE,
     DTYPES,
     FORMAT,
@@ -44,6 +43,7 @@ from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import architecture_of
 from fastlm.models.config import config_to_json
 from fastlm.runtime import OnnxModel, OrtBackend
+from fastlm.version import __version__
 
 
 def export(
@@ -101,7 +101,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
             "weights_sha256": ckpt.weights_digest,  # LM + embedding tower
         },
         "versions": {
-            "fastlm": fastlm.__version__,
+            "fastlm": __version__,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -132,7 +132,7 @@ def _stamp_graphs(tmp: Path, facts: dict, weights_sha256: str) -> None:
 
 def _write_card(tmp: Path, ckpt, dtype: str, report: dict, files: dict) -> None:
     """README.md from the source checkpoint's facts + the parity report (not in `files`)."""
-    from fastlm.model_card import CARD_FILE, render_model_card
+    from fastlm.export.model_card import CARD_FILE, render_model_card
 
     config = json.loads((tmp / CONFIG_FILE).read_text(encoding="utf-8"))
     name = f"{ckpt.manifest.get('name') or ckpt.path.name}-{dtype}"

@@ -33,17 +33,9 @@ class Architecture:
     name: str  # the config's `architecture` string
     config_class: type
     model_class: type[nn.Module]
-    # True: the state from hidden_states carries a text on across chunks at constant memory
-    # (recurrent), so any length can be scored and embedded in one pass. False: chunks are
-    # independent, and a text is bounded by config.max_len.
-    carries_state: bool = False
-    # True: the decode state is a cache sized for the whole generation (compiled decode steps
-    # are specialised per cache size).
-    sized_state: bool = False
-    # True: torch.compile speeds up the full-sequence pass (embed, score); False: it stays eager.
-    compiles_sequence: bool = False
     # True: full-sequence graphs materialise (B, heads, T, T) attention scores, so scoring
-    # batches on such backends are also bounded in score cells.
+    # batches on such backends are also bounded in score cells. A fact of the export manifest
+    # ("model" entry), which the torch-free runtime reads; no torch code branches on it.
     attention_scores: bool = False
     # Extra ONNX op types int8 quantization covers besides MatMul/Gemm.
     quantized_onnx_ops: tuple[str, ...] = ()
@@ -59,6 +51,34 @@ class Architecture:
     def embed_window(self, config) -> int:
         """Tokens per embedding window: longer texts are embedded window by window."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ long texts and state
+    def state_chunks(self, model: nn.Module, inputs: torch.Tensor, chunk: int):
+        """(start, top-layer states (B, <= chunk, C)) over the time axis of inputs (B, T).
+
+        Default: the context is bounded (config.max_len), so the states are computed in one
+        pass and handed out `chunk` positions at a time (callers bound what they derive from
+        them, e.g. logits). A recurrent architecture overrides this to carry its state chunk by
+        chunk, so memory is bounded for any length."""
+        states = model.hidden_states(inputs)[0]
+        for start in range(0, inputs.shape[1], chunk):
+            yield start, states[:, start : start + chunk]
+
+    def window_state(self, state):
+        """The state the next of consecutive evaluation windows starts from, given the state
+        the previous window ended with: None (windows are independent) unless the architecture
+        carries a text on across windows."""
+        return None
+
+    def decode_state_tokens(self, cache_len: int) -> int | None:
+        """Tokens the decode state is sized for when a generation may reach `cache_len` tokens
+        (a compiled decode step is specialised per size); None: the state's size is constant."""
+        return None
+
+    def compile_sequence(self, fn, **compile_options):
+        """`fn` (a full-sequence pass: embed or score) under torch.compile, or None where
+        compiling it does not pay (the pass then stays eager, with its own memory bounds)."""
+        return None
 
     def facts(self, config, embedding_dim: int) -> dict[str, Any]:
         """What a reader of the model needs without torch: `fastlm.backend.ModelInfo` on every

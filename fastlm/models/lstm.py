@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastlm.models import config as limits
+from fastlm import limits
+from fastlm.models import config as config_rules
 from fastlm.models.adapter import Architecture, detached_t, register
 from fastlm.models.layers import check_input_ids, reference_generate
 
@@ -25,7 +26,7 @@ EMBED_WINDOW = 1024
 
 
 @dataclass
-class LSTMConfig(limits.ConfigBase):
+class LSTMConfig(config_rules.ConfigBase):
     architecture = "lstm"  # class attribute: not a field, written to config.json by to_dict
     vocab_size: int = 2000  # byte-level BPE, special tokens included
     embedding_dim: int = 256
@@ -34,17 +35,17 @@ class LSTMConfig(limits.ConfigBase):
     dropout: float = 0.2  # between LSTM layers (SPEC); training may lower it
 
     def __post_init__(self):
-        limits.check_bounded(
+        config_rules.check_bounded(
             self,
             vocab_size=limits.MAX_VOCAB,
             embedding_dim=limits.MAX_WIDTH,
             hidden_dim=limits.MAX_WIDTH,
         )
-        limits.check_bounded(self, num_layers=limits.MAX_LAYERS)
-        limits.check_dropout(self)
+        config_rules.check_bounded(self, num_layers=limits.MAX_LAYERS)
+        config_rules.check_dropout(self)
         h, e, v = self.hidden_dim, self.embedding_dim, self.vocab_size
         lstm = 4 * h * (e + h + 2) + (self.num_layers - 1) * 4 * h * (2 * h + 2)
-        limits.check_parameters(v * e + lstm + v * (h + 1))
+        config_rules.check_parameters(v * e + lstm + v * (h + 1))
 
     @property
     def embed_dim(self) -> int:
@@ -297,8 +298,20 @@ class LSTMArchitecture(Architecture):
     name = "lstm"
     config_class = LSTMConfig
     model_class = SimpleLSTM_LM
-    carries_state = True
     quantized_onnx_ops = ("LSTM",)
+
+    def state_chunks(self, model, inputs, chunk):
+        """The (h, c) state carries the text on chunk by chunk: memory bounded for any length
+        (a full-length pass costs ~23-39 KB per token)."""
+        state = None
+        for start in range(0, inputs.shape[1], chunk):
+            states, state = model.hidden_states(inputs[:, start : start + chunk], state)
+            yield start, states
+
+    def window_state(self, state):
+        return state
+
+    # compile_sequence: None, nn.LSTM stays one opaque op under torch.compile (no gain measured)
 
     def summary(self, config: dict) -> str:
         return (

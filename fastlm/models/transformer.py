@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastlm.models import config as limits
+from fastlm import limits
+from fastlm.models import config as config_rules
 from fastlm.models.adapter import Architecture, detached_t, register
 from fastlm.models.layers import check_input_ids, reference_generate, sinusoidal_table
 
@@ -30,7 +31,7 @@ EMBED_WINDOW = 256  # tokens per embedding window: the window the shipped model 
 
 
 @dataclass
-class TransformerConfig(limits.ConfigBase):
+class TransformerConfig(config_rules.ConfigBase):
     architecture = "transformer"
     vocab_size: int = 2000
     d_model: int = 256  # also the embedding size returned by embed()
@@ -41,17 +42,17 @@ class TransformerConfig(limits.ConfigBase):
     max_len: int = 5000  # rows of the fixed sinusoidal position table
 
     def __post_init__(self):
-        limits.check_bounded(
+        config_rules.check_bounded(
             self, vocab_size=limits.MAX_VOCAB, d_model=limits.MAX_WIDTH, nhead=limits.MAX_HEADS
         )
-        limits.check_bounded(
+        config_rules.check_bounded(
             self, num_layers=limits.MAX_LAYERS, dim_feedforward=limits.MAX_FEEDFORWARD
         )
-        limits.check_bounded(self, max_len=limits.MAX_POSITIONS)
-        limits.check_dropout(self)
+        config_rules.check_bounded(self, max_len=limits.MAX_POSITIONS)
+        config_rules.check_dropout(self)
         d, f = self.d_model, self.dim_feedforward
         layer = 4 * d * (d + 1) + 2 * d * f + d + f + 4 * d
-        limits.check_parameters(self.vocab_size * (2 * d + 1) + self.num_layers * layer)
+        config_rules.check_parameters(self.vocab_size * (2 * d + 1) + self.num_layers * layer)
         if self.d_model % self.nhead:
             raise ValueError(f"d_model={self.d_model} must be divisible by nhead={self.nhead}")
         if self.d_model % 2:
@@ -359,9 +360,14 @@ class TransformerArchitecture(Architecture):
     name = "transformer"
     config_class = TransformerConfig
     model_class = SimpleTransformer_LM
-    sized_state = True
-    compiles_sequence = True
     attention_scores = True
+
+    def decode_state_tokens(self, cache_len: int) -> int:
+        """The KV cache holds every token of the generation."""
+        return cache_len
+
+    def compile_sequence(self, fn, **compile_options):
+        return torch.compile(fn, dynamic=True, **compile_options)
 
     def summary(self, config: dict) -> str:
         return (

@@ -55,11 +55,11 @@ def stream_nll(
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    carries_state = architecture_of(model).carries_state
+    architecture = architecture_of(model)
     for inputs, targets in eval_windows(stream, seq_len, max_tokens):
         inputs, targets = inputs.to(device), targets.to(device)
         states, new_state = model.hidden_states(inputs, state)
-        state = new_state if carries_state else None
+        state = architecture.window_state(new_state)
         logits = model.fc(states)
         total += F.cross_entropy(
             logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"

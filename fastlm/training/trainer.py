@@ -33,7 +33,7 @@ from fastlm.checkpoint import (
 from fastlm.hub import read_latest
 from fastlm.io import atomic_write_text
 from fastlm.models import ModelConfig, build_model, config_classes
-from fastlm.models.config import MAX_VOCAB
+from fastlm.limits import MAX_VOCAB
 from fastlm.models.layers import NextTokenLogits
 from fastlm.threads import torch_threads
 from fastlm.tokenizer import Tokenizer

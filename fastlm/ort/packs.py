@@ -39,7 +39,7 @@ from fastlm.checkpoint_files import (
     verify_checkpoint,
     weights_digest,
 )
-from fastlm.export.format import GRAPHS, ExportDirError, check_model_facts
+from fastlm.ort.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.io import sha256_file
 from fastlm.validation import check_manifest_files
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fastlm.backend import SCORE_CHUNK
-from fastlm.ort_sessions import (
+from fastlm.ort.sessions import (
     RUN_OPTIONS,
     SHRINK_ABOVE_TOKENS,
     allocation_errors,

@@ -1,6 +1,6 @@
 """Model cards: a README.md beside each shipped model and each export, from its manifest.
 
-    python -m fastlm.model_card fastlm/weights/lstm fastlm/weights/transformer
+    python -m fastlm.export.model_card fastlm/weights/lstm fastlm/weights/transformer
 
 Every figure in a card comes from the directory's manifest.json (training facts, test-split
 metrics, file hashes), config.json and, for an ONNX export, parity.json: a card states what

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 
 from fastlm.io import sha256_file
-from fastlm.models.config import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH
+from fastlm.limits import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH
 from fastlm.validation import check_int, check_manifest_files
 
 # /3: every graph carries the exporter's stamp (a /2 directory has none: export it again)

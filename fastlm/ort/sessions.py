@@ -1,6 +1,6 @@
 """ONNX Runtime sessions as fastlm opens and runs them: threads, providers, the CPU arena, and
 allocation failures raised as MemoryError. Used by the runtime (fastlm/runtime.py) and its
-decoder (fastlm/onnx_decoder.py); onnxruntime and numpy only.
+decoder (fastlm/ort/decoder.py); onnxruntime and numpy only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from fastlm.batching import DEFAULT_TOKEN_BUDGET
-from fastlm.export.format import ExportDirError
+from fastlm.ort.format import ExportDirError
 
 # Shrinking costs a fresh allocation on the next call (measured 1.3-1.5x slower 64 x 256
 # batches), so only runs above this many input tokens shrink: batches within the default
@@ -75,7 +75,7 @@ def make_session(
     physical core), never a process-wide setting. arena=False: CPU buffers are freed after each
     run instead of pooled (for outsize runs; pooling is 15-35% faster on planned batches).
     packed: (graph bytes, {initializer name: array}) to open instead of the file at `path`
-    (a packed graph, fastlm/export/pack_format.py; the arrays must outlive the session)."""
+    (a packed graph, fastlm/ort/packs.py; the arrays must outlive the session)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0
