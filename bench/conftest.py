@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import thresholds
+from long_docs import source_text
 
-from fastlm.benchmarking import (
+from tools.benchmarking import (
     BackendUnavailable,
-    docstring_corpus,
     dtype_of,
     env_info,
     load_model,
@@ -161,11 +161,7 @@ class Paragraphs:
 def paragraphs(pytestconfig, smoke) -> Paragraphs:
     """Real paragraphs of mixed length in a fixed shuffled order (the seed pipeline's order)."""
     n = pytestconfig.getoption("bench_texts") or (200 if smoke else 2000)
-    path = SHARED_DATA / "gutenberg_en" / "valid.txt"
-    if path.is_file():
-        text, source = path.read_text(encoding="utf-8"), "../shared/data/gutenberg_en/valid.txt"
-    else:
-        text, source = docstring_corpus(), "Python docstrings"
+    text, source = source_text()  # gutenberg_en/valid.txt, else Python docstrings
     paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
     paras = [p for p in paras if 0 < len(p) <= PARAGRAPH_MAX_CHARS]
     if len(paras) >= n:
@@ -204,7 +200,7 @@ class Bench:
     def run(self, candidate, baseline=None, rounds: int = 5, warmup: int = 1) -> Timing:
         """pytest-benchmark times `candidate`; our own timer times it too and, before each round
         (warm-up rounds included) and once after the last, times `baseline`: every candidate
-        run is bracketed by baseline runs (see fastlm.benchmarking.speed_ratio). Smoke mode: one
+        run is bracketed by baseline runs (see tools.benchmarking.speed_ratio). Smoke mode: one
         baseline run, then one candidate run, no warm-up."""
         cand, base = [], []
         setup = (lambda: base.append(timed(baseline, self.device))) if baseline else None
@@ -287,14 +283,20 @@ class Gates:
                 f"({row['ms']:.2f} ms vs {row['baseline']} {row['baseline_ms']:.2f} ms)"
             )
 
-    def apply_best(self, suite: str, arch: str, as_suite: str) -> None:
-        """Gate (or report) the fastest backend's row of `suite` for `arch` as `as_suite`."""
-        rows = [r for r in self.results if r["suite"] == suite and r["model"] == arch]
+    def rows(self, suite: str, arch: str) -> list[dict]:
+        """The summary rows recorded so far for `suite` on `arch`."""
+        return [r for r in self.results if r["suite"] == suite and r["model"] == arch]
+
+    def apply_best(self, suite: str, arch: str, as_suite: str) -> dict:
+        """Gate (or report) the fastest backend's row of `suite` for `arch` as `as_suite`; the
+        summary row it recorded. Skips when no case of `suite` ran for `arch` (deselected)."""
+        rows = self.rows(suite, arch)
         if not rows:
             pytest.skip(f"no {suite} result for {arch} in this session")
         best = max(rows, key=lambda r: r["ratio"])
         keep = ("model", "backend", "shape", "ms", "baseline", "baseline_ms", "ratio")
         self.apply({k: best[k] for k in keep} | {"suite": as_suite})
+        return self.results[-1]
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,7 @@ def real_texts(n_docs: int, n_titles: int, seed: int) -> RealTexts:
         paras = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()]
         source = ", ".join(f"../shared/data/train-corpora/{f.parent.name}/text.txt" for f in files)
     else:
-        from fastlm.benchmarking import docstring_corpus
+        from tools.benchmarking import docstring_corpus
 
         paras, source = re.split(r"\n\s*\n", docstring_corpus()), "Python docstrings"
     paras = [p for p in dict.fromkeys(_cut(p) for p in paras) if len(p) >= 40]
@@ -367,7 +367,7 @@ def sha256(file: Path) -> str:
 def env() -> dict:
     import importlib.metadata as md
 
-    from fastlm.benchmarking import cpu_name
+    from tools.benchmarking import cpu_name
 
     versions = {}
     for pkg in ("fastlm", "numpy", "usearch", "threadpoolctl"):

@@ -1,4 +1,5 @@
-"""A realistic long-document corpus and helpers for bench/test_long_docs.py.
+"""A realistic long-document corpus and helpers for bench/test_long_docs.py (the source text
+also gives conftest.py its paragraphs).
 
 Documents are runs of consecutive paragraphs of one text (`../shared/data/gutenberg_en/valid.txt`,
 or Python's docstrings without `../shared`), cut to a target length drawn from a heavy-tailed
@@ -34,7 +35,7 @@ def source_text() -> tuple[str, str]:
     path = SHARED_DATA / "gutenberg_en" / "valid.txt"
     if path.is_file():
         return path.read_text(encoding="utf-8"), "../shared/data/gutenberg_en/valid.txt"
-    from fastlm.benchmarking import docstring_corpus
+    from tools.benchmarking import docstring_corpus
 
     return docstring_corpus(), "Python docstrings"
 

@@ -17,7 +17,7 @@ import pytest
 from long_docs import build_corpus
 
 import fastlm
-from fastlm.benchmarking import ARCHS, greedy_decode, random_batch
+from tools.benchmarking import ARCHS, greedy_decode, random_batch
 
 ROUNDS = 2
 

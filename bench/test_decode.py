@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.benchmarking import ARCHS, BACKENDS, decode_flops, greedy_decode, random_batch
+from tools.benchmarking import ARCHS, BACKENDS, decode_flops, greedy_decode, random_batch
 
 PROMPT, NEW = 16, 128
 ROUNDS, WARMUP = 5, 1

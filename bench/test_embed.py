@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.benchmarking import ARCHS, BACKENDS, embed_flops, random_batch
+from tools.benchmarking import ARCHS, BACKENDS, embed_flops, random_batch
 
 # name -> (batch, tokens, rounds, warm-up rounds): fewer rounds where one call takes seconds
 SHAPES = {"1x16": (1, 16, 30, 3), "32x64": (32, 64, 10, 2), "256x128": (256, 128, 3, 1)}

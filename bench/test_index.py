@@ -40,7 +40,7 @@ import index_scale as scale
 import pytest
 
 import fastlm
-from fastlm.benchmarking import load_model
+from tools.benchmarking import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(scale.__file__).resolve()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.benchmarking import ARCHS
+from tools.benchmarking import ARCHS
 
 ROUNDS = 3
 

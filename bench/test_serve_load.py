@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fastlm.serve.process import repo_env, start_server  # noqa: E402
+from tools.serve_process import repo_env, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 16

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 NGRAM_SIZES = (3, 4, 5)
 _NON_WORD = re.compile(r"[\W_]+")
@@ -162,7 +164,6 @@ class LexicalBranch:
         """Write `path` (safetensors): the table as int8 rows with one float32 scale each (a
         quarter of float32's size; ranking unchanged, measured in docs/embeddings.md), the
         weight and n-gram sizes in the metadata."""
-        from safetensors.numpy import save_file
 
         scale = np.abs(self.table).max(axis=1) / 127.0
         q = np.round(self.table / np.maximum(scale, 1e-30)[:, None]).astype(np.int8)
@@ -177,7 +178,6 @@ class LexicalBranch:
 
     @classmethod
     def load(cls, path) -> LexicalBranch:
-        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="numpy") as f:

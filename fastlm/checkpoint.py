@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
@@ -40,8 +40,8 @@ from fastlm.checkpoint_files import (
     verify_checkpoint,
     weights_digest,
 )
-from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.hub import resolve_checkpoint
+from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import ModelConfig, architectures, build_model, config_from_dict
 from fastlm.models.config import config_to_json
 from fastlm.models.embedder import EmbeddingTower, tower_from_weights
@@ -188,7 +188,6 @@ def load_optimizer_state(path: str | os.PathLike, optimizer: torch.optim.Optimiz
     f = Path(path) / OPTIM_FILE
     if not f.is_file():
         raise CheckpointError(f"checkpoint file missing: {f}")
-    from safetensors import safe_open
 
     try:
         with safe_open(str(f), framework="pt") as fh:

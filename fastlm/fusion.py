@@ -13,15 +13,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fastlm.validation import check_float, check_int
+from fastlm.validation import ArgumentValueError, check_float, check_int
 
 
 def _check_scores(scores: object, name: str) -> np.ndarray:
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be a (n_queries, n_docs) array of numbers: {scores.shape}")
+        raise ArgumentValueError(
+            f"{name} must be a (n_queries, n_docs) array of numbers: {scores.shape}", name
+        )
     if not np.isfinite(scores).all():
-        raise ValueError(f"{name} holds NaN or infinite scores")
+        raise ArgumentValueError(f"{name} holds NaN or infinite scores", name)
     return scores if scores.dtype.kind == "f" else scores.astype(np.float64)  # -x of a uint wraps
 
 
@@ -40,7 +42,7 @@ def fuse_weighted(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.n
     weight = check_float(weight, "weight", min=0, max=1)
     dense, lexical = _check_scores(dense, "dense"), _check_scores(lexical, "lexical")
     if dense.shape != lexical.shape:
-        raise ValueError(f"dense {dense.shape} and lexical {lexical.shape} shapes differ")
+        raise ArgumentValueError(f"dense {dense.shape} and lexical {lexical.shape} shapes differ")
     fused = weight * minmax_normalise(dense) + (1 - weight) * minmax_normalise(lexical)
     return fused.astype(np.float32)
 
@@ -48,16 +50,22 @@ def fuse_weighted(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.n
 def _check_rankings(rankings: Sequence[np.ndarray], upper: int | None) -> list[np.ndarray]:
     """Each ranking (n_q, r) int64 of doc ids best first; -1 pads a row with fewer results."""
     if isinstance(rankings, np.ndarray) or not rankings:
-        raise ValueError("rankings must be a non-empty list of (n_queries, r) id arrays")
+        raise ArgumentValueError(
+            "rankings must be a non-empty list of (n_queries, r) id arrays", "rankings"
+        )
     out = [np.asarray(r) for r in rankings]
     for i, r in enumerate(out):
         if r.ndim != 2 or r.dtype.kind not in "iu" or r.shape[0] != out[0].shape[0]:
-            raise ValueError(f"rankings[{i}] must be (n_queries, r) ints, got {r.shape} {r.dtype}")
+            raise ArgumentValueError(
+                f"rankings[{i}] must be (n_queries, r) ints, got {r.shape} {r.dtype}"
+            )
         if r.size and (r.min() < -1 or (upper is not None and r.max() >= upper)):
-            raise ValueError(f"rankings[{i}] holds an id outside [0, {upper}) (or -1 padding)")
+            raise ArgumentValueError(
+                f"rankings[{i}] holds an id outside [0, {upper}) (or -1 padding)"
+            )
         ordered = np.sort(r, axis=1)
         if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
-            raise ValueError(f"rankings[{i}] lists a document twice for one query")
+            raise ArgumentValueError(f"rankings[{i}] lists a document twice for one query")
     return [r.astype(np.int64) for r in out]
 
 
@@ -112,10 +120,12 @@ def _check_candidates(ids: object, scores: object, name: str) -> tuple[np.ndarra
     (ids,) = _check_rankings([ids], None)
     scores = np.asarray(scores)
     if scores.shape != ids.shape or scores.dtype.kind not in "iuf":
-        raise ValueError(f"{name} scores {scores.shape} must be numbers shaped like its ids")
+        raise ArgumentValueError(
+            f"{name} scores {scores.shape} must be numbers shaped like its ids"
+        )
     scores = np.where(ids >= 0, scores, 0.0)
     if not np.isfinite(scores).all():
-        raise ValueError(f"{name} scores hold NaN or infinite values")
+        raise ArgumentValueError(f"{name} scores hold NaN or infinite values")
     return ids, scores.astype(np.float64)
 
 
@@ -164,7 +174,9 @@ def fuse_weighted_candidates(
     dense_ids, dense_scores = _check_candidates(dense_ids, dense_scores, "dense")
     lexical_ids, lexical_scores = _check_candidates(lexical_ids, lexical_scores, "lexical")
     if dense_ids.shape[0] != lexical_ids.shape[0]:
-        raise ValueError(f"dense has {dense_ids.shape[0]} queries, lexical {lexical_ids.shape[0]}")
+        raise ArgumentValueError(
+            f"dense has {dense_ids.shape[0]} queries, lexical {lexical_ids.shape[0]}", "dense"
+        )
     rows = []
     for d_ids, d_sc, l_ids, l_sc in zip(dense_ids, dense_scores, lexical_ids, lexical_scores):
         candidates = np.union1d(d_ids[d_ids >= 0], l_ids[l_ids >= 0])

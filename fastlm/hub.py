@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fastlm.checkpoint_files import CheckpointError
+from fastlm.validation import ArgumentTypeError, ArgumentValueError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
@@ -18,7 +21,9 @@ def available_models() -> list[str]:
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A shipped name, a checkpoint directory, or a run directory (its `latest` checkpoint)."""
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be a name or a path, got {type(name_or_path).__name__}")
+        raise ArgumentTypeError(
+            f"model must be a name or a path, got {type(name_or_path).__name__}", "model"
+        )
     text = os.fspath(name_or_path)
     if text in available_models():
         return WEIGHTS_DIR / text
@@ -27,7 +32,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         if (path / "latest").is_file():
             return read_latest(path)
         return path
-    raise ValueError(
+    raise ArgumentValueError(
         f"unknown model {text!r}: not a shipped model (available: {available_models() or 'none'}) "
         "and not a checkpoint directory"
     )
@@ -39,7 +44,6 @@ def read_latest(run_dir: Path) -> Path:
     `latest` is data, not a path to follow anywhere: "../other" or "/abs" could make a run
     directory load (or resume from) a model that is not part of it.
     """
-    from fastlm.checkpoint_files import CheckpointError
 
     pointer = run_dir / "latest"
     try:

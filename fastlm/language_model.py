@@ -1,7 +1,8 @@
 """`LanguageModel`: what `fastlm.load` and `fastlm.runtime.load` return, whatever the backend.
 
 It owns everything backends share: input validation, tokenisation, length-sorted batching,
-windows, the sampling loop (fastlm/sampling.py) and streaming. Backends only run padded numpy
+windows, and generation: `stream` (the sampling loop of fastlm/generation.py, one `Step` per
+token), which `generate` collects. Backends only run padded numpy
 batches (fastlm/backend.py). No torch: the torch-free runtime is this same class over ONNX
 Runtime.
 
@@ -17,8 +18,9 @@ Documented behaviour for edge cases:
   ValueError (truncating would silently change the score); the LSTM scores any length, in
   chunks that carry its state.
 - batches are bounded by `token_budget` padded tokens (and `batch_size` texts or windows).
-- generate: text prompts are preceded by <|endoftext|> (the document separator the models were
-  trained with); generation stops at <|endoftext|>, at a stop string, or after max_new_tokens.
+- stream / generate: text prompts are preceded by <|endoftext|> (the document separator the
+  models were trained with); generation stops at <|endoftext|>, at a stop string, or after
+  max_new_tokens.
   A prompt is fed to the model in chunks that carry its state (the decoders' `prefill_chunk`),
   so the LSTM takes a prompt of any length in bounded memory; the Transformer refuses a prompt
   + max_new_tokens over its context (ValueError) before running anything.
@@ -31,7 +33,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -45,9 +47,24 @@ from fastlm.batching import (
     plan_batches,
     truncate,
 )
-from fastlm.sampling import check_sampling, make_rng, sample_next
-from fastlm.tokenizer import EOT_ID, _check_text, _check_texts, pad_batch
-from fastlm.validation import check_int, check_optional_int, check_positive_int, check_seed
+from fastlm.generation import (
+    Step,
+    check_context,
+    is_prompt_list,
+    prompt_ids,
+    resolve_request,
+    run,
+)
+from fastlm.sampling import SamplingParams
+from fastlm.tokenizer import EOT_ID, pad_batch
+from fastlm.validation import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    check_optional_int,
+    check_positive_int,
+    check_text,
+    check_texts,
+)
 
 # progress bar on by default only from this many texts, and only when stderr is a terminal:
 # captured logs (servers, CI, notebooks' redirected stderr) get no bar unless one is asked for
@@ -124,7 +141,7 @@ class LanguageModel:
         mean of the windows, then normalised); `max_length` truncates each text first. A batch
         holds at most `batch_size` windows and `token_budget` padded tokens."""
         single = isinstance(texts, str)
-        items = _check_texts([texts] if single else texts)
+        items = check_texts([texts] if single else texts)
         check_positive_int(batch_size, "batch_size")
         check_positive_int(token_budget, "token_budget")
         check_optional_int(max_length, "max_length", min=1)
@@ -179,14 +196,14 @@ class LanguageModel:
         A batch holds at most `batch_size` texts and `token_budget` padded tokens (and, on
         backends that materialise attention scores, a bounded number of score cells)."""
         single = isinstance(texts, str)
-        items = _check_texts([texts] if single else texts)
+        items = check_texts([texts] if single else texts)
         check_positive_int(batch_size, "batch_size")  # -1 would score nothing: PPL 1
         check_positive_int(token_budget, "token_budget")
         seqs = [[EOT_ID] + s for s in self.tokenizer.encode_many(items)]
         limit = self.context_length
         for i, s in enumerate(seqs):
             if limit is not None and len(s) > limit:
-                raise ValueError(
+                raise ArgumentValueError(
                     f"texts[{i}] has {len(s) - 1} tokens; the model scores at most {limit - 1}"
                 )
         nll = np.zeros(len(seqs))
@@ -208,8 +225,8 @@ class LanguageModel:
     ) -> list[dict]:
         """Documents by cosine similarity to the query: [{"corpus_id", "score", "text"}], best
         first (top_k of them)."""
-        _check_text(query, "query")
-        docs = _check_texts(documents)
+        check_text(query, "query")
+        docs = check_texts(documents)
         check_optional_int(top_k, "top_k", min=1)  # before embedding anything
         if not docs:
             return []
@@ -218,6 +235,35 @@ class LanguageModel:
         return _top_hits(d @ q, top_k, docs)
 
     # ------------------------------------------------------------------ generate
+    def stream(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **overrides
+    ) -> Iterator[Step]:
+        """The generation primitive: continue `prompt` (a str, or token ids), one `Step` per
+        token (fastlm/generation.py): its id, the text it releases (complete UTF-8, never part
+        of a stop string), its logprob and, on the last step, finish_reason "stop" (end of text
+        or a stop string) or "length" (max_new_tokens). A text prompt is preceded by
+        <|endoftext|>; the end of text is a last step with token_id EOT_ID.
+
+        `params` (default `SamplingParams()`: greedy, 50 tokens) with `overrides` replacing
+        its fields, e.g. `stream("Once", temperature=0.8, seed=1)`. Everything is checked here,
+        the prompt against the context included, before the first step runs; the model runs
+        only as steps are taken, and closing the iterator frees its decoder."""
+        if params is None:
+            params = SamplingParams(**overrides)
+        elif isinstance(params, SamplingParams):
+            params = replace(params, **overrides) if overrides else params
+        else:
+            raise ArgumentTypeError(
+                f"params must be a SamplingParams, got {type(params).__name__}", "params"
+            )
+        ids, as_text = prompt_ids(prompt, self.tokenizer, self.info.vocab_size)
+        if params.stop and not as_text:
+            raise ArgumentTypeError(
+                "stop strings apply to text prompts; with token ids, use EOT or max_new_tokens"
+            )
+        check_context(len(ids), params.max_new_tokens, self.context_length)
+        return run(self.backend.new_decoder, ids, params, self.tokenizer)
+
     def generate(
         self,
         prompt_or_ids: str | Sequence[str] | Sequence[int] | None = None,
@@ -232,7 +278,8 @@ class LanguageModel:
         start_tokens: Sequence[int] | None = None,
         max_length: int | None = None,
     ):
-        """Continue a prompt: greedy by default, sampling when temperature > 0.
+        """Continue a prompt: greedy by default, sampling when temperature > 0. What `stream()`
+        yields, collected:
 
         - `generate("text", max_new_tokens=50)` -> the generated text (str), prompt excluded.
         - `generate(["text", "other"], ...)` -> a list of str, one per prompt (run in turn).
@@ -243,95 +290,27 @@ class LanguageModel:
         temperature 0 (the default, as in Hugging Face's generate) = greedy: the same text on
         every backend. temperature > 0 samples; `seed` makes sampling reproducible.
         """
-        if _is_prompt_list(prompt_or_ids):
+        if is_prompt_list(prompt_or_ids):
             if stream:
-                raise TypeError("stream=True takes one prompt, not a list")
+                raise ArgumentTypeError("stream=True takes one prompt, not a list")
             opts = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
             return [self.generate(p, max_new_tokens, **opts) for p in prompt_or_ids]
-        ids, as_text, new, keep_prompt = self._generation_request(
-            prompt_or_ids, max_new_tokens, start_tokens, max_length
+        prompt, new, keep_prompt = resolve_request(
+            prompt_or_ids, max_new_tokens, start_tokens, max_length, self.info.vocab_size
         )
-        check_sampling(temperature, top_k, top_p)
-        check_seed(seed)
-        stops = _check_stop(stop)
-        if stops and not as_text:
-            raise TypeError(
-                "stop strings apply to text prompts; with token ids, use EOT or max_new_tokens"
-            )
-        tokens = self._sample(ids, new, temperature, top_k, top_p, seed)
-        if as_text:
-            pieces = self._text_pieces(tokens, stops)
+        # the seed API's max_length may leave no token to make: checked as for one, none made
+        nothing = keep_prompt and new == 0
+        params = SamplingParams(1 if nothing else new, temperature, top_k, top_p, seed, stop)
+        steps = self.stream(prompt, params)  # checked here; the model runs as it is consumed
+        if nothing:
+            steps = iter(())
+        if isinstance(prompt, str):
+            pieces = (step.text for step in steps if step.text)
             return pieces if stream else "".join(pieces)
+        tokens = (step.token_id for step in steps if step.token_id != EOT_ID)
         if stream:
             return tokens
-        out = list(tokens)
-        return (ids + out) if keep_prompt else out
-
-    def _generation_request(self, prompt, max_new_tokens, start_tokens, max_length):
-        if start_tokens is not None:
-            if prompt is not None:
-                raise TypeError("give either prompt_or_ids or start_tokens, not both")
-            ids = _check_ids(start_tokens, self.info.vocab_size)
-            if max_length is None:
-                max_length = len(ids) + (
-                    check_optional_int(max_new_tokens, "max_new_tokens") or 100
-                )
-            if check_int(max_length, "max_length") < 1:
-                raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-            return ids, False, max(0, max_length - len(ids)), True
-        if prompt is None:
-            raise TypeError("generate() needs a prompt (str or token ids) or start_tokens")
-        if max_new_tokens is None:
-            max_new_tokens = 50
-        check_int(max_new_tokens, "max_new_tokens")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if isinstance(prompt, str):
-            return [EOT_ID] + self.tokenizer.encode(prompt), True, max_new_tokens, False
-        return _check_ids(prompt, self.info.vocab_size), False, max_new_tokens, False
-
-    def _sample(self, ids: list[int], new: int, temperature, top_k, top_p, seed) -> Iterator[int]:
-        limit = self.context_length
-        if limit is not None and len(ids) + new > limit:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + {new} new tokens exceeds the context ({limit})"
-            )
-        decoder = self.backend.new_decoder(len(ids) + new)  # checks run before the first yield
-        rng = make_rng(seed)
-
-        def run() -> Iterator[int]:
-            if new == 0:
-                return
-            logits = decoder.prefill(ids)
-            for i in range(new):
-                token = sample_next(logits, temperature, top_k, top_p, rng)
-                if token == EOT_ID:
-                    return
-                yield token
-                if i + 1 < new:
-                    logits = decoder.step(token)
-
-        return run()
-
-    def _text_pieces(self, tokens: Iterator[int], stops: list[str]) -> Iterator[str]:
-        """Decode incrementally: emit text once it is complete UTF-8, cut at a stop string."""
-        produced, emitted = [], ""
-        hold = max((len(s) for s in stops), default=1) - 1
-        for token in tokens:
-            produced.append(token)
-            text = self.tokenizer.decode(produced)
-            cut = _first_stop(text, stops)
-            if cut is not None:
-                if cut > len(emitted):
-                    yield text[len(emitted) : cut]
-                return
-            ready = len(text) - hold if not text.endswith("\ufffd") else len(text) - hold - 1
-            if ready > len(emitted):
-                yield text[len(emitted) : ready]
-                emitted = text[:ready]
-        text = self.tokenizer.decode(produced)
-        if len(text) > len(emitted):
-            yield text[len(emitted) :]
+        return [*prompt, *tokens] if keep_prompt else list(tokens)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -348,47 +327,6 @@ def _top_hits(scores: np.ndarray, top_k: int | None, docs: Sequence[str]) -> lis
     check_optional_int(top_k, "top_k", min=1)
     order = np.argsort(-scores, kind="stable")[: top_k or len(scores)]
     return [{"corpus_id": int(i), "score": float(scores[i]), "text": docs[i]} for i in order]
-
-
-def _check_ids(ids, vocab_size: int) -> list[int]:
-    if hasattr(ids, "reshape") and hasattr(ids, "tolist"):  # a numpy array or torch tensor
-        ids = ids.reshape(-1).tolist()
-    if not isinstance(ids, Sequence) or isinstance(ids, str | bytes):
-        raise TypeError(f"token ids must be a list of int, got {type(ids).__name__}")
-    out = []
-    for i, t in enumerate(ids):
-        if isinstance(t, bool) or not isinstance(t, int | np.integer):
-            raise TypeError(f"token ids[{i}] must be int, got {type(t).__name__}")
-        if not 0 <= t < vocab_size:
-            raise ValueError(f"token ids[{i}] = {t} is outside the vocabulary [0, {vocab_size})")
-        out.append(int(t))
-    if not out:
-        raise ValueError("token ids are empty: give at least one token")
-    return out
-
-
-def _is_prompt_list(value) -> bool:
-    """A non-empty list/tuple of str (a list of ints is token ids)."""
-    return (
-        isinstance(value, list | tuple)
-        and len(value) > 0
-        and all(isinstance(p, str) for p in value)
-    )
-
-
-def _check_stop(stop) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    for i, s in enumerate(stops):
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"stop[{i}] must be a non-empty str")
-    return stops
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
 
 
 def _stderr_is_terminal() -> bool:

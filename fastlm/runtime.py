@@ -39,6 +39,9 @@ import numpy as np
 from fastlm.backend import SCORE_CHUNK, Backend, ModelInfo, token_nll
 from fastlm.char_ngrams import LEXICAL_FILE, LexicalBranch, LexicalBranchError
 from fastlm.checkpoint_files import CHECKPOINT_FORMAT, verify_checkpoint
+from fastlm.hub import WEIGHTS_DIR, available_models, read_latest
+from fastlm.language_model import LanguageModel
+from fastlm.ort.decoder import OnnxDecoder
 from fastlm.ort.format import (
     DECODE_FILE,
     EMBED_FILE,
@@ -49,12 +52,9 @@ from fastlm.ort.format import (
     verify_export_dir,
 )
 from fastlm.ort.packs import PACK_DIR, PACK_MANIFEST, PackedGraphs, open_pack
-from fastlm.hub import WEIGHTS_DIR, available_models, read_latest
-from fastlm.language_model import LanguageModel
-from fastlm.ort.decoder import OnnxDecoder
 from fastlm.ort.sessions import SHRINK_ABOVE_TOKENS, default_providers, make_session, run_session
 from fastlm.tokenizer import Tokenizer
-from fastlm.validation import check_optional_int
+from fastlm.validation import ArgumentTypeError, check_optional_int
 
 # Score cells (batch x T^2) per scoring batch on graphs that materialise attention: 4 heads x
 # 4 bytes = 16 bytes per cell per tensor; 2^24 cells bound a tensor to 256 MB (a single text
@@ -250,7 +250,9 @@ def _resolve(path: str | os.PathLike) -> Path:
     """What `fastlm.load` would open for the same argument: a shipped model's directory by
     name, a run directory's latest checkpoint, or the directory as given."""
     if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        raise ArgumentTypeError(
+            f"path must be a str or os.PathLike, got {type(path).__name__}", "path"
+        )
     text = os.fspath(path)
     if text in available_models():
         return WEIGHTS_DIR / text

@@ -44,9 +44,7 @@ class Embedder:
     ):
         from fastlm.engine import load  # torch, in each Ray actor: not at import
 
-        self.model = load(
-            model, backend=backend, device=device, threads=threads, **backend_options
-        )
+        self.model = load(model, backend=backend, device=device, threads=threads, **backend_options)
         self.text_column, self.output_column = text_column, output_column
         self.batch_size, self.normalize = batch_size, normalize
 

@@ -21,6 +21,9 @@ import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from fastlm.io import atomic_write_text
+from fastlm.validation import check_text, check_texts
+
 PAD_TOKEN = "<pad>"
 EOT_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOT_TOKEN)
@@ -42,19 +45,6 @@ class BatchEncoding:
     def lengths(self) -> np.ndarray:
         """(B,) int64 number of real tokens per row."""
         return self.attention_mask.sum(axis=1)
-
-
-def _check_text(text: object, where: str = "text") -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"{where} must be str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(
-            f"{where} cannot be encoded as UTF-8 (lone surrogate at index {err.start}); "
-            "clean it first, e.g. s.encode('utf-8', 'replace').decode()"
-        ) from None
-    return text
 
 
 class Tokenizer:
@@ -116,7 +106,6 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as one JSON file, atomically."""
-        from fastlm.io import atomic_write_text
 
         atomic_write_text(path, self.to_str())
 
@@ -130,7 +119,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` (no special tokens added)."""
-        return self._tok.encode(_check_text(text), add_special_tokens=False).ids
+        return self._tok.encode(check_text(text), add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids`. Special ids are dropped (or rendered as their names)."""
@@ -144,7 +133,7 @@ class Tokenizer:
 
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
         """Unpadded ids for many texts (parallel in Rust)."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> BatchEncoding:
@@ -152,14 +141,6 @@ class Tokenizer:
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         return pad_batch(self.encode_many(texts), max_length)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("expected a list of str, got a single str; wrap it in a list")
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"expected a list of str, got {type(texts).__name__}")
-    return [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], max_length: int | None = None) -> BatchEncoding:

@@ -1,10 +1,14 @@
-"""One place that checks numeric arguments, for the API, the runtime and the command line.
+"""One place that checks arguments, for the API, the runtime, the server and the command line.
 
-Rules, the same everywhere:
+Every check here raises `ArgumentError` naming the parameter (`err.param`), in one of two kinds
+that are also the built-in errors callers catch: `ArgumentTypeError` (a `TypeError`: wrong
+type) and `ArgumentValueError` (a `ValueError`: right type, wrong value). The server maps any
+`ArgumentError` to an OpenAI-shaped 400 with `param` set. Rules, the same everywhere:
 - an int argument takes an `int` (or numpy integer), never a `bool` (`True` is not a size) and
-  never a float (a truncated 2.7 would silently change what runs): wrong type -> `TypeError`;
-- a float argument takes an int or float that is finite (NaN/inf -> `ValueError`);
-- a value of the right type outside its range -> `ValueError` naming the argument and the range.
+  never a float (a truncated 2.7 would silently change what runs): wrong type -> type error;
+- a float argument takes an int or float that is finite (NaN/inf -> value error);
+- a value of the right type outside its range -> value error naming the argument and the range;
+- a text is a `str` that encodes as UTF-8; a list of texts is a sequence of them, never one str.
 
 Pure Python (no torch, no numpy import needed), so `fastlm.runtime` can use it without PyTorch.
 """
@@ -14,8 +18,28 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Sequence
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ArgumentError(Exception):
+    """A bad argument to a public call; `param` names it (e.g. "top_k", "texts[3]").
+
+    Always raised as one of its two kinds, so `except ArgumentError` catches both while
+    `except ValueError` / `except TypeError` keep their usual meaning."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class ArgumentValueError(ArgumentError, ValueError):
+    """Right type, value out of range or malformed."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """Wrong type."""
 
 
 def _is_int(value: object) -> bool:
@@ -26,10 +50,12 @@ def _is_int(value: object) -> bool:
 def check_int(value: object, name: str, *, min: int | None = None, max: int | None = None) -> int:
     """`value` as an int in [min, max]; TypeError for a non-int (bools included)."""
     if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(
+            f"{name} must be an int, got {type(value).__name__} {value!r}", name
+        )
     value = int(value)
     if (min is not None and value < min) or (max is not None and value > max):
-        raise ValueError(f"{name} must be {_range_text(min, max)}, got {value}")
+        raise ArgumentValueError(f"{name} must be {_range_text(min, max)}, got {value}", name)
     return value
 
 
@@ -55,20 +81,48 @@ def check_float(
 ) -> float:
     """`value` as a finite float in its range; `min_open` / `max_open` exclude the bound."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(
+            f"{name} must be a number, got {type(value).__name__} {value!r}", name
+        )
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+        raise ArgumentValueError(f"{name} must be a finite number, got {value}", name)
     low_bad = min is not None and (value <= min if min_open else value < min)
     high_bad = max is not None and (value >= max if max_open else value > max)
     if low_bad or high_bad:
-        raise ValueError(f"{name} must be {_range_text(min, max, min_open, max_open)}, got {value}")
+        range_text = _range_text(min, max, min_open, max_open)
+        raise ArgumentValueError(f"{name} must be {range_text}, got {value}", name)
     return value
 
 
 def check_seed(value: object, name: str = "seed") -> int | None:
     """A random seed: None or a non-negative int (a float seed is refused, not truncated)."""
     return check_optional_int(value, name, min=0, max=2**63 - 1)
+
+
+def check_text(text: object, name: str = "text") -> str:
+    """`text` as a str that encodes as UTF-8 (a lone surrogate cannot be tokenised)."""
+    if not isinstance(text, str):
+        raise ArgumentTypeError(f"{name} must be str, got {type(text).__name__}", name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ArgumentValueError(
+            f"{name} cannot be encoded as UTF-8 (lone surrogate at index {err.start}); "
+            "clean it first, e.g. s.encode('utf-8', 'replace').decode()",
+            name,
+        ) from None
+    return text
+
+
+def check_texts(texts: object, name: str = "texts") -> list[str]:
+    """`texts` as a list of checked texts; one bare str is refused (it is not a list of texts,
+    and iterating it would embed its characters)."""
+    if isinstance(texts, str):
+        raise ArgumentTypeError("expected a list of str, got a single str; wrap it in a list", name)
+    if not isinstance(texts, Sequence):
+        raise ArgumentTypeError(f"expected a list of str, got {type(texts).__name__}", name)
+    return [check_text(t, f"{name}[{i}]") for i, t in enumerate(texts)]
 
 
 def check_manifest_files(
@@ -103,10 +157,15 @@ def _range_text(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
 
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "check_float",
     "check_manifest_files",
     "check_int",
     "check_optional_int",
     "check_positive_int",
     "check_seed",
+    "check_text",
+    "check_texts",
 ]

@@ -6,7 +6,7 @@
 
 Prints one line per variant as it compiles (registers, spill bytes, shared memory), then a
 markdown table. Exit status 1 when a variant fails to compile, spills outside fp32, or asks
-for more shared memory than the SM has; 0 otherwise. See fastlm/kernels/aot.py.
+for more shared memory than the SM has; 0 otherwise. See tools/aot.py.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 # decorated, which happens below, at import
 os.environ.pop("TRITON_INTERPRET", None)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: fastlm, tools
 
 from triton.compiler.errors import CompilationError  # noqa: E402
 
-from fastlm.kernels import aot  # noqa: E402
+from tools import aot  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

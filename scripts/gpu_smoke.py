@@ -1,6 +1,6 @@
 """Smoke launches for scripts/gpu_check.py: every kernel variant once, against the reference.
 
-The variants are the AOT check's (fastlm.kernels.aot): each batch / hidden-size branch of the
+The variants are the AOT check's (tools/aot.py): each batch / hidden-size branch of the
 LSTM launchers and, for attention, every config the autotuner may pick, forced one at a time,
 with and without a key-padding mask. Shapes are odd on purpose (masks at every tile edge).
 `tiny=True` (the dry run, under the Triton interpreter) keeps the shapes small and skips bf16,
@@ -9,11 +9,16 @@ which the interpreter cannot compute.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: tools/ is not installed
 
-from fastlm.kernels import aot, attention, lstm, reference
+import torch  # noqa: E402
+
+from fastlm.kernels import attention, lstm, reference  # noqa: E402
+from tools import aot  # noqa: E402
 
 TOLERANCES = {  # I/O dtype -> (atol, rtol): the kernel tests' table
     torch.float32: (3e-4, 1e-3),

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: tools/ is not installed
 
 
 def read_eval(path: Path) -> tuple[list[float], list[float]]:
@@ -25,7 +28,7 @@ def main() -> None:
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("docs/valid_curves.png"))
     args = p.parse_args()
-    from fastlm.plotting import pyplot
+    from tools.plotting import pyplot
 
     plt = pyplot("scripts/plot_curves.py")
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)

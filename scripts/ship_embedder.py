@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from fastlm.checkpoint import load_checkpoint, save_checkpoint
-from fastlm.hub import WEIGHTS_DIR
 from fastlm.export.model_card import write_model_card
+from fastlm.hub import WEIGHTS_DIR
 from fastlm.models import build_model
 from fastlm.models.embedder import tower_from_weights
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from fastlm.char_ngrams import LexicalBranch
 from fastlm.checkpoint import load_checkpoint, save_checkpoint
-from fastlm.hub import WEIGHTS_DIR
 from fastlm.export.model_card import write_model_card
+from fastlm.hub import WEIGHTS_DIR
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from fastlm.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
-from fastlm.hub import WEIGHTS_DIR, resolve_checkpoint
 from fastlm.export.model_card import write_model_card
+from fastlm.hub import WEIGHTS_DIR, resolve_checkpoint
 from fastlm.training import evaluate_file
 
 

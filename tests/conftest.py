@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -197,6 +198,18 @@ def small_checkpoints(tmp_path_factory, tiny_data) -> dict[str, Path]:
 def export_of(tmp_path_factory, small_checkpoints):
     """(arch, dtype) -> the session's export of small_checkpoints[arch] (`exported`)."""
     return lambda arch, dtype="fp32": exported(tmp_path_factory, small_checkpoints, arch, dtype)
+
+
+@pytest.fixture
+def export_copy(export_of, tmp_path):
+    """arch -> a private copy of the session's fp32 export of that architecture, free to edit."""
+
+    def copy(arch: str) -> Path:
+        dst = tmp_path / f"{arch}-export"
+        shutil.copytree(export_of(arch), dst)
+        return dst
+
+    return copy
 
 
 @pytest.fixture

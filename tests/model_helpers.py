@@ -6,6 +6,7 @@ conftest.py Python imported first (tests/ and bench/ both have one).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,26 @@ def model_sha(ckpt_dir: Path) -> str:
 def exported(tmp_path_factory, checkpoints: dict, arch: str, dtype: str) -> Path:
     """The session's export of (arch, dtype): made on first request, then reused.
 
-    Laid out as <cache>/<model sha256>-<dtype>, the onnx backend's cache layout."""
-    from fastlm.export import export
+    Laid out as <cache>/<model sha256>-<dtype>, the onnx backend's cache layout. The exporter
+    is taken from its own module, not from `fastlm.export`, whose name tests monkeypatch with
+    fakes that call this helper (test_integrity.py)."""
+    from fastlm.export.pipeline import export
 
     cache = tmp_path_factory.getbasetemp() / "onnx-cache"
     path = cache / f"{model_sha(checkpoints[arch])}-{dtype}"
     if not path.exists():
         export(checkpoints[arch], path, dtype=dtype)
     return path
+
+
+def read_manifest(directory: Path) -> dict:
+    """The manifest.json of a checkpoint, export or index directory."""
+    return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+
+
+def write_manifest(directory: Path, manifest) -> None:
+    """Replace a directory's manifest.json (its files' sha256 entries as given)."""
+    (directory / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def tiny_lm(arch: str, vocab: int = 50):

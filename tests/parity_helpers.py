@@ -7,6 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+# texts the backends' parity tests embed and score: one character, a sentence, a long run of
+# one word, the empty text, non-ASCII with an emoji, short words repeated
+PARITY_TEXTS = ["a", "the cat sat on the mat", "word " * 70, "", "Ünïcödé 🤖 text", "x y z " * 9]
+
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine per row of (n, d) arrays: 1 where both rows are all zeros (an empty text on both

@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("triton", reason="the AOT compile needs the triton package")
 
-from fastlm.kernels import aot  # noqa: E402
+from tools import aot  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_a_broken_block_fails_the_compile_for_sm90() -> None:
     """The kernels' tl.static_assert checks run in the AOT compile: a 24-wide hidden block (not
     a power of two) is a compile error naming the block, reported like any other failure."""
     code = (
-        "import dataclasses, torch; from fastlm.kernels import aot; "
+        "import dataclasses, torch; from tools import aot; "
         "from triton.compiler.errors import CompilationError\n"
         "v = aot.lstm_step_variants((torch.float16,), (256,), (1,))[0]\n"
         "bad = dataclasses.replace(v, constexprs={**v.constexprs, 'BLOCK_H': 24})\n"

@@ -8,6 +8,7 @@ subprocess and check the exit code and that stderr is one line.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -19,45 +20,23 @@ import pytest
 
 from fastlm.checkpoint import load_checkpoint
 from fastlm.sampling import sample_next
-from fastlm.training import TrainConfig, evaluate_file, train
+from fastlm.training import evaluate_file, train
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_data, tiny_tokenizer):
-    root = tmp_path_factory.mktemp("bad-train")
-    tiny_tokenizer.save(root / "tokenizer.json")
-    return SimpleNamespace(
-        root=root, train=tiny_data / "train.txt", tok=root / "tokenizer.json", cache=root / "c"
-    )
-
-
-def _cfg(setup, out: Path, **overrides) -> TrainConfig:
-    kw = dict(
-        model="lstm",
-        data=[str(setup.train)],
-        out=str(out),
-        tokenizer=str(setup.tok),
-        batch_size=2,
-        seq_len=8,
-        steps=2,
-        warmup_steps=1,
-        eval_every=10**6,
-        ckpt_every=10**6,
-        log_every=1,
-        progress=False,
-        threads=1,
-        cache_dir=str(setup.cache),
-    )
-    kw.update(overrides)
-    return TrainConfig(**kw)
+def setup(train_setup):
+    """conftest's train_setup, whose `config(out, **overrides)` defaults to even smaller runs
+    here: 2 steps of 2 x 8 tokens."""
+    config = functools.partial(train_setup.config, batch_size=2, seq_len=8, steps=2, warmup_steps=1)
+    return SimpleNamespace(**{**vars(train_setup), "config": config})
 
 
 @pytest.fixture(scope="module")
-def finished_run(setup) -> Path:
-    run = setup.root / "run"
-    train(_cfg(setup, run))
+def finished_run(setup, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("bad-train") / "run"
+    train(setup.config(run))
     return run
 
 
@@ -72,23 +51,23 @@ def test_train_into_an_existing_run_without_resume_is_refused(setup, finished_ru
     other.write_text("completely different data " * 400, encoding="utf-8")
     for overrides in ({}, {"data": [str(other)], "tokenizer": None}):
         with pytest.raises(FileExistsError, match="pass --resume to continue it"):
-            train(_cfg(setup, finished_run, steps=4, **overrides))
+            train(setup.config(finished_run, steps=4, **overrides))
     assert _snapshot(finished_run) == before  # nothing deleted, overwritten or appended
 
 
 def test_train_into_a_non_empty_directory_is_refused(setup, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="already holds files"):
-        train(_cfg(setup, tmp_path))
+        train(setup.config(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     with pytest.raises(FileExistsError, match="is not a directory"):
-        train(_cfg(setup, blocker))
+        train(setup.config(blocker))
 
 
 def test_train_into_an_empty_directory_works(setup, tmp_path):
-    final = train(_cfg(setup, tmp_path, steps=1))
+    final = train(setup.config(tmp_path, steps=1))
     assert final == tmp_path / "checkpoints" / "step_0000001" and final.is_dir()
 
 
@@ -128,8 +107,9 @@ def test_train_config_is_validated_before_anything_runs(
     setup, tmp_path, overrides, error, fragment
 ):
     with pytest.raises(error) as err:
-        _cfg(setup, tmp_path / "never", **overrides)
-    assert type(err.value) is error and fragment in str(err.value)
+        setup.config(tmp_path / "never", **overrides)
+    # the kind asked for (ArgumentValueError is a ValueError, ArgumentTypeError a TypeError)
+    assert issubclass(err.type, error) and fragment in str(err.value)
     assert not (tmp_path / "never").exists()
 
 
@@ -165,7 +145,7 @@ def test_training_on_invalid_utf8_without_tokenizer_replaces_and_warns(setup, tm
     bad = tmp_path / "bad.txt"
     bad.write_bytes(text[:5000] + b"\xff\xfe broken \xc3(" + text[5000:])  # 3 bad sequences
     with pytest.warns(UserWarning, match=r"3 invalid UTF-8 byte sequence\(s\) replaced"):
-        final = train(_cfg(setup, tmp_path / "run", data=[str(bad)], tokenizer=None, steps=1))
+        final = train(setup.config(tmp_path / "run", data=[str(bad)], tokenizer=None, steps=1))
     load_checkpoint(final)  # trained: raises if its tokenizer and model disagree
 
 

@@ -219,7 +219,7 @@ def test_resume_latest_names_missing_directory(env, tmp_path, capsys):
 
 def test_flag_choices_match_the_library():
     """The CLI spells its choices out (so --help needs no torch): they must be the library's."""
-    from fastlm.cli import BACKEND_CHOICES, ONNX_DTYPES
+    from fastlm.cli.common import BACKEND_CHOICES, ONNX_DTYPES
     from fastlm.engine.registry import backend_names, get_backend_class
     from fastlm.export import DTYPES
 

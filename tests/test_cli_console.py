@@ -30,7 +30,6 @@ SUBCOMMANDS = (
     "score",
     "serve",
     "export",
-    "bench",
     "evaluate",
 )
 
@@ -314,13 +313,13 @@ def test_warnings_and_fastlm_info_logs_are_single_lines(capsys, monkeypatch):
     import logging
     import warnings
 
-    from fastlm.cli import _configure_output
+    from fastlm.cli import configure_output
 
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after
     monkeypatch.setattr(logging.getLogger("fastlm"), "level", logging.NOTSET)
     monkeypatch.setattr(logging.root, "handlers", [])  # basicConfig's handler is dropped after
     monkeypatch.setattr(logging.root, "level", logging.root.level)
-    _configure_output(verbose=False)
+    configure_output(verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.warn("3 texts were truncated", UserWarning, stacklevel=1)

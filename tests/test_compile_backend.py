@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity_helpers import row_cosines
+from parity_helpers import PARITY_TEXTS, row_cosines
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import fastlm
-
-TEXTS = ["a", "the cat sat on the mat", "word " * 70, "", "Ünïcödé 🤖 text", "x y z " * 9]
 
 
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
@@ -43,11 +41,11 @@ def test_inductor_parity_with_eager(arch, small_checkpoints):
     # embed forward and the scoring forward (Transformer only: the LSTM's stay eager) and the
     # decode step. They are separate graphs: embed runs the tower's own encoder copy, scoring
     # the LM's hidden_states + fc; test_no_recompile_once_warm covers their shapes.
-    a, b = comp.embed(TEXTS, batch_size=4), eager.embed(TEXTS, batch_size=4)
+    a, b = comp.embed(PARITY_TEXTS, batch_size=4), eager.embed(PARITY_TEXTS, batch_size=4)
     diff = np.abs(a - b).max()
     assert diff < 1e-4, f"max abs diff {diff} at row {np.abs(a - b).max(1).argmax()}"
     assert row_cosines(a, b).min() > 0.99999
-    got, want_ll = comp.score(TEXTS), eager.score(TEXTS)
+    got, want_ll = comp.score(PARITY_TEXTS), eager.score(PARITY_TEXTS)
     assert [r.tokens for r in got] == [r.tokens for r in want_ll]
     np.testing.assert_allclose(
         [r.log_likelihood for r in got], [r.log_likelihood for r in want_ll], rtol=1e-4, atol=1e-6

@@ -135,12 +135,19 @@ def test_generate_seed_reproducible(model):
 
 
 def test_generate_stop_string(model):
-    full = model.generate("Once upon a time", max_new_tokens=30, temperature=0)
-    if len(full) < 4:
-        pytest.skip("generation too short to pick a stop string")
-    stop = full[2:4]
-    cut = model.generate("Once upon a time", max_new_tokens=30, temperature=0, stop=stop)
-    assert cut == full[: full.find(stop)]
+    """Greedy text ends where a stop string first occurs (the stop excluded); a stop that never
+    occurs changes nothing. The stops are cut from the greedy text itself (at its start, middle
+    and end), so the test holds whatever the model generates, however short."""
+    prompt, opts = "Once upon a time", dict(max_new_tokens=30, temperature=0)
+    full = model.generate(prompt, **opts)
+    never = full + "\x00"  # longer than the text: cannot occur in it
+    assert model.generate(prompt, stop=never, **opts) == full
+    starts = {0, len(full) // 2, max(len(full) - 2, 0)}
+    stops = {full[i : i + 2] for i in starts} - {""}
+    for stop in sorted(stops):
+        cut = model.generate(prompt, stop=stop, **opts)
+        assert cut == full[: full.find(stop)], repr(stop)
+        assert model.generate(prompt, stop=[never, stop], **opts) == cut, repr(stop)
 
 
 def test_generate_bad_input(model):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from model_helpers import BagOfLetters
 
-import fastlm
 from fastlm.cli import main
 from fastlm.embedding.data import DataFileError, read_sts_tsv
 from fastlm.embedding.evaluate import evaluate_pairs, evaluate_retrieval, evaluate_sts, read_beir
@@ -313,7 +312,7 @@ def test_cli_bad_inputs_are_one_line_before_the_model_loads(tmp_path, capsys):
 
 
 def test_cli_pairs_figure_printed_and_in_json(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(fastlm, "load", lambda name, backend="auto": BagOfLetters())
+    monkeypatch.setattr("fastlm.engine.load", lambda name, backend="auto": BagOfLetters())
     pairs = write(tmp_path / "pairs.tsv", PAIRS)
     sts = write(tmp_path / "sts.tsv", HEADER + GOOD_STS)
     assert main(["evaluate", "m", "--pairs", str(pairs), "--sts", str(sts), "--json"]) == 0

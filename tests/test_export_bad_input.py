@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
-from model_helpers import exported
+from model_helpers import read_manifest, write_manifest
 
 from fastlm.cli import main
 from fastlm.export import export
@@ -16,16 +15,10 @@ from fastlm.export.parity import check, failures
 from fastlm.runtime import ExportDirError, OnnxModel, verify_export_dir
 
 
-@pytest.fixture(scope="module")
-def lstm_fp32(tmp_path_factory, small_checkpoints):
-    return exported(tmp_path_factory, small_checkpoints, "lstm", "fp32")
-
-
 @pytest.fixture
-def copy_of(lstm_fp32, tmp_path):
-    dst = tmp_path / "export"
-    shutil.copytree(lstm_fp32, dst)
-    return dst
+def copy_of(export_copy):
+    """A private copy of the session's fp32 LSTM export."""
+    return export_copy("lstm")
 
 
 def test_unknown_dtype_is_refused(small_checkpoints, tmp_path):
@@ -101,15 +94,15 @@ def test_bad_manifest(copy_of, tmp_path):
 
 
 def test_unlisted_file_is_refused(copy_of):
-    manifest = json.loads((copy_of / "manifest.json").read_text())
+    manifest = read_manifest(copy_of)
     del manifest["files"]["lm.onnx"]
-    (copy_of / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(copy_of, manifest)
     with pytest.raises(ExportDirError, match="lm.onnx is not listed"):
         OnnxModel.load(copy_of)
 
 
-def test_broken_bound_raises_clear_error(lstm_fp32):
-    report = json.loads((lstm_fp32 / "parity.json").read_text())
+def test_broken_bound_raises_clear_error(export_of):
+    report = json.loads((export_of("lstm") / "parity.json").read_text())
     check(report)  # the real one passes
     report["embedding"]["cosine_min"] = 0.98
     report["greedy"]["agreement"] = 0.5

@@ -9,46 +9,31 @@ from pathlib import Path
 
 import onnx
 import pytest
+from model_helpers import read_manifest, write_manifest
 from onnx import TensorProto, helper
 
-from fastlm.ort.format import FORMAT
 from fastlm.io import sha256_file
+from fastlm.ort.format import FORMAT
 from fastlm.runtime import ExportDirError, OnnxModel
-
-
-@pytest.fixture
-def copy_of(export_of, tmp_path):
-    """arch -> a private copy of the session's fp32 export of that architecture."""
-
-    def copy(arch: str) -> Path:
-        dst = tmp_path / arch
-        shutil.copytree(export_of(arch), dst)
-        return dst
-
-    return copy
-
-
-def _manifest(d: Path) -> dict:
-    return json.loads((d / "manifest.json").read_text(encoding="utf-8"))
 
 
 def _rehash(d: Path, manifest: dict | None = None) -> None:
     """What an editor covering its tracks does: every listed file's sha256 recomputed."""
-    manifest = manifest or _manifest(d)
+    manifest = manifest or read_manifest(d)
     manifest["files"] = {name: sha256_file(d / name) for name in manifest["files"]}
-    (d / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    write_manifest(d, manifest)
 
 
-def test_untouched_export_loads(copy_of):
-    d = copy_of("transformer")
+def test_untouched_export_loads(export_copy):
+    d = export_copy("transformer")
     _rehash(d)  # re-hashing alone changes nothing
-    assert OnnxModel.load(d).backend.info.context_length == _manifest(d)["model"]["max_len"]
+    assert OnnxModel.load(d).backend.info.context_length == read_manifest(d)["model"]["max_len"]
 
 
 @pytest.mark.parametrize("fmt", ["fastlm-onnx/1", "fastlm-onnx/99", FORMAT + " ", None, 2])
-def test_other_format_is_refused(copy_of, fmt):
-    d = copy_of("lstm")
-    manifest = _manifest(d)
+def test_other_format_is_refused(export_copy, fmt):
+    d = export_copy("lstm")
+    manifest = read_manifest(d)
     manifest["format"] = fmt
     _rehash(d, manifest)
     with pytest.raises(ExportDirError, match=f"format .*expected {FORMAT}"):
@@ -56,10 +41,10 @@ def test_other_format_is_refused(copy_of, fmt):
 
 
 @pytest.mark.parametrize("where", ["manifest", "config", "both"])
-def test_outsize_max_len_is_refused(copy_of, where):
+def test_outsize_max_len_is_refused(export_copy, where):
     """max_len 1e9 would let a text run far past the position table the graphs hold."""
-    d = copy_of("transformer")
-    manifest = _manifest(d)
+    d = export_copy("transformer")
+    manifest = read_manifest(d)
     if where in ("manifest", "both"):
         manifest["model"]["max_len"] = 10**9
     if where in ("config", "both"):
@@ -83,20 +68,20 @@ def test_outsize_max_len_is_refused(copy_of, where):
         ("architecture", "../lstm", "architecture must be"),
     ],
 )
-def test_outsize_model_facts_are_refused(copy_of, field, value, match):
-    d = copy_of("lstm")
-    manifest = _manifest(d)
+def test_outsize_model_facts_are_refused(export_copy, field, value, match):
+    d = export_copy("lstm")
+    manifest = read_manifest(d)
     manifest["model"][field] = value
     _rehash(d, manifest)
     with pytest.raises(ExportDirError, match=match):
         OnnxModel.load(d)
 
 
-def test_facts_edited_within_bounds_are_refused(copy_of):
+def test_facts_edited_within_bounds_are_refused(export_copy):
     """A max_len that is in range but not the graphs' own: the manifest and config.json both
     say 4,000, the graphs were exported with 5,000 positions."""
-    d = copy_of("transformer")
-    manifest = _manifest(d)
+    d = export_copy("transformer")
+    manifest = read_manifest(d)
     manifest["model"]["max_len"] = 4000
     config = json.loads((d / "config.json").read_text())
     config["max_len"] = 4000
@@ -106,8 +91,8 @@ def test_facts_edited_within_bounds_are_refused(copy_of):
         OnnxModel.load(d)
 
 
-def test_config_that_disagrees_with_the_manifest_is_refused(copy_of):
-    d = copy_of("lstm")
+def test_config_that_disagrees_with_the_manifest_is_refused(export_copy):
+    d = export_copy("lstm")
     config = json.loads((d / "config.json").read_text())
     config["vocab_size"] = 1999
     (d / "config.json").write_text(json.dumps(config))
@@ -116,9 +101,9 @@ def test_config_that_disagrees_with_the_manifest_is_refused(copy_of):
         OnnxModel.load(d)
 
 
-def test_unknown_dtype_is_refused(copy_of):
-    d = copy_of("lstm")
-    manifest = _manifest(d)
+def test_unknown_dtype_is_refused(export_copy):
+    d = export_copy("lstm")
+    manifest = read_manifest(d)
     manifest["dtype"] = "int4"
     _rehash(d, manifest)
     with pytest.raises(ExportDirError, match="dtype 'int4'"):
@@ -127,11 +112,11 @@ def test_unknown_dtype_is_refused(copy_of):
 
 @pytest.mark.parametrize("graph", ["embed.onnx", "lm.onnx", "decode.onnx"])
 @pytest.mark.parametrize("arch, other", [("lstm", "transformer"), ("transformer", "lstm")])
-def test_graph_of_another_model_is_refused(copy_of, export_of, arch, other, graph):
+def test_graph_of_another_model_is_refused(export_copy, export_of, arch, other, graph):
     """The other architecture's graph has the same names and, at these sizes, the same vocab
     and width: its embeddings are unrelated to this model's (cosine ~0), yet a digest check
     alone passes once the manifest is re-hashed."""
-    d = copy_of(arch)
+    d = export_copy(arch)
     shutil.copyfile(export_of(other) / graph, d / graph)
     _rehash(d)
     with pytest.raises(ExportDirError, match=f"{graph}.*architecture"):
@@ -156,18 +141,18 @@ def _stamped_graph(like: Path, out: Path, logits_dims: list) -> None:
     onnx.save(model, str(out))
 
 
-def test_graph_shapes_are_checked_against_the_facts(copy_of):
+def test_graph_shapes_are_checked_against_the_facts(export_copy):
     """Even with this export's stamp, a graph whose logits are not (batch, seq, vocab) is
     refused, naming the file and the output."""
-    d = copy_of("lstm")
+    d = export_copy("lstm")
     _stamped_graph(d / "lm.onnx", d / "lm.onnx", ["batch", "seq", 1])
     _rehash(d)
     with pytest.raises(ExportDirError, match=r"lm.onnx: output 'logits'.*\[batch, seq, 2000\]"):
         OnnxModel.load(d)
 
 
-def test_graph_without_stamp_is_refused(copy_of):
-    d = copy_of("lstm")
+def test_graph_without_stamp_is_refused(export_copy):
+    d = export_copy("lstm")
     model = onnx.load(str(d / "decode.onnx"))
     del model.metadata_props[:]
     onnx.save(model, str(d / "decode.onnx"))

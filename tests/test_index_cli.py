@@ -304,7 +304,7 @@ def test_evaluate_retrieval_prints_each_mode_side_by_side(tmp_path, capsys):
 
 
 def test_mode_choices_match_the_index():
-    from fastlm import cli_index
+    from fastlm.cli import index as cli_index
     from fastlm.embedding.evaluate import RETRIEVAL_MODES
     from fastlm.index import MODES
     from fastlm.serve.requests import SEARCH_MODES

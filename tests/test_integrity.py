@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import exported
+from model_helpers import exported, read_manifest, write_manifest
 from safetensors.torch import load_file, save_file
 
 import fastlm
@@ -31,20 +31,12 @@ def ckpt(small_checkpoints, tmp_path) -> Path:
     return dst
 
 
-def _manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
-
-
-def _write_manifest(path: Path, manifest) -> None:
-    (path / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _replace_signed(path: Path, name: str, data: bytes) -> None:
     """Replace a file AND its manifest sha256: a well-formed checkpoint with hostile content."""
     (path / name).write_bytes(data)
-    manifest = _manifest(path)
+    manifest = read_manifest(path)
     manifest["files"][name] = hashlib.sha256(data).hexdigest()
-    _write_manifest(path, manifest)
+    write_manifest(path, manifest)
 
 
 def _edit_config(path: Path, **changes) -> None:
@@ -149,7 +141,7 @@ def test_tokenizer_larger_than_model_vocab_is_refused(ckpt, no_allocation):
 # ---------------------------------------------------------------------- manifests
 @pytest.mark.parametrize("files", [[], None, {}, "model.safetensors", 3], ids=repr)
 def test_manifest_files_must_be_a_non_empty_object(ckpt, files):
-    _write_manifest(ckpt, {**_manifest(ckpt), "files": files})
+    write_manifest(ckpt, {**read_manifest(ckpt), "files": files})
     with pytest.raises(CheckpointError, match="'files' must be a non-empty object"):
         load_checkpoint(ckpt)
 
@@ -165,9 +157,9 @@ def test_bit_flip_in_an_unlisted_weight_file_is_caught(ckpt):
     data = bytearray((ckpt / "model.safetensors").read_bytes())
     data[-5] ^= 0x01
     (ckpt / "model.safetensors").write_bytes(bytes(data))
-    manifest = _manifest(ckpt)
+    manifest = read_manifest(ckpt)
     del manifest["files"]["model.safetensors"]
-    _write_manifest(ckpt, manifest)
+    write_manifest(ckpt, manifest)
     with pytest.raises(CheckpointError, match="does not list model.safetensors"):
         load_checkpoint(ckpt)
 
@@ -177,18 +169,18 @@ def test_manifest_names_must_be_plain_and_reveal_nothing(ckpt, tmp_path, name):
     """A name with a separator is refused before any file is read, so the error text is the
     same whether or not the target exists."""
     (tmp_path / "outside.txt").write_text("secret")
-    manifest = _manifest(ckpt)
+    manifest = read_manifest(ckpt)
     manifest["files"][name] = "0" * 64
-    _write_manifest(ckpt, manifest)
+    write_manifest(ckpt, manifest)
     with pytest.raises(CheckpointError, match="is not a plain file name") as err:
         verify_checkpoint(ckpt)
     assert "sha256 mismatch" not in str(err.value) and "missing" not in str(err.value)
 
 
 def test_manifest_digest_must_be_hex(ckpt):
-    manifest = _manifest(ckpt)
+    manifest = read_manifest(ckpt)
     manifest["files"]["config.json"] = "not-a-digest"
-    _write_manifest(ckpt, manifest)
+    write_manifest(ckpt, manifest)
     with pytest.raises(CheckpointError, match="is not 64 hex digits"):
         verify_checkpoint(ckpt)
 
@@ -305,9 +297,9 @@ def test_export_manifest_schema_is_checked(
 
     copy = tmp_path / "export"
     shutil.copytree(exported(tmp_path_factory, small_checkpoints, "lstm", "fp32"), copy)
-    manifest = _manifest(copy)
+    manifest = read_manifest(copy)
     edit(manifest)
-    _write_manifest(copy, manifest)
+    write_manifest(copy, manifest)
     with pytest.raises(ExportDirError) as err:
         OnnxModel.load(copy)
     assert fragment in str(err.value)
@@ -322,7 +314,7 @@ def lstm(small_checkpoints):
 def test_index_save_writes_a_verified_directory(lstm, tmp_path):
     index = fastlm.Index(lstm).add(["alpha", "beta", ""])
     index.save(tmp_path / "idx")
-    version = tmp_path / "idx" / _manifest(tmp_path / "idx")["current"]  # the pointer's target
+    version = tmp_path / "idx" / read_manifest(tmp_path / "idx")["current"]  # the pointer's target
     names = sorted(p.name for p in version.iterdir() if not p.name.startswith("bm25."))
     assert names == ["embeddings.npy", "index.json", "manifest.json"]  # + the lexical side's
     again = fastlm.Index.load(tmp_path / "idx", lstm)
@@ -353,7 +345,7 @@ def test_interrupted_index_save_leaves_the_old_index_whole(lstm, tmp_path, monke
 def test_edited_index_file_is_refused(lstm, tmp_path, target):
     path = tmp_path / "idx"
     fastlm.Index(lstm).add(["alpha", "beta"]).save(path)
-    target = Path(_manifest(path)["current"]) / target
+    target = Path(read_manifest(path)["current"]) / target
     data = bytearray((path / target).read_bytes())
     data[-3] ^= 0x01
     (path / target).write_bytes(bytes(data))

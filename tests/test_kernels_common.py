@@ -11,6 +11,7 @@ import functools
 
 import pytest
 import torch
+from kernel_helpers import DEVICE, ON_GPU
 
 pytest.importorskip("triton", reason="the Triton kernels need the triton package")
 
@@ -19,8 +20,6 @@ from triton.errors import TritonError  # noqa: E402
 
 from fastlm.kernels import attention, common, lstm, reference  # noqa: E402
 
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
 only_interpreted = pytest.mark.skipif(ON_GPU, reason="checks the interpreter's launch path")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from fastlm.hub import WEIGHTS_DIR, available_models
 from fastlm.export.model_card import CARD_FILE, render_model_card, write_model_card
+from fastlm.hub import WEIGHTS_DIR, available_models
 
 
 def _inputs(name: str):
@@ -15,7 +15,7 @@ def _inputs(name: str):
 
 
 def test_shipped_cards_are_current():
-    """Regenerate with `python -m fastlm.export.model_card fastlm/weights/*` after changing weights."""
+    """Regenerate with `python -m fastlm.export.model_card fastlm/weights/*` after new weights."""
     assert available_models()
     for name in available_models():
         manifest, config = _inputs(name)

@@ -9,8 +9,8 @@ from parity_helpers import run_in_threads
 
 import fastlm
 import fastlm.export.pipeline as pipeline
-from fastlm.engine.registry import backend_names, get_backend_class
 from fastlm.engine.onnx_backend import OnnxBackend
+from fastlm.engine.registry import backend_names, get_backend_class
 
 ARCHS = ("lstm", "transformer")
 TEXTS = [

@@ -21,10 +21,10 @@ pytest.importorskip("onnxruntime")
 import fastlm  # noqa: E402
 from fastlm.checkpoint import load_checkpoint  # noqa: E402
 from fastlm.engine.loading import choose_auto  # noqa: E402
-from fastlm.ort.format import ExportDirError  # noqa: E402
 from fastlm.export.pack import pack  # noqa: E402
-from fastlm.ort.packs import PACK_DIR, PACK_MANIFEST, PACK_TENSORS, read_pack  # noqa: E402
 from fastlm.hub import WEIGHTS_DIR  # noqa: E402
+from fastlm.ort.format import ExportDirError  # noqa: E402
+from fastlm.ort.packs import PACK_DIR, PACK_MANIFEST, PACK_TENSORS, read_pack  # noqa: E402
 from fastlm.runtime import OrtBackend, verify_export_dir  # noqa: E402
 
 ARCHS = ("lstm", "transformer")

@@ -24,8 +24,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fastlm.serve.process import repo_env  # noqa: E402
-from fastlm.serve.process import start_server as _start  # noqa: E402
+from tools.serve_process import repo_env  # noqa: E402
+from tools.serve_process import start_server as _start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "lstm"
@@ -200,14 +200,15 @@ BAD = {
     "malformed JSON": (b'{"model": "lstm", "input": [', 400, "not valid JSON"),
     "not an object": ([1, 2], 400, "JSON object"),
     "input wrong type": ({"model": MODEL, "input": 5}, 400, "string or a list"),
-    "input list of ints": ({"model": MODEL, "input": [1, 2]}, 400, "string or a list"),
-    "empty input list": ({"model": MODEL, "input": []}, 400, "empty"),
+    # pydantic's wording (the request models, serve/requests.py)
+    "input list of ints": ({"model": MODEL, "input": [1, 2]}, 400, "valid string"),
+    "empty input list": ({"model": MODEL, "input": []}, 400, "at least 1 item"),
     "10^6 characters": ({"model": MODEL, "input": "x" * 10**6}, 400, "at most 2000"),
     "too many items": ({"model": MODEL, "input": ["a"] * 9}, 400, "at most 8"),
     "unknown model": ({"model": "gpt-9", "input": "a"}, 404, "not served"),
     "missing model": ({"input": "a"}, 400, "'model' is required"),
     "bad encoding": ({"model": MODEL, "input": "a", "encoding_format": "hex"}, 400, "encoding"),
-    "lone surrogate": (b'{"model": "lstm", "input": "\\ud800"}', 400, "surrogate"),
+    "lone surrogate": (b'{"model": "lstm", "input": "\\ud800"}', 400, "unicode"),
     "deeply nested": (b"[" * 100_000, 400, "nested too deeply"),
     "NaN dimensions": (b'{"model": "lstm", "input": "a", "dimensions": NaN}', 400, "dimensions"),
 }

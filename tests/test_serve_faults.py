@@ -24,9 +24,11 @@ pytest.importorskip("uvicorn")
 
 from starlette.testclient import TestClient  # noqa: E402
 
+from fastlm.generation import Step  # noqa: E402
+from fastlm.sampling import SamplingParams  # noqa: E402
 from fastlm.serve import ServeConfig, create_app  # noqa: E402
-from fastlm.serve.process import free_port  # noqa: E402
 from fastlm.serve.server import make_server  # noqa: E402
+from tools.serve_process import free_port  # noqa: E402
 
 MODEL = "lstm"
 HUGE = "9" * 5000  # over the 4,300 digits Python converts from text
@@ -46,9 +48,9 @@ def client(lm):
 
 
 class CountingModel:
-    """The real model, except that generate(stream=True) yields one fixed token every `delay`
-    seconds up to max_new_tokens (never the end of text): a long generation whose decode steps
-    are counted, and which records whether it was closed."""
+    """The real model, except that stream() yields one fixed token every `delay` seconds up to
+    max_new_tokens (never the end of text): a long generation whose decode steps are counted,
+    and which records whether it was closed."""
 
     def __init__(self, model, delay: float):
         self.model, self.delay = model, delay
@@ -58,15 +60,14 @@ class CountingModel:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def generate(self, ids, max_new_tokens: int, stream: bool, **_sampling) -> Iterator[int]:
-        assert stream
-
-        def run() -> Iterator[int]:
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[Step]:
+        def run() -> Iterator[Step]:
             try:
-                for _ in range(max_new_tokens):
+                for i in range(params.max_new_tokens):
                     time.sleep(self.delay)
                     self.steps += 1
-                    yield self.token
+                    last = i + 1 == params.max_new_tokens
+                    yield Step(self.token, " a", "length" if last else None)
             finally:
                 self.closed = True
 
@@ -244,7 +245,7 @@ def test_idle_connections_over_limit_concurrency_get_a_503(lm):
 
 def test_serve_flags_set_the_timeouts_and_are_documented(capsys):
     from fastlm.cli import build_parser
-    from fastlm.serve.cli import serve_config
+    from fastlm.cli.serve import serve_config
 
     args = build_parser().parse_args(
         ["serve", MODEL, "--timeout-keep-alive", "2", "--timeout-read", "7.5"]

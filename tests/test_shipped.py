@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import fastlm
-from fastlm.checkpoint import CheckpointError
-from fastlm.checkpoint import load_pretrained
+from fastlm.checkpoint import CheckpointError, load_pretrained
 from fastlm.hub import WEIGHTS_DIR
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM
 

@@ -24,20 +24,16 @@ from fastlm.checkpoint import (
     verify_checkpoint,
 )
 from fastlm.cli import main
-from fastlm.training import TrainConfig, train
+from fastlm.training import train
 from fastlm.training.data import WindowSampler, read_text, resolve_text_files, token_stream
 from fastlm.training.trainer import lr_at
 
 
 @pytest.fixture(scope="module")
 def setup(train_setup):
-    """Paths shared by the runs here: training text, a saved tokenizer, a token cache."""
+    """Paths shared by the runs here (training text, a saved tokenizer, a token cache) and
+    `config(out, **overrides)`: a small, fast run of the real (SPEC-sized) models."""
     return train_setup
-
-
-def _cfg(setup, out: Path, **overrides) -> TrainConfig:
-    """A small, fast run of the real (SPEC-sized) models."""
-    return setup.config(out, **overrides)
 
 
 def _log(run: Path, event: str = "train") -> list[dict]:
@@ -61,8 +57,7 @@ def _assert_same_tensors(a: dict, b: dict) -> None:
 def test_loss_falls(setup, tmp_path):
     run = tmp_path / "run"
     final = train(
-        _cfg(
-            setup,
+        setup.config(
             run,
             batch_size=8,
             seq_len=32,
@@ -93,7 +88,7 @@ class _Crash(Exception):
 
 def _run_crashing_after(setup, out: Path, crash_step: int, monkeypatch, **kw) -> None:
     """Run with the same budget as the straight run, crashing right after checkpoint crash_step."""
-    real_save = trainer_mod._save
+    real_save = trainer_mod.save_step
 
     def save_then_crash(out_dir, model, tok, optimizer, state, keep):
         real_save(out_dir, model, tok, optimizer, state, keep)
@@ -101,9 +96,9 @@ def _run_crashing_after(setup, out: Path, crash_step: int, monkeypatch, **kw) ->
             raise _Crash
 
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod, "_save", save_then_crash)
+        m.setattr(trainer_mod, "save_step", save_then_crash)
         with pytest.raises(_Crash):
-            train(_cfg(setup, out, **kw))
+            train(setup.config(out, **kw))
     assert (out / "latest").read_text().strip() == f"checkpoints/step_{crash_step:07d}"
 
 
@@ -115,9 +110,9 @@ def test_resume_is_exact(setup, tmp_path, monkeypatch, arch, dropout):
     With the default dropout (0.2) this checks that dropout masks are a function of the step.
     """
     kw = dict(model=arch, dropout=dropout, steps=8, ckpt_every=4, warmup_steps=3)
-    straight = train(_cfg(setup, tmp_path / "straight", **kw))
+    straight = train(setup.config(tmp_path / "straight", **kw))
     _run_crashing_after(setup, tmp_path / "resumed", 4, monkeypatch, **kw)
-    resumed = train(_cfg(setup, tmp_path / "resumed", resume=True, **kw))
+    resumed = train(setup.config(tmp_path / "resumed", resume=True, **kw))
     assert resumed.name == straight.name == "step_0000008"
     _assert_same_tensors(_weights(straight), _weights(resumed))
     _assert_same_tensors(
@@ -133,33 +128,33 @@ def test_resume_is_exact(setup, tmp_path, monkeypatch, arch, dropout):
 def test_resume_builds_model_from_checkpoint_config(setup, tmp_path, monkeypatch):
     """A different --dropout on --resume neither breaks nor changes the model (warned)."""
     kw = dict(steps=6, ckpt_every=3, dropout=0.0)
-    straight = train(_cfg(setup, tmp_path / "straight", **kw))
+    straight = train(setup.config(tmp_path / "straight", **kw))
     _run_crashing_after(setup, tmp_path / "resumed", 3, monkeypatch, **kw)
     with pytest.warns(UserWarning, match=r"--dropout 0.5 ignored on --resume"):
-        resumed = train(_cfg(setup, tmp_path / "resumed", resume=True, **{**kw, "dropout": 0.5}))
+        resumed = train(setup.config(tmp_path / "resumed", resume=True, **{**kw, "dropout": 0.5}))
     assert json.loads((resumed / "config.json").read_text())["dropout"] == 0.0
     _assert_same_tensors(_weights(straight), _weights(resumed))
 
 
 def test_resume_finished_run_and_past_budget(setup, tmp_path):
     run = tmp_path / "run"
-    final = train(_cfg(setup, run, steps=4))
-    assert train(_cfg(setup, run, steps=4, resume=True)) == final  # nothing left to do
+    final = train(setup.config(run, steps=4))
+    assert train(setup.config(run, steps=4, resume=True)) == final  # nothing left to do
     with pytest.raises(ValueError, match="past this run's budget"):
-        train(_cfg(setup, run, steps=2, resume=True))
+        train(setup.config(run, steps=2, resume=True))
 
 
 def test_resume_without_checkpoint(setup, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        train(_cfg(setup, tmp_path / "empty", resume=True))
+        train(setup.config(tmp_path / "empty", resume=True))
     assert not (tmp_path / "empty" / "checkpoints").exists()
 
 
 def test_resume_wrong_architecture(setup, tmp_path):
     run = tmp_path / "run"
-    train(_cfg(setup, run, steps=2))
+    train(setup.config(run, steps=2))
     with pytest.raises(CheckpointError, match="holds a lstm model, not a transformer"):
-        train(_cfg(setup, run, model="transformer", steps=4, resume=True))
+        train(setup.config(run, model="transformer", steps=4, resume=True))
 
 
 def _latest_step(run: Path) -> int | None:
@@ -264,7 +259,7 @@ def test_missing_empty_and_textless_paths(setup, tmp_path):
     # through the trainer too, before any run state is written
     for bad in (tmp_path / "nothing.txt", tmp_path / "empty.txt", tmp_path / "notext"):
         with pytest.raises((FileNotFoundError, ValueError), match=bad.name):
-            train(_cfg(setup, tmp_path / "run", data=[str(bad)]))
+            train(setup.config(tmp_path / "run", data=[str(bad)]))
         assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -305,7 +300,7 @@ def test_valid_utf8_does_not_warn(tmp_path, recwarn):
 @pytest.mark.parametrize("seq_len", [1, 0, -3])
 def test_seq_len_too_short(setup, tmp_path, seq_len):
     with pytest.raises(ValueError, match="seq_len must be > 1"):
-        _cfg(setup, tmp_path, seq_len=seq_len)
+        setup.config(tmp_path, seq_len=seq_len)
     with pytest.raises(ValueError, match="seq_len must be > 1"):
         WindowSampler(np.arange(100, dtype=np.uint16), seq_len, 2, seed=0)
 
@@ -360,7 +355,7 @@ def test_window_sampler_is_a_function_of_step():
 
 def test_token_budget_to_steps(setup, tmp_path):
     per_step = 4 * 16
-    final = train(_cfg(setup, tmp_path / "run", steps=None, tokens=5 * per_step + per_step - 1))
+    final = train(setup.config(tmp_path / "run", steps=None, tokens=5 * per_step + per_step - 1))
     assert final.name == "step_0000005" and final.is_dir()
     state = load_trainer_state(final)
     assert state["step"] == 5 and state["tokens_seen"] == 5 * per_step
@@ -377,7 +372,7 @@ def _expected_lr(step: int, lr: float, warmup: int, total: int, min_ratio: float
 
 
 def test_lr_schedule_shape(setup, tmp_path):
-    cfg = _cfg(setup, tmp_path, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = setup.config(tmp_path, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     total = 100
     lrs = [lr_at(s, total, cfg) for s in range(total + 5)]
     for s, value in enumerate(lrs):
@@ -390,6 +385,6 @@ def test_lr_schedule_shape(setup, tmp_path):
 
 
 def test_trainer_follows_lr_schedule(setup, tmp_path):
-    train(_cfg(setup, tmp_path / "run", steps=10, warmup_steps=3, lr=2e-3, min_lr_ratio=0.1))
+    train(setup.config(tmp_path / "run", steps=10, warmup_steps=3, lr=2e-3, min_lr_ratio=0.1))
     logged = [r["lr"] for r in _log(tmp_path / "run")]
     assert logged == pytest.approx([_expected_lr(s, 2e-3, 3, 10, 0.1) for s in range(10)])

@@ -10,22 +10,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from parity_helpers import row_cosines
+from kernel_helpers import ON_GPU
+from parity_helpers import PARITY_TEXTS, row_cosines
 
 import fastlm
-from fastlm.engine.eager import chunked_nll
-from fastlm.engine.registry import backend_names, get_backend_class
 from fastlm.engine.decoding import TorchDecoder
+from fastlm.engine.eager import chunked_nll
 from fastlm.engine.loading import pick_auto_backend
+from fastlm.engine.registry import backend_names, get_backend_class
 from fastlm.engine.triton_backend import tower_embeddings
 from fastlm.kernels import triton_available
 from fastlm.models import SimpleLSTM_LM, SimpleTransformer_LM, architecture_of
 from fastlm.models.embedder import EmbeddingTower, new_tower
 from fastlm.models.lstm import LSTMKernelWeights, lstm_hidden_states
 
-ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-TEXTS = ["a", "the cat sat on the mat", "word " * 70, "", "Ünïcödé 🤖 text", "x y z " * 9]
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="needs the triton package")
 needs_gpu = pytest.mark.skipif(
@@ -176,33 +175,28 @@ def test_tower_embeddings_match_the_tower(arch: str, trained: bool) -> None:
 # ----------------------------------------------------------------------------- CUDA only
 
 
-@pytest.fixture
-def full_precision_cudnn(no_tf32):
-    """Eager's fp32 cuDNN LSTM and matmuls without TF32, so fp32 parity is a fair comparison."""
-
-
 @needs_gpu
-@pytest.mark.usefixtures("full_precision_cudnn")
+@pytest.mark.usefixtures("no_tf32")  # eager's fp32 cuDNN LSTM and matmuls: no TF32
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
 def test_gpu_matches_eager(arch: str, dtype: str, small_checkpoints) -> None:
     eager = fastlm.load(small_checkpoints[arch], backend="eager", device="cuda")
     fast = fastlm.load(small_checkpoints[arch], backend="triton", device="cuda", dtype=dtype)
     assert fast.backend.describe()["dtype"] == dtype
-    want, got = eager.embed(TEXTS), fast.embed(TEXTS)
+    want, got = eager.embed(PARITY_TEXTS), fast.embed(PARITY_TEXTS)
     assert got.shape == want.shape and got.dtype == np.float32
     if dtype == "fp32":
         np.testing.assert_allclose(got, want, atol=1e-4)
     else:
         assert row_cosines(got, want).min() > 0.99
     rtol = 1e-4 if dtype == "fp32" else 2e-2
-    want_ll = [r.log_likelihood for r in eager.score(TEXTS)]
-    got_ll = [r.log_likelihood for r in fast.score(TEXTS)]
+    want_ll = [r.log_likelihood for r in eager.score(PARITY_TEXTS)]
+    got_ll = [r.log_likelihood for r in fast.score(PARITY_TEXTS)]
     np.testing.assert_allclose(got_ll, want_ll, rtol=rtol, atol=1e-3)
 
 
 @needs_gpu
-@pytest.mark.usefixtures("full_precision_cudnn")
+@pytest.mark.usefixtures("no_tf32")  # eager's fp32 cuDNN LSTM and matmuls: no TF32
 @pytest.mark.parametrize("arch", ["lstm", "transformer"])
 def test_gpu_greedy_tokens_equal_eager(arch: str, small_checkpoints) -> None:
     eager = fastlm.load(small_checkpoints[arch], backend="eager", device="cuda")

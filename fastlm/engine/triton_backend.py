@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fastlm.engine.eager import TorchBackend
+from fastlm.engine.registry import backend_names
 from fastlm.kernels import cuda_kernels_available, triton_available
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
@@ -53,12 +54,14 @@ class TritonBackend(TorchBackend):
     def __init__(self, checkpoint, device, threads, dtype: str = "bf16"):
         device = torch.device(device)
         if not triton_available():  # checked here, not at import: triton takes ~0.3 s to load
-            raise ImportError('the triton backend needs triton: pip install "fastlm[gpu]"')
+            raise ImportError(
+                'the triton backend needs triton: pip install "fastlm[gpu]"', name="triton"
+            )
         if device.type != "cuda" or not cuda_kernels_available():
             why = f"device is {device}" if device.type != "cuda" else "no CUDA device"
             raise ValueError(
                 f"the triton backend needs a CUDA GPU and the triton package ({why}); "
-                "on this machine use eager, compile, onnx or auto"
+                f"available backends: {backend_names() + ['auto']}"
             )
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

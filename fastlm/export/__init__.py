@@ -11,6 +11,8 @@ module imports without torch or onnx.
 
 from __future__ import annotations
 
+import importlib
+
 _LAZY = {
     "BOUNDS": "fastlm.export.parity",
     "PROBE_TEXTS": "fastlm.export.parity",
@@ -21,8 +23,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fastlm.export' has no attribute {name!r}")
 

@@ -15,13 +15,15 @@ import re
 import sys
 from pathlib import Path
 
+from fastlm.io import atomic_write_text
+from fastlm.models import architectures
+
 CARD_FILE = "README.md"
 LICENSE = "MIT (the fastlm package's license, which covers the shipped weights)"
 
 
 def _architecture(config: dict) -> str:
     """One line on the model, from its architecture (any name an older card may carry)."""
-    from fastlm.models import architectures
 
     arch = architectures().get(config.get("architecture"))
     return arch.summary(config) if arch else f"{config.get('architecture')} language model"
@@ -201,7 +203,6 @@ def write_model_card(directory: str | os.PathLike) -> Path:
     """Write README.md into a checkpoint or export directory from its manifest; returns it.
 
     The card is not listed in the manifest, so rewriting it never breaks the sha256 checks."""
-    from fastlm.io import atomic_write_text
 
     directory = Path(directory)
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))

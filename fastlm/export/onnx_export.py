@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastlm.ort.format import DECODE_FILE, EMBED_FILE, LM_FILE
 from fastlm.models import architecture_of
 from fastlm.models.embedder import EmbeddingTower
 from fastlm.models.layers import NextTokenLogits
+from fastlm.ort.format import DECODE_FILE, EMBED_FILE, LM_FILE
 
 OPSET = 17  # first opset with LayerNormalization; ORT 1.18+ runs it on CPU and CUDA
 

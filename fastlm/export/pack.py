@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from fastlm.checkpoint import load_checkpoint
+from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.ort.format import GRAPHS, PARITY_FILE, verify_export_dir
 from fastlm.ort.packs import (
     CHECKPOINT_SOURCES,
@@ -34,7 +35,6 @@ from fastlm.ort.packs import (
     PACK_TENSORS,
     PACKED,
 )
-from fastlm.io import atomic_write_dir, sha256_file
 
 # Tensors below this many bytes stay inside the graph (shapes, scales, small biases): a
 # reference would cost more than it saves.

@@ -25,6 +25,14 @@ import torch
 
 from fastlm.char_ngrams import LEXICAL_FILE
 from fastlm.checkpoint import MODEL_FILE, load_checkpoint
+from fastlm.export.model_card import CARD_FILE, render_model_card
+from fastlm.export.onnx_export import OPSET, export_graphs
+from fastlm.export.parity import certify, check
+from fastlm.export.precision import quantize_int8, to_fp16
+from fastlm.hub import resolve_checkpoint
+from fastlm.io import atomic_write_dir, sha256_file
+from fastlm.models import architecture_of
+from fastlm.models.config import config_to_json
 from fastlm.ort.format import (
     CONFIG_FILE,
     DTYPES,
@@ -35,13 +43,6 @@ from fastlm.ort.format import (
     TOKENIZER_FILE,
     graph_stamp,
 )
-from fastlm.export.onnx_export import OPSET, export_graphs
-from fastlm.export.parity import certify, check
-from fastlm.export.precision import quantize_int8, to_fp16
-from fastlm.hub import resolve_checkpoint
-from fastlm.io import atomic_write_dir, sha256_file
-from fastlm.models import architecture_of
-from fastlm.models.config import config_to_json
 from fastlm.runtime import OnnxModel, OrtBackend
 from fastlm.version import __version__
 
@@ -132,7 +133,6 @@ def _stamp_graphs(tmp: Path, facts: dict, weights_sha256: str) -> None:
 
 def _write_card(tmp: Path, ckpt, dtype: str, report: dict, files: dict) -> None:
     """README.md from the source checkpoint's facts + the parity report (not in `files`)."""
-    from fastlm.export.model_card import CARD_FILE, render_model_card
 
     config = json.loads((tmp / CONFIG_FILE).read_text(encoding="utf-8"))
     name = f"{ckpt.manifest.get('name') or ckpt.path.name}-{dtype}"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
 FP16_STORE_MIN = 4096  # float constants at least this large are stored as fp16 (biases, LN stay)
 MATMUL_OPS = ("MatMul", "Gemm")
@@ -133,7 +134,6 @@ def quantize_int8(src: Path, dst: Path, extra_ops: tuple[str, ...] = ()) -> None
     embedding tower's final projection: its input concatenates two means ~50x apart in scale,
     and one per-tensor activation scale would flatten the smaller (lexical) half.
     """
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     ops = ["MatMul", "Gemm", *extra_ops]
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
@@ -156,7 +156,6 @@ def quantize_int8(src: Path, dst: Path, extra_ops: tuple[str, ...] = ()) -> None
 def _embedding_projection(path: Path) -> list[str]:
     """Names of the MatMul/Gemm nodes that compute the graph output "embedding": the node that
     writes it, or the matmul under its bias Add (quant_pre_process splits Gemm into the two)."""
-    import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     producer = {out: n for n in graph.node for out in n.output}

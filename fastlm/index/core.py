@@ -31,8 +31,7 @@ from fastlm import lexical as lexical_mod
 from fastlm.index import records, search, store
 from fastlm.index.loading import ANN_FILE, EMBEDDINGS_FILE, META_FILE, read_version
 from fastlm.index.vectors import as_float32, as_matrix, check_storage, write_npy
-from fastlm.tokenizer import _check_texts
-from fastlm.validation import check_int
+from fastlm.validation import ArgumentTypeError, ArgumentValueError, check_int, check_texts
 
 
 class Index:
@@ -55,11 +54,13 @@ class Index:
         elif isinstance(lexical, bool):
             self._lexical_settings = lexical_mod.LexicalSettings() if lexical else None
         else:
-            raise TypeError(f"lexical must be a bool or LexicalSettings, got {lexical!r}")
+            raise ArgumentTypeError(
+                f"lexical must be a bool or LexicalSettings, got {lexical!r}", "lexical"
+            )
         if self._lexical_settings is not None:
             lexical_mod._import_backend()  # ImportError naming the extra, now rather than later
         if ann not in (None, True, False):
-            raise TypeError(f"ann must be None, True or False, got {ann!r}")
+            raise ArgumentTypeError(f"ann must be None, True or False, got {ann!r}", "ann")
         if ann:
             ann_mod._import_usearch()
         # the graph keeps its own copy of every vector: in the index's storage precision
@@ -83,7 +84,7 @@ class Index:
         """An index of precomputed `embeddings` (any (n, D) array-like of numbers) for `texts`;
         `options` as for the constructor."""
         index = cls(model, **options)
-        texts = _check_texts(texts if isinstance(texts, str | Sequence) else list(texts))
+        texts = check_texts(texts if isinstance(texts, str | Sequence) else list(texts))
         ids = (
             records.default_ids([], len(texts))
             if ids is None
@@ -141,7 +142,7 @@ class Index:
         ValueError unless upsert=True, which replaces that document. metadata: one
         JSON-serialisable dict (or None) per text."""
         single = isinstance(texts, str)
-        texts = _check_texts([texts] if single else texts)
+        texts = check_texts([texts] if single else texts)
         if single and isinstance(ids, str):
             ids = [ids]
         if single and isinstance(metadata, dict):
@@ -153,10 +154,10 @@ class Index:
         )
         metadata = records.check_metadata(metadata, ids)
         if not isinstance(upsert, bool):
-            raise TypeError(f"upsert must be a bool, got {upsert!r}")
+            raise ArgumentTypeError(f"upsert must be a bool, got {upsert!r}", "upsert")
         present = [doc_id for doc_id in ids if doc_id in self._row]
         if present and not upsert:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"ids already in the index: {records.preview(present)}; pass upsert=True to "
                 "replace those documents"
             )
@@ -226,10 +227,12 @@ class Index:
         fusion: "weighted" (min-max normalised scores, weight * dense + (1 - weight) * lexical,
         weight default DEFAULT_MODE_HYBRID_WEIGHT) or "rrf" (reciprocal-rank fusion)."""
         single = isinstance(query_or_queries, str)
-        queries = _check_texts([query_or_queries] if single else query_or_queries)
+        queries = check_texts([query_or_queries] if single else query_or_queries)
         for i, query in enumerate(queries):
             if not query.strip():
-                raise ValueError(f"query{'' if single else f' {i}'} is empty: nothing to search")
+                raise ArgumentValueError(
+                    f"query{'' if single else f' {i}'} is empty: nothing to search"
+                )
         top_k = check_int(top_k, "top_k", min=1)
         mode, fusion, weight = search.check_options(mode, fusion, weight, self.lexical)
         if not queries or not len(self):
@@ -253,7 +256,9 @@ class Index:
     def _embed(self, texts: list[str], batch_size: int, progress: bool | None) -> np.ndarray:
         check_int(batch_size, "batch_size", min=1)
         if progress is not None and not isinstance(progress, bool):
-            raise TypeError(f"progress must be None or a bool, got {progress!r}")
+            raise ArgumentTypeError(
+                f"progress must be None or a bool, got {progress!r}", "progress"
+            )
         vecs = self.model.embed(texts, batch_size=batch_size, show_progress_bar=progress)
         return as_matrix(vecs, len(texts), self.model.embedding_dim, np.dtype(np.float32))
 
@@ -342,7 +347,7 @@ class Index:
         them into memory. A model other than the one that built the index (architecture, dim
         or embedding digest) is refused with IndexModelMismatch naming both."""
         if not isinstance(mmap, bool):
-            raise TypeError(f"mmap must be a bool, got {mmap!r}")
+            raise ArgumentTypeError(f"mmap must be a bool, got {mmap!r}", "mmap")
         return store.load_current(Path(path), lambda p, v: _read_version(cls, p, v, model, mmap))
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastlm.index.store import IndexFileError
-from fastlm.tokenizer import _check_texts
+from fastlm.validation import ArgumentTypeError, ArgumentValueError, check_texts
 
 _INTEGER_ID = re.compile(r"0|[1-9][0-9]*")  # ids that default ids continue after
 PREVIEW = 5  # ids named in one error message
@@ -24,7 +24,7 @@ class IndexModelMismatch(ValueError):
 def as_list(value: object, what: str) -> list:
     """A sequence argument as a list (a str or bytes is not a sequence of items here)."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise TypeError(f"{what} must be a list, got {type(value).__name__}")
+        raise ArgumentTypeError(f"{what} must be a list, got {type(value).__name__}", what)
     return list(value)
 
 
@@ -32,19 +32,23 @@ def check_ids(ids: object, n: int) -> list[str]:
     """`ids` (n,) distinct non-empty str; duplicates are a ValueError naming them."""
     ids = as_list(ids, "ids")
     if len(ids) != n:
-        raise ValueError(f"ids has {len(ids)} entries for {n} texts; give one id per text")
+        raise ArgumentValueError(
+            f"ids has {len(ids)} entries for {n} texts; give one id per text", "ids"
+        )
     for i, doc_id in enumerate(ids):
         if not isinstance(doc_id, str):
-            raise TypeError(f"ids[{i}] must be a str, got {type(doc_id).__name__} {doc_id!r}")
+            raise ArgumentTypeError(
+                f"ids[{i}] must be a str, got {type(doc_id).__name__} {doc_id!r}"
+            )
         if not doc_id:
-            raise ValueError(f"ids[{i}] is empty: an id must be a non-empty str")
+            raise ArgumentValueError(f"ids[{i}] is empty: an id must be a non-empty str")
     seen, repeated = set(), []
     for doc_id in ids:
         if doc_id in seen and doc_id not in repeated:
             repeated.append(doc_id)
         seen.add(doc_id)
     if repeated:
-        raise ValueError(f"duplicate ids in one call: {preview(repeated)}")
+        raise ArgumentValueError(f"duplicate ids in one call: {preview(repeated)}")
     return ids
 
 
@@ -61,21 +65,23 @@ def check_metadata(metadata: object, ids: list[str]) -> list[dict | None]:
         return [None] * len(ids)
     items = as_list(metadata, "metadata")
     if len(items) != len(ids):
-        raise ValueError(f"metadata has {len(items)} entries for {len(ids)} texts")
+        raise ArgumentValueError(
+            f"metadata has {len(items)} entries for {len(ids)} texts", "metadata"
+        )
     out = []
     for doc_id, item in zip(ids, items):
         if item is None:
             out.append(None)
             continue
         if not isinstance(item, dict) or not all(isinstance(k, str) for k in item):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"metadata of document {doc_id!r} must be a dict with str keys (or None), "
                 f"got {type(item).__name__}"
             )
         try:
             out.append(json.loads(json.dumps(item, allow_nan=False)))
         except (TypeError, ValueError, RecursionError) as err:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"metadata of document {doc_id!r} is not JSON-serialisable: {err}"
             ) from None
     return out
@@ -95,7 +101,7 @@ def parse_records(meta: object, file: Path) -> tuple[list[str], list[str], list[
     ids = meta.get("ids", [str(i) for i in range(len(texts))])
     metadata = meta.get("metadata", [None] * len(texts))
     try:
-        texts = _check_texts(texts)  # e.g. a lone surrogate
+        texts = check_texts(texts)  # e.g. a lone surrogate
         ids = check_ids(ids, len(texts))
         if not isinstance(metadata, list) or not all(
             m is None or isinstance(m, dict) for m in metadata

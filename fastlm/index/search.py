@@ -8,7 +8,7 @@ import numpy as np
 
 from fastlm.fusion import fuse_rrf_candidates, fuse_weighted, fuse_weighted_candidates, top_k_scores
 from fastlm.index.vectors import dense_scores
-from fastlm.validation import check_float
+from fastlm.validation import ArgumentValueError, check_float
 
 MODES = ("hybrid", "dense", "lexical")
 FUSIONS = ("weighted", "rrf")
@@ -31,16 +31,20 @@ def check_options(
     if mode is None:
         mode = "hybrid" if has_lexical else "dense"
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)} (or None); got {mode!r}")
+        raise ArgumentValueError(
+            f"mode must be one of {', '.join(MODES)} (or None); got {mode!r}", "mode"
+        )
     if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}")
+        raise ArgumentValueError(
+            f"fusion must be one of {', '.join(FUSIONS)}; got {fusion!r}", "fusion"
+        )
     if mode != "dense" and not has_lexical:
-        raise ValueError(
+        raise ArgumentValueError(
             f"mode {mode!r} needs a lexical side: this index was built with lexical=False "
             "(use mode='dense', or build it with lexical=True)"
         )
     if weight is not None and (mode != "hybrid" or fusion != "weighted"):
-        raise ValueError(
+        raise ArgumentValueError(
             f"weight applies to mode='hybrid', fusion='weighted' only (got {mode!r}, {fusion!r})"
         )
     weight = DEFAULT_MODE_HYBRID_WEIGHT if weight is None else weight

@@ -191,7 +191,7 @@ def _key_mask_as_int8(key_padding_mask: torch.Tensor, q: torch.Tensor) -> torch.
 
 
 # fp16/bf16 configs the autotuner picks from: (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# Started from the Triton tutorial's search; the AOT compile check (fastlm.kernels.aot) then
+# Started from the Triton tutorial's search; the AOT compile check (tools.aot) then
 # moved 128x64 tiles to 8 warps, which the tutorial drops: with 4 they spill on sm_90 at
 # head_dim 128 (352 B per thread) and at head_dim 32 with a mask. BLOCK_M is a multiple of
 # BLOCK_N (the stage split needs it).

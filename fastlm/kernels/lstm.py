@@ -40,7 +40,7 @@ on a GPU), so it pays off for small H (256: W_hh is 1024x256); docs/gpu.md predi
 Launch: on a GPU both kernels are autotuned (STEP_CONFIGS, SEQUENCE_CONFIGS), keyed on the
 batch bucket (next power of two of B) and H; under the interpreter each runs one fixed config.
 step_configs / sequence_configs list the candidates for a shape, and the AOT compile check
-(fastlm.kernels.aot, scripts/aot_compile.py) compiles every one for sm_90 and sm_80.
+(tools.aot, scripts/aot_compile.py) compiles every one for sm_90 and sm_80.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The language models: one file per architecture, each registering an `Architecture`.
 
-    fastlm/models/adapter.py      `Architecture`, the registry and the model protocol
-    fastlm/models/config.py       bounds and JSON shared by every config (no torch)
-    fastlm/models/layers.py       input checks, pooling, positions, the reference generate
-    fastlm/models/embedder.py     EmbeddingTower, what `embed()` runs, for any architecture
-    fastlm/models/lstm.py         LSTMConfig, SimpleLSTM_LM and all fastlm knows about them
-    fastlm/models/transformer.py  TransformerConfig, SimpleTransformer_LM, likewise
+    fastlm/models/architecture.py  `Architecture`, the registry and the model protocol
+    fastlm/models/config.py        JSON and checks shared by every config (no torch)
+    fastlm/models/layers.py        input checks, pooling, positions, the reference generate
+    fastlm/models/embedder.py      EmbeddingTower, what `embed()` runs, for any architecture
+    fastlm/models/lstm.py          LSTMConfig, SimpleLSTM_LM and all fastlm knows about them
+    fastlm/models/transformer.py   TransformerConfig, SimpleTransformer_LM, likewise
 
 Every other module of this package is imported on first use, and each one that defines an
 architecture registers it: a new architecture is one new file here.
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fastlm.models.config import config_from_dict
 
 if TYPE_CHECKING:
-    from fastlm.models.adapter import Architecture
+    from fastlm.models.architecture import Architecture
     from fastlm.models.lstm import LSTMConfig, SimpleLSTM_LM
     from fastlm.models.transformer import SimpleTransformer_LM, TransformerConfig
 
@@ -31,15 +31,15 @@ _LAZY = {
     "LSTMConfig": "fastlm.models.lstm",
     "SimpleTransformer_LM": "fastlm.models.transformer",
     "TransformerConfig": "fastlm.models.transformer",
-    "Architecture": "fastlm.models.adapter",
+    "Architecture": "fastlm.models.architecture",
 }
-_SHARED = {"adapter", "config", "layers", "embedder"}  # modules that define no architecture
+_SHARED = {"architecture", "config", "layers", "embedder"}  # modules that define no architecture
 
 
 def architectures() -> dict[str, Architecture]:
     """Every registered architecture by name."""
     _import_architecture_files()
-    from fastlm.models.adapter import registered
+    from fastlm.models.architecture import registered  # torch: `fastlm.models` imports without it
 
     return registered()
 

@@ -8,9 +8,8 @@ import dataclasses
 import json
 from typing import Any
 
-from fastlm.validation import check_float, check_int
-
 from fastlm.limits import MAX_PARAMETERS
+from fastlm.validation import check_float, check_int
 
 
 class ConfigBase:
@@ -26,7 +25,7 @@ class ConfigBase:
 def config_from_dict(data: dict[str, Any]):
     """Inverse of a config's `to_dict`; unknown keys are an error so a typo never passes
     silently. Types and bounds are checked (in the dataclass) before any tensor exists."""
-    from fastlm.models import config_classes
+    from fastlm.models import config_classes  # the registry's package imports this module
 
     if not isinstance(data, dict):
         raise TypeError(f"a model config must be a JSON object, got {type(data).__name__}")

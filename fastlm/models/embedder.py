@@ -25,7 +25,7 @@ from fastlm.models.layers import mean_pool
 
 class EmbeddingTower(nn.Module):
     def __init__(self, encoder: nn.Module, proj: nn.Linear | None = None):
-        """encoder: a model of the `fastlm.models.adapter` protocol (its hidden_states gives the
+        """encoder: a model speaking the protocol of fastlm/models/architecture.py (hidden_states:
         top-layer states (B, T, C)). proj: C + E -> dim (state and token-table means), or
         None for the plain mean of the states."""
         super().__init__()

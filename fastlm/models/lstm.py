@@ -15,7 +15,7 @@ from torch import nn
 
 from fastlm import limits
 from fastlm.models import config as config_rules
-from fastlm.models.adapter import Architecture, detached_t, register
+from fastlm.models.architecture import Architecture, detached_t, register
 from fastlm.models.layers import check_input_ids, reference_generate
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, B, hidden_dim)
@@ -230,7 +230,7 @@ def lstm_hidden_states(
     """(top-layer states (B, T, H), (h, c) each (L, B, H)), as nn.LSTM returns them: states and
     h in the weights' dtype, c in float32 (a given c may be either). Per layer: one x @ W_ih^T
     matmul over all steps + one `lstm_sequence` launch for the recurrence."""
-    from fastlm.kernels.lstm import lstm_sequence
+    from fastlm.kernels.lstm import lstm_sequence  # triton: only on the kernels
 
     B, T = input_ids.shape
     H = weights.hidden_dim
@@ -280,7 +280,7 @@ class KernelLSTMStep(nn.Module):
         self.weights, self.fc = kernel_model.weights, kernel_model.fc
 
     def forward(self, token: torch.Tensor, state: LSTMState):
-        from fastlm.kernels.lstm import lstm_step
+        from fastlm.kernels.lstm import lstm_step  # triton: only on the kernels
 
         x = self.weights.emb[token]  # (1, E)
         hs, cs = [], []

@@ -21,7 +21,7 @@ from torch import nn
 
 from fastlm import limits
 from fastlm.models import config as config_rules
-from fastlm.models.adapter import Architecture, detached_t, register
+from fastlm.models.architecture import Architecture, detached_t, register
 from fastlm.models.layers import check_input_ids, reference_generate, sinusoidal_table
 
 # attend(q, k, v) with q, k, v (B, NH, T, D) -> (B, NH, T, D)
@@ -343,7 +343,7 @@ class KernelTransformer(nn.Module):
     def hidden_states(self, input_ids, state=None):
         if state is not None:
             return self.model.hidden_states(input_ids, state)
-        from fastlm.kernels.attention import causal_attention
+        from fastlm.kernels.attention import causal_attention  # triton: only on the kernels
 
         x = self.model.embed_tokens(input_ids, slice(0, input_ids.shape[1]))
         autocast = self.dtype != torch.float32

@@ -39,8 +39,8 @@ from fastlm.checkpoint_files import (
     verify_checkpoint,
     weights_digest,
 )
-from fastlm.ort.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.io import sha256_file
+from fastlm.ort.format import GRAPHS, ExportDirError, check_model_facts
 from fastlm.validation import check_manifest_files
 
 PACK_FORMAT = "fastlm-onnx-pack/1"

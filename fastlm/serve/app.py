@@ -7,19 +7,21 @@
                            (with `fastlm serve MODEL --index DIR`; a 404 without an index)
     GET  /v1/models, GET /v1/models/{id}, GET /health
 
-Embedding requests go through the dynamic batcher (serve/batcher.py). Searches run one at a
-time on their own thread (query embedding, the index's matrix product), off the event loop.
-Completions run one at a time per token in a single worker thread: decoding is batch 1, so
-concurrent streams interleave token by token instead of competing for the cores. Generation
-is greedy unless a temperature > 0 is given (fastlm's default everywhere; OpenAI's own default
-is 1).
+The bodies are pydantic models (serve/requests.py); a body they refuse is a 400 in OpenAI's
+error shape naming the field. Only the model's public API is used: `embed` (through the dynamic
+batcher, serve/batcher.py), `stream` (it tokenises the prompt and checks the context), and an
+Index's `search`, each off the event loop. Searches run one at a time on their own thread;
+completions one step at a time on a single worker thread: decoding is batch 1, so concurrent
+streams interleave token by token instead of competing for the cores. Greedy unless a
+temperature > 0 is given (fastlm's default everywhere; OpenAI's own default is 1).
 
 A client that leaves stops its work: a streamed or a whole completion stops generating at the
-next piece, and a body that stops arriving ends the request. Either is one INFO log line: a
+next step, and a body that stops arriving ends the request. Either is one INFO log line: a
 client hanging up is not a server error.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (the
+# request models, made in create_app: their limits are the server's flags)
 
 import asyncio
 import base64
@@ -31,29 +33,27 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from fastlm.generation import Step
+from fastlm.sampling import SamplingParams
 from fastlm.serve.batcher import EmbedBatcher
 from fastlm.serve.requests import (
     ApiError,
     ServeConfig,
-    check_float,
-    check_int,
-    check_model,
-    check_search,
-    check_stop,
-    check_stream_options,
-    check_texts,
-    check_unsupported,
+    invalid_request,
+    library_errors,
     parse_body,
+    read_body,
+    request_models,
 )
-from fastlm.tokenizer import EOT_ID
 
 log = logging.getLogger("fastlm.serve")
-MIN_TEMPERATURE = 1e-6  # below this, sampling is greedy in all but name
 CLIENT_CLOSED = 499  # nginx's "client closed request": the status nobody receives
 
 
@@ -66,12 +66,19 @@ def create_app(model, name: str, config: ServeConfig | None = None, index=None) 
     `index` (a `fastlm.Index` loaded with `model`, or None) at /v1/search."""
     config = config or ServeConfig()
     state = _State(model, name, config, index)
+    bodies = request_models(config)
+    Embeddings, Completions, Search = bodies.embeddings, bodies.completions, bodies.search
     app = FastAPI(title="fastlm", lifespan=state.lifespan)
     app.state.fastlm = state
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, err: ApiError):
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)  # a body its model refuses: 400, not 422
+    async def invalid_body(_request: Request, err: RequestValidationError):
+        error = invalid_request(err.errors())
+        return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(ClientDisconnect)  # not a server error: one INFO line, no traceback
     async def client_gone(request: Request, err: ClientDisconnect):
@@ -88,54 +95,91 @@ def create_app(model, name: str, config: ServeConfig | None = None, index=None) 
     async def http_error(_request: Request, err: StarletteHTTPException):
         return JSONResponse(ApiError(err.status_code, str(err.detail)).body(), err.status_code)
 
-    @app.get("/health")
+    router = APIRouter(route_class=_BodyRoute)
+
+    @router.get("/health")
     async def health():
         return state.health()
 
-    @app.get("/v1/models")
+    @router.get("/v1/models")
     async def models():
         return {"object": "list", "data": [state.model_entry()]}
 
-    @app.get("/v1/models/{model_id:path}")  # ids may hold a "/" (a checkpoint path)
+    @router.get("/v1/models/{model_id:path}")  # ids may hold a "/" (a checkpoint path)
     async def one_model(model_id: str):
-        check_model({"model": model_id}, name)
+        state.check_model(model_id)
         return state.model_entry()
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
-        return await state.embeddings(parse_body(await _read_body(request, config), config))
+    @router.post("/v1/embeddings")
+    async def embeddings(body: Embeddings):
+        return await state.embeddings(body)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = parse_body(await _read_body(request, config), config)
+    @router.post("/v1/completions")
+    async def completions(body: Completions, request: Request):
         return await state.completions(body, request)
 
-    @app.post("/v1/search")
-    async def search(request: Request):
-        if state.index is None:  # before the body is read: no body makes this one succeed
+    def need_index() -> None:  # before the body is validated: no body makes this one succeed
+        if state.index is None:
             raise ApiError(
                 404, "this server has no index; start it with: fastlm serve MODEL --index DIR"
             )
-        return await state.search(parse_body(await _read_body(request, config), config))
 
+    @router.post("/v1/search", dependencies=[Depends(need_index)])
+    async def search(body: Search):
+        return await state.search(body)
+
+    app.include_router(router)
     return app
 
 
-async def _read_body(request: Request, config: ServeConfig) -> bytes:
-    """The request body, within the size limit and `timeout_read` seconds. A refused body is
-    left unread, so its connection cannot carry another request: the answer closes it."""
-    close = {"connection": "close"}
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit():  # else the server has refused it already
-        # a 5,000-digit length is too long to convert (ValueError), and to send
-        if len(declared) > 20 or int(declared) > config.max_body_bytes:
-            msg = f"request body is over {config.max_body_bytes} bytes"
-            raise ApiError(413, msg, headers=close)
-    try:
-        return await asyncio.wait_for(request.body(), config.timeout_read)
-    except asyncio.TimeoutError:
-        msg = f"request body did not arrive within {config.timeout_read:g} s"
-        raise ApiError(408, msg, headers=close) from None
+class _JsonRequest(Request):
+    """A request whose body was read and parsed by `_BodyRoute`: FastAPI validates the endpoint's
+    model against that, not against its own parse."""
+
+    parsed: object = None
+
+    async def json(self):
+        return self.parsed
+
+
+class _BodyRoute(APIRoute):
+    """Reads a POST body within the server's limits (`_read_body`) and parses it (`parse_body`:
+    integers of any length, any nesting depth) before FastAPI validates it."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def read_then_handle(request: Request) -> Response:
+            if request.method != "POST":
+                return await handler(request)
+            state = request.app.state.fastlm
+            state.requests += 1
+            body = _JsonRequest(request.scope, request.receive)
+            body.parsed = parse_body(await read_body(body, state.config), state.config)
+            return await handler(body)
+
+        return read_then_handle
+
+
+class _Run:
+    """One completion: the steps of `model.stream`, taken on the generation thread, and what
+    the answer reports of them."""
+
+    def __init__(self, steps: Iterator[Step], prompt_tokens: int, eot_id: int):
+        self.steps, self.prompt_tokens, self.eot_id = steps, prompt_tokens, eot_id
+        self.completion_tokens = 0
+        self.why = "stop"  # OpenAI's finish_reason, as the last step gives it
+
+    def next_text(self) -> str | None:
+        """The next step's text ("" while text is held back); None once the generation ended."""
+        step = next(self.steps, None)
+        if step is None:
+            return None
+        if step.token_id != self.eot_id:  # the end of text ends the answer, not part of it
+            self.completion_tokens += 1
+        if step.finish_reason is not None:
+            self.why = step.finish_reason
+        return step.text
 
 
 class _State:
@@ -182,23 +226,28 @@ class _State:
     def model_entry(self) -> dict:
         return {"id": self.name, "object": "model", "created": self.started, "owned_by": "fastlm"}
 
+    def check_model(self, model: str) -> None:
+        if model != self.name:
+            raise ApiError(
+                404,
+                f"model {model!r} is not served here; this server has {self.name!r}",
+                "model",
+                "model_not_found",
+            )
+
     # ------------------------------------------------------------------ embeddings
-    async def embeddings(self, body: dict) -> dict:
-        self.requests += 1
-        check_model(body, self.name)
-        texts = check_texts(body.get("input"), "input", self.config)
-        fmt = body.get("encoding_format", "float")
-        if fmt not in ("float", "base64"):
-            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
-        dims = body.get("dimensions")
+    async def embeddings(self, body) -> dict:
+        self.check_model(body.model)
+        dims = body.dimensions
         if dims is not None and dims != self.model.embedding_dim:
             raise ApiError(
                 400, f"'dimensions' must be {self.model.embedding_dim} for this model", "dimensions"
             )
         # off the event loop: 256 texts of 20k characters take a while to tokenise
-        encoded = await asyncio.to_thread(self.tokenizer.encode_many, texts)
+        encoded = await asyncio.to_thread(self.tokenizer.encode_many, body.input)
         tokens = sum(len(ids) for ids in encoded)
-        vecs = await self.batcher.embed(texts, max(tokens, 1))
+        vecs = await self.batcher.embed(body.input, max(tokens, 1))
+        fmt = body.encoding_format
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, fmt)}
             for i, v in enumerate(vecs)
@@ -207,68 +256,41 @@ class _State:
         return {"object": "list", "data": data, "model": self.name, "usage": usage}
 
     # ------------------------------------------------------------------ search
-    async def search(self, body: dict) -> dict:
+    async def search(self, body) -> dict:
         """One query -> "data": [hit, ...]; a list of queries -> "data": [[hit, ...], ...],
         in the order given. A hit is {"id", "score", "text", "metadata"}, best first."""
-        self.requests += 1
-        if body.get("model") is not None:
-            check_model(body, self.name)
-        queries, top_k, mode = check_search(body, self.config)
+        if body.model is not None:
+            self.check_model(body.model)
         loop = asyncio.get_running_loop()
-        try:
+        # e.g. a lexical search of an index built --no-lexical
+        with library_errors("mode" if body.mode is not None else None):
             results = await loop.run_in_executor(
-                self.searcher, lambda: self.index.search(queries, top_k=top_k, mode=mode)
+                self.searcher,
+                lambda: self.index.search(body.query, top_k=body.top_k, mode=body.mode),
             )
-        except ValueError as err:  # e.g. a lexical search of an index built --no-lexical
-            raise ApiError(400, str(err), "mode" if mode is not None else None) from None
         data = [[_hit(h) for h in hits] for hits in results]
-        single = isinstance(body["query"], str)
-        return {"object": "list", "data": data[0] if single else data, "model": self.name}
+        return {"object": "list", "data": data[0] if body.one_query else data, "model": self.name}
 
     # ------------------------------------------------------------------ completions
-    def _sampling(self, body: dict) -> dict:
-        check_unsupported(body)
-        opts = {
-            "max_new_tokens": check_int(body, "max_tokens", 16, 1, self.config.max_tokens),
-            "temperature": check_float(body, "temperature", 0.0, 0.0, 2.0),
-            "top_p": check_float(body, "top_p", None, 0.0, 1.0),
-            "seed": check_int(body, "seed", None, 0, 2**63 - 1),
-        }
-        if opts["top_p"] == 0:
-            raise ApiError(400, "'top_p' must be > 0", "top_p")
-        # API policy, not a numerical limit (the sampler takes any temperature > 0): this cold,
-        # sampling is greedy in all but name, so the client is told to ask for 0 (README).
-        if 0 < opts["temperature"] < MIN_TEMPERATURE:
-            raise ApiError(
-                400, f"'temperature' must be 0 (greedy) or >= {MIN_TEMPERATURE}", "temperature"
+    async def completions(self, body, request: Request):
+        self.check_model(body.model)
+        if body.stream and len(body.prompt) != 1:
+            raise ApiError(400, "streaming takes one prompt", "prompt")
+        with library_errors():
+            params = SamplingParams(
+                body.max_tokens, body.temperature, top_p=body.top_p, seed=body.seed, stop=body.stop
             )
-        return opts
-
-    async def completions(self, body: dict, request: Request):
-        self.requests += 1
-        check_model(body, self.name)
-        prompts = check_texts(body.get("prompt"), "prompt", self.config)
-        opts, stops = self._sampling(body), check_stop(body)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ApiError(400, "'stream' must be true or false", "stream")
-        include_usage = check_stream_options(body, stream)
-        encoded = await asyncio.to_thread(
-            lambda: [self._check_prompt(p, opts["max_new_tokens"]) for p in prompts]
-        )
+        # off the event loop, and every prompt checked before any is generated
+        runs = await asyncio.to_thread(self._runs, body.prompt, params)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if stream:
-            if len(encoded) != 1:
-                raise ApiError(400, "streaming takes one prompt", "prompt")
-            run = self._start(encoded[0], opts, stops)
-            events = self._sse(run, cid, created, request, include_usage)
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            events = self._sse(runs[0], cid, created, request, usage)
             return StreamingResponse(events, media_type="text/event-stream")
-        choices, runs = [], []
-        for i, ids in enumerate(encoded):
-            run = self._start(ids, opts, stops)  # one decoder (KV cache) alive at a time
+        choices = []
+        for i, run in enumerate(runs):  # one decoder (KV cache) alive at a time
             text = await self._collect(run, request)
             choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": run.why})
-            runs.append(run)
         return {
             "id": cid,
             "object": "text_completion",
@@ -278,38 +300,24 @@ class _State:
             "usage": _usage(runs),
         }
 
-    def _check_prompt(self, prompt: str, max_new_tokens: int) -> list[int]:
-        ids = self.tokenizer.encode(prompt)
-        limit = self.model.context_length
-        if limit is not None and len(ids) + 1 + max_new_tokens > limit:
-            raise ApiError(
-                400,
-                f"prompt ({len(ids)} tokens) + max_tokens ({max_new_tokens}) exceeds the "
-                f"context of {limit} tokens",
-                "max_tokens",
-            )
-        return ids
-
-    def _start(self, ids: list[int], opts: dict, stops: list[str]) -> _Run:
-        try:
-            tokens = self.model.generate([EOT_ID, *ids], stream=True, **opts)
-        except (ValueError, TypeError) as err:
-            raise ApiError(400, str(err)) from None
-        count = _Counted(tokens)
-        # the engine's incremental decoder: complete UTF-8 only, cut at a stop string
-        pieces = self.model._text_pieces(count, stops)
-        return _Run(pieces, count, len(ids), opts["max_new_tokens"])
+    def _runs(self, prompts: list[str], params: SamplingParams) -> list[_Run]:
+        """A generation per prompt, each checked (its prompt against the context too) now and
+        run only as its steps are taken."""
+        eot = self.tokenizer.eot_id
+        with library_errors("max_tokens"):  # the context is what a prompt can exceed
+            return [
+                _Run(self.model.stream(p, params), len(self.tokenizer.encode(p)), eot)
+                for p in prompts
+            ]
 
     async def _collect(self, run: _Run, request: Request) -> str:
-        """The whole completion, one piece per executor call, so that concurrent requests
+        """The whole completion, one step per executor call, so that concurrent requests
         (streamed or not) take turns on the generation thread instead of waiting in line.
         Raises ClientGone, the generation closed, if the client leaves meanwhile."""
         loop, pieces = asyncio.get_running_loop(), []
         try:
-            while (
-                piece := await loop.run_in_executor(self.generator, next, run.pieces, None)
-            ) is not None:
-                pieces.append(piece)
+            while (text := await loop.run_in_executor(self.generator, run.next_text)) is not None:
+                pieces.append(text)
                 if await request.is_disconnected():
                     raise ClientGone("during generation: generation stopped")
         finally:
@@ -319,7 +327,7 @@ class _State:
     def _close(self, run: _Run) -> None:
         """Free a generation (its decoder) on its own thread: it may be mid-step there."""
         try:
-            self.generator.submit(run.pieces.close)
+            self.generator.submit(run.steps.close)
         except RuntimeError:  # the executor is already shut down: nothing left to free
             pass
 
@@ -333,14 +341,15 @@ class _State:
         try:
             while True:
                 try:
-                    piece = await loop.run_in_executor(self.generator, next, run.pieces, None)
+                    text = await loop.run_in_executor(self.generator, run.next_text)
                 except Exception as err:  # headers are sent: report in-band, then end
                     log.error("generation failed mid-stream: %r", err, exc_info=err)
                     yield _event(ApiError(500, "generation failed").body())
                     return
-                if piece is None:
+                if text is None:
                     break
-                yield _event(self._chunk(cid, created, piece, None) | extra)
+                if text:
+                    yield _event(self._chunk(cid, created, text, None) | extra)
                 if await request.is_disconnected():
                     log.info("client disconnected mid-stream: generation stopped")
                     return
@@ -364,45 +373,10 @@ class _State:
         }
 
 
-class _Counted:
-    """Wraps the token iterator: how many tokens came, and whether it ran out by itself."""
-
-    def __init__(self, tokens: Iterator[int]):
-        self.tokens, self.n, self.exhausted = tokens, 0, False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> int:
-        try:
-            token = next(self.tokens)
-        except StopIteration:
-            self.exhausted = True
-            raise
-        self.n += 1
-        return token
-
-
-class _Run:
-    def __init__(self, pieces: Iterator[str], count: _Counted, prompt_tokens: int, limit: int):
-        self.pieces, self.count = pieces, count
-        self.prompt_tokens, self.limit = prompt_tokens, limit
-
-    @property
-    def why(self) -> str:
-        """OpenAI's finish_reason: "length" when max_tokens ran out, else "stop" (end of text
-        or a stop string)."""
-        return "length" if self.count.exhausted and self.count.n >= self.limit else "stop"
-
-
 def _usage(runs: list[_Run]) -> dict:
-    prompt = sum(run.prompt_tokens for run in runs)
-    completion = sum(run.count.n for run in runs)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    prompt, completion = sum(r.prompt_tokens for r in runs), sum(r.completion_tokens for r in runs)
+    total = prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
 def _hit(hit: dict) -> dict:

@@ -1,15 +1,28 @@
-"""Request limits and validation for the OpenAI-style endpoints: bad input -> `ApiError` (4xx).
+"""Request limits and bodies of the OpenAI-style endpoints: bad input -> `ApiError` (4xx).
 
-Validation is written out by hand rather than left to pydantic so that every failure is a 400
-in OpenAI's error shape with a message naming the field, and nothing reaches the model
-unchecked (a 500 for bad input would be a bug).
+The bodies are pydantic models (`request_models(config)`: the item, character and max_tokens
+limits are the server's flags) declared with the library's bounds (fastlm/sampling.py), so
+nothing reaches the model unchecked. Every failure is a 400 in OpenAI's error shape naming the
+field (`invalid_request`). A body is parsed here (`parse_body`) before pydantic sees it: a JSON
+integer of thousands of digits or a deeply nested body is refused by name, not with a 500.
+
+pydantic (the serve extra) is imported only when the models are built: `ServeConfig` is read
+by the CLI to build its parsers, extras installed or not.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: the models are built in a function, and pydantic
+# reads their annotations
 
+import asyncio
+import functools
 import json
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastlm.validation import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -113,125 +126,212 @@ def parse_body(raw: bytes, limits: ServeConfig) -> dict:
     return body
 
 
-def check_model(body: dict, served: str) -> str:
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise ApiError(400, "'model' is required (a string)", "model")
-    if model != served:
-        raise ApiError(
-            404,
-            f"model {model!r} is not served here; this server has {served!r}",
-            "model",
-            "model_not_found",
-        )
-    return model
+async def read_body(request, config: ServeConfig) -> bytes:
+    """The body of `request` (Starlette's), within the size limit and `timeout_read` seconds.
+    A refused body is left unread, so its connection cannot carry another request: the answer
+    closes it."""
+    close = {"connection": "close"}
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit():  # else the server has refused it already
+        # a 5,000-digit length is too long to convert (ValueError), and to send
+        if len(declared) > 20 or int(declared) > config.max_body_bytes:
+            msg = f"request body is over {config.max_body_bytes} bytes"
+            raise ApiError(413, msg, headers=close)
+    try:
+        return await asyncio.wait_for(request.body(), config.timeout_read)
+    except asyncio.TimeoutError:
+        msg = f"request body did not arrive within {config.timeout_read:g} s"
+        raise ApiError(408, msg, headers=close) from None
 
 
-def check_texts(value, param: str, limits: ServeConfig) -> list[str]:
-    """A str or a non-empty list of str, within the item and character limits."""
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
-        raise ApiError(400, f"'{param}' must be a string or a list of strings", param)
-    if not items:
-        raise ApiError(400, f"'{param}' is empty: give at least one string", param)
-    if len(items) > limits.max_items:
-        raise ApiError(400, f"'{param}' has {len(items)} items; at most {limits.max_items}", param)
-    for i, text in enumerate(items):
-        if len(text) > limits.max_chars:
-            raise ApiError(
-                400, f"{param}[{i}] has {len(text)} characters; at most {limits.max_chars}", param
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            msg = f"{param}[{i}] is not valid Unicode (a lone surrogate)"
-            raise ApiError(400, msg, param) from None
-    return items
+@contextmanager
+def library_errors(param: str | None = None) -> Iterator[None]:
+    """The library's argument errors as a 400 naming the request field: an `ArgumentError`'s
+    own `param` (in the API's words), else `param`. Other ValueError/TypeError raised for the
+    request's values answer 400 with `param` too."""
+    try:
+        yield
+    except ArgumentError as err:
+        raise ApiError(400, str(err), API_PARAMS.get(err.param, err.param) or param) from None
+    except (ValueError, TypeError) as err:
+        raise ApiError(400, str(err), param) from None
 
+
+# the request fields of the library's arguments, where the names differ
+API_PARAMS = {"max_new_tokens": "max_tokens", "text": "prompt"}
 
 SEARCH_MODES = ("dense", "lexical", "hybrid")  # fastlm.index.MODES: a server may have no index
 MAX_TOP_K = 1000  # hits per query: a bound on the answer's size, far above a ranked page
+DEFAULT_TOP_K = 10
+# OpenAI's completions API: its default max_tokens, its temperature range, its stop strings
+DEFAULT_MAX_TOKENS = 16
+MAX_TEMPERATURE = 2.0
+MAX_STOP = 4
+# API policy, not a numerical limit (the sampler takes any temperature > 0): this cold, sampling
+# is greedy in all but name, so the client is told to ask for 0 (README).
+MIN_TEMPERATURE = 1e-6
 
 
-def check_search(body: dict, limits: ServeConfig) -> tuple[list[str], int, str | None]:
-    """(queries, top_k, mode) of a /v1/search body; at most `max_items` queries, none blank."""
-    queries = check_texts(body.get("query"), "query", limits)
-    for i, query in enumerate(queries):
-        if not query.strip():
-            where = "query" if isinstance(body["query"], str) else f"query[{i}]"
-            raise ApiError(400, f"{where} is empty: give a text to search for", "query")
-    top_k = check_int(body, "top_k", 10, 1, MAX_TOP_K)
-    mode = body.get("mode")
-    if mode is not None and mode not in SEARCH_MODES:
-        raise ApiError(400, f"'mode' must be one of {list(SEARCH_MODES)} or null", "mode")
-    return queries, top_k, mode
+@dataclass(frozen=True)
+class RequestModels:
+    """The bodies of one server's endpoints (pydantic models)."""
+
+    embeddings: type
+    completions: type
+    search: type
 
 
-def check_int(body: dict, name: str, default: int | None, low: int, high: int | None) -> int | None:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | LongInt):
-        raise ApiError(400, f"'{name}' must be an integer", name)
-    if isinstance(value, LongInt) or value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ApiError(400, f"'{name}' must be {bound}, got {value}", name)
+@functools.cache
+def request_models(config: ServeConfig) -> RequestModels:
+    """The request bodies as pydantic models with `config`'s limits. Unknown fields are ignored
+    (OpenAI's "user", ...); null in an optional field is its default, as in OpenAI's API."""
+    # pydantic (the serve extra) and numpy (sampling): only when an app is built, so
+    # `fastlm serve --help` and ServeConfig need neither
+    from pydantic import (
+        AfterValidator,
+        BaseModel,
+        BeforeValidator,
+        Field,
+        PrivateAttr,
+        StrictBool,
+        ValidationInfo,
+        field_validator,
+        model_validator,
+    )
+
+    from fastlm.sampling import MAX_SEED, TOP_P_RANGE
+
+    def one_or_many(item: Any) -> Any:  # 1 to max_items of them
+        limits = Field(min_length=1, max_length=config.max_items)
+        return Annotated[list[item], limits, BeforeValidator(_one_or_many)]
+
+    text = Annotated[str, Field(strict=True, max_length=config.max_chars)]
+    texts = one_or_many(text)
+    queries = one_or_many(Annotated[text, AfterValidator(_has_text)])
+    model_id = Annotated[str, Field(strict=True)]
+    top_p_range = dict(gt=TOP_P_RANGE[0], le=TOP_P_RANGE[1])
+
+    class Body(BaseModel):
+        @model_validator(mode="before")
+        @classmethod
+        def _null_is_default(cls, data: Any) -> Any:
+            if not isinstance(data, dict):
+                return data
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if v is not None or k not in fields or fields[k].is_required()
+            }
+
+    class EmbeddingRequest(Body):
+        model: model_id
+        input: texts
+        encoding_format: Literal["float", "base64"] = "float"
+        dimensions: Annotated[int, Field(strict=True)] | None = None  # the model's, if given
+
+    class StreamOptions(BaseModel, extra="forbid"):
+        include_usage: StrictBool = False
+
+    class CompletionRequest(Body):
+        model: model_id
+        prompt: texts
+        max_tokens: Annotated[int, Field(strict=True, ge=1, le=config.max_tokens)] = (
+            DEFAULT_MAX_TOKENS
+        )
+        temperature: Annotated[
+            float,
+            Field(strict=True, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False),
+            AfterValidator(_greedy_or_warm),
+        ] = 0.0
+        top_p: Annotated[float, Field(strict=True, allow_inf_nan=False, **top_p_range)] | None = (
+            None
+        )
+        seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = None
+        stop: (
+            Annotated[
+                list[Annotated[str, Field(strict=True, min_length=1)]],
+                Field(max_length=MAX_STOP),
+                BeforeValidator(_one_or_many),
+            ]
+            | None
+        ) = None
+        stream: StrictBool = False
+        stream_options: StreamOptions | None = None  # only with stream: true, as OpenAI has it
+        # what this server does not implement is refused, not silently ignored
+        n: Literal[1] = 1
+        best_of: Literal[1] = 1
+        logprobs: Literal[0] | None = None
+        echo: Literal[False] = False
+        suffix: None = None
+
+        @field_validator("stream_options")
+        @classmethod
+        def _only_when_streaming(cls, options: Any, info: ValidationInfo) -> Any:
+            if options is not None and info.data.get("stream") is not True:
+                raise _custom_error("stream_options", "Input is only allowed with stream: true")
+            return options
+
+    class SearchRequest(Body):
+        query: queries
+        top_k: Annotated[int, Field(strict=True, ge=1, le=MAX_TOP_K)] = DEFAULT_TOP_K
+        mode: Literal[SEARCH_MODES] | None = None  # None: the index's default
+        model: model_id | None = None
+        _one_query: bool = PrivateAttr(False)
+
+        @model_validator(mode="wrap")
+        @classmethod
+        def _remember_shape(cls, data: Any, handler):
+            request = handler(data)
+            request._one_query = isinstance(data, dict) and isinstance(data.get("query"), str)
+            return request
+
+        @property
+        def one_query(self) -> bool:
+            """Whether `query` was one str (the answer is one list of hits, not a list)."""
+            return self._one_query
+
+    return RequestModels(EmbeddingRequest, CompletionRequest, SearchRequest)
+
+
+def _custom_error(kind: str, message: str, context: dict | None = None) -> Exception:
+    from pydantic_core import PydanticCustomError  # the serve extra, as above
+
+    return PydanticCustomError(kind, message, context)
+
+
+def _one_or_many(value: Any) -> Any:
+    """OpenAI's texts are a string or a list of them: a string stands for a list of one."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise _custom_error("texts_type", "Input should be a string or a list of strings")
     return value
 
 
-def check_float(body: dict, name: str, default: float | None, low: float, high: float):
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, LongInt):
-        raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, f"'{name}' must be a number", name)
-    if not low <= value <= high:
-        raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
-    return float(value)
+def _has_text(text: str) -> str:
+    if not text.strip():
+        raise _custom_error("blank_text", "Input should hold a text to search for")
+    return text
 
 
-def check_stop(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise ApiError(400, "'stop' must be a non-empty string or a list of them", "stop")
-    if len(stops) > 4:
-        raise ApiError(400, "'stop' takes at most 4 strings", "stop")
-    return stops
+def _greedy_or_warm(temperature: float) -> float:
+    if 0 < temperature < MIN_TEMPERATURE:
+        message = "Input should be 0 (greedy) or at least {min}"
+        raise _custom_error("temperature_too_low", message, {"min": MIN_TEMPERATURE})
+    return temperature
 
 
-def check_unsupported(body: dict) -> None:
-    """Refuse options this server does not implement instead of silently ignoring them."""
-    if body.get("n", 1) != 1 or body.get("best_of", 1) != 1:
-        raise ApiError(400, "only n = 1 (and best_of = 1) is supported", "n")
-    if body.get("logprobs") not in (None, 0):
-        raise ApiError(400, "'logprobs' is not supported", "logprobs")
-    if body.get("echo", False):
-        raise ApiError(400, "'echo' is not supported", "echo")
-    if body.get("suffix") is not None:
-        raise ApiError(400, "'suffix' is not supported", "suffix")
-
-
-def check_stream_options(body: dict, stream: bool) -> bool:
-    """Whether a streamed completion ends with a usage chunk (`stream_options.include_usage`).
-    Like OpenAI, stream_options without `stream: true` is refused rather than ignored."""
-    param, options = "stream_options", body.get("stream_options")
-    if options is None:
-        return False
-    if stream is not True:
-        raise ApiError(400, "'stream_options' is only allowed with 'stream': true", param)
-    if not isinstance(options, dict):
-        raise ApiError(400, "'stream_options' must be an object", param)
-    unknown = sorted(set(options) - {"include_usage"})
-    if unknown:
-        raise ApiError(
-            400, f"'stream_options' has {unknown}; only 'include_usage' is supported", param
-        )
-    include = options.get("include_usage", False)
-    if not isinstance(include, bool):
-        raise ApiError(400, "'stream_options.include_usage' must be true or false", param)
-    return include
+def invalid_request(errors: Sequence[dict]) -> ApiError:
+    """The first of pydantic's errors (FastAPI's RequestValidationError) as a 400 naming the
+    field: `param` is the top-level field, the message names the place in it."""
+    error = errors[0]
+    loc = list(error["loc"])
+    if loc and loc[0] == "body":  # FastAPI's prefix for a body field
+        loc = loc[1:]
+    if not loc:  # the body itself: not JSON (a content-type other than application/json)
+        return ApiError(400, "request body must be a JSON object (content-type: application/json)")
+    path = str(loc[0]) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    if error["type"] == "missing":
+        return ApiError(400, f"'{path}' is required", str(loc[0]))
+    return ApiError(400, f"'{path}': {error['msg']}", str(loc[0]))

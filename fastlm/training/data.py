@@ -156,7 +156,7 @@ class WindowSampler:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, seq_len) int64."""
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.rank, step))
+        gen = torch.Generator().manual_seed(seed_of(self.seed, self.rank, step))
         high = len(self.stream) - self.seq_len - 1
         starts = torch.randint(0, high, (self.batch_size,), generator=gen).numpy()
         rows = np.stack([self.stream[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
@@ -176,6 +176,7 @@ def eval_windows(stream: np.ndarray, seq_len: int, max_tokens: int | None = None
         yield chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)
 
 
-def _mix(seed: int, rank: int, step: int) -> int:
+def seed_of(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed that is a function of (seed, rank, step) alone: resume is bit-exact."""
     h = hashlib.blake2b(f"{seed}:{rank}:{step}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)

@@ -1,10 +1,6 @@
 """The training loop: AdamW, warm-up + cosine LR, clipping, eval, atomic checkpoints, resume, DDP.
 
-Run directory (`--out`):
-    tokenizer.json        trained here when no --tokenizer is given
-    log.jsonl             one JSON object per log/eval event
-    checkpoints/step_N/   complete checkpoints (see fastlm.checkpoint)
-    latest                name of the newest complete checkpoint, replaced atomically
+The run directory (`--out`) and its checkpoints: fastlm/training/run_dir.py.
 """
 
 from __future__ import annotations
@@ -12,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,29 +18,32 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastlm.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_optimizer_state,
     load_trainer_state,
-    save_checkpoint,
-    verify_checkpoint,
 )
-from fastlm.hub import read_latest
 from fastlm.io import atomic_write_text
-from fastlm.models import ModelConfig, build_model, config_classes
 from fastlm.limits import MAX_VOCAB
+from fastlm.models import ModelConfig, build_model, config_classes
 from fastlm.models.layers import NextTokenLogits
 from fastlm.threads import torch_threads
 from fastlm.tokenizer import Tokenizer
 from fastlm.training.data import (
     WindowSampler,
-    _mix,
     resolve_text_files,
+    seed_of,
     token_stream,
     train_tokenizer,
 )
 from fastlm.training.distributed import DistInfo, barrier, setup_distributed, wrap_ddp
 from fastlm.training.evaluate import prepare_eval_stream, stream_nll
+from fastlm.training.run_dir import (
+    RunLog,
+    check_new_run_dir,
+    clear_partial_run,
+    find_resume,
+    save_step,
+)
 from fastlm.validation import (
     check_float,
     check_int,
@@ -53,8 +51,6 @@ from fastlm.validation import (
     check_positive_int,
     check_seed,
 )
-
-RUN_FILES = ("latest", "log.jsonl", "train_config.json", "tokenizer.json", "checkpoints")
 
 
 @dataclass
@@ -145,12 +141,12 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig) -> Path:
     dist = setup_distributed(cfg.device)
     out = Path(cfg.out)
-    resume_dir = _find_resume(out, dist.is_main) if cfg.resume else None
+    resume_dir = find_resume(out, dist.is_main) if cfg.resume else None
     if resume_dir is None:
-        _check_new_run_dir(out, cfg.resume)  # every rank, before rank 0 writes anything into it
+        check_new_run_dir(out, cfg.resume)  # every rank, before rank 0 writes anything into it
     if dist.is_main:
         if cfg.resume and resume_dir is None:
-            _clear_partial_run(out, cfg)
+            clear_partial_run(out, cfg.tokenizer)
         out.mkdir(parents=True, exist_ok=True)
     barrier(dist)
     tok = _get_tokenizer(cfg, out, dist, resume_dir)
@@ -180,7 +176,7 @@ def _train(cfg: TrainConfig) -> Path:
             f"--resume: {resume_dir} is at step {step}, past this run's budget of {total} steps; "
             "give a larger --steps or --tokens"
         )
-    log = _Logger(out / "log.jsonl", dist.is_main, truncate_after=step if resume_dir else None)
+    log = RunLog(out / "log.jsonl", dist.is_main, truncate_after=step if resume_dir else None)
     if dist.is_main and resume_dir is None:
         atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2))
     autocast = dist.device.type == "cuda"
@@ -197,7 +193,7 @@ def _train(cfg: TrainConfig) -> Path:
         lr = lr_at(step, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(_mix(cfg.seed, dist.rank, step))  # dropout: a function of the step
+        torch.manual_seed(seed_of(cfg.seed, dist.rank, step))  # dropout: a function of the step
         inputs, targets = (t.to(dist.device, non_blocking=True) for t in sampler.batch(step))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             logits = ddp_model(inputs)  # (B, T, V)
@@ -249,7 +245,7 @@ def _train(cfg: TrainConfig) -> Path:
                 "config": asdict(cfg),
             }
             if dist.is_main:
-                _save(out, model, tok, optimizer, state, cfg.keep_checkpoints)
+                save_step(out, model, tok, optimizer, state, cfg.keep_checkpoints)
             barrier(dist)
         if step % cfg.log_every == 0:
             t_last = time.perf_counter()  # tokens/s and time count training work only
@@ -269,53 +265,6 @@ def _get_tokenizer(cfg: TrainConfig, out: Path, dist: DistInfo, resume_dir) -> T
         train_tokenizer(resolve_text_files(cfg.data), cfg.vocab_size).save(path)
     barrier(dist)
     return Tokenizer.load(path)
-
-
-def _check_new_run_dir(out: Path, resume: bool = False) -> None:
-    """A new run starts in a new or empty directory: reusing a run directory would mix its
-    tokenizer, checkpoints (deleted by retention) and log with the new run's. With --resume (and
-    no checkpoint to continue from), a directory that holds only the files of a run killed
-    before its first checkpoint qualifies too: that run starts over (_clear_partial_run)."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a directory")
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES) if found else []
-    never_saved = found and not others and not _checkpoint_dirs(out) and "latest" not in found
-    if resume and never_saved:
-        return
-    if resume:
-        held = f" and holds files that are not a run's ({', '.join(others[:3])})" if others else ""
-        raise CheckpointError(
-            f"--resume: no checkpoint in {out} (missing {out / 'latest'}){held}; start a new "
-            "run without --resume in a new or empty directory"
-        )
-    if never_saved:
-        raise FileExistsError(
-            f"--out {out} holds a run that never wrote a checkpoint ({', '.join(found)}); pass "
-            "--resume to start it over from step 0 in place, or choose a new or empty directory"
-        )
-    if found or (out.is_dir() and any(out.iterdir())):
-        what = f"a training run ({', '.join(found)})" if found else "files"
-        raise FileExistsError(
-            f"--out {out} already holds {what}; pass --resume to continue it, "
-            "or choose a new or empty directory"
-        )
-
-
-def _clear_partial_run(out: Path, cfg: TrainConfig) -> None:
-    """Remove what a run killed before its first checkpoint left (its log, config, half-written
-    checkpoint directories, the tokenizer it trained), so the run restarts as it began."""
-    warnings.warn(
-        f"--resume: no checkpoint was written yet in {out}: starting the run from step 0 (its "
-        "partial files are replaced)",
-        stacklevel=4,
-    )
-    mine = Path(cfg.tokenizer).resolve() if cfg.tokenizer else None
-    for name in ("log.jsonl", "train_config.json", "tokenizer.json"):
-        f = out / name
-        if f.is_file() and f.resolve() != mine:  # never the --tokenizer the run is given
-            f.unlink()
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # no step_N in it: checked before
 
 
 def _model_config(cfg: TrainConfig, tok: Tokenizer, resume_dir: Path | None) -> ModelConfig:
@@ -346,104 +295,9 @@ def _valid_stream(cfg: TrainConfig, files: list[Path], tok: Tokenizer):
     return stream, n_bytes / max(1, len(stream) - 1)
 
 
-def _find_resume(out: Path, main: bool) -> Path | None:
-    """The checkpoint --resume continues from: the one `latest` names, or a newer one that
-    verifies (a run killed between writing checkpoints/step_N and moving `latest` to it: `latest`
-    is moved on by the main rank). None: no checkpoint at all (see _check_new_run_dir)."""
-    latest = read_latest(out) if (out / "latest").is_file() else None
-    floor = _step_number(latest) if latest is not None else -1
-    for ckpt in _checkpoint_dirs(out):  # newest first
-        if _step_number(ckpt) <= floor:
-            break
-        try:
-            verify_checkpoint(ckpt)
-            load_trainer_state(ckpt)
-        except CheckpointError as err:
-            if latest is None:  # nothing else to continue from: never delete it silently
-                raise CheckpointError(
-                    f"--resume: {out} has no `latest` and {ckpt} does not verify ({err}); "
-                    "remove it to start the run over with --resume"
-                ) from None
-            if main:
-                warnings.warn(f"--resume: skipped {ckpt}: {err}", stacklevel=4)
-            continue
-        if main:
-            warnings.warn(
-                f"--resume: continuing from {ckpt}, newer than `latest` "
-                f"({latest.name if latest else 'none'}) and complete",
-                stacklevel=4,
-            )
-            atomic_write_text(out / "latest", f"checkpoints/{ckpt.name}\n")
-        return ckpt
-    return latest
-
-
-def _checkpoint_dirs(out: Path) -> list[Path]:
-    """The run's checkpoints/step_N directories, newest first (not half-written .tmp ones)."""
-    found = (out / "checkpoints").glob("step_*") if (out / "checkpoints").is_dir() else []
-    return sorted(
-        (d for d in found if d.is_dir() and d.name[len("step_") :].isdigit()),
-        key=_step_number,
-        reverse=True,
-    )
-
-
-def _step_number(ckpt: Path) -> int:
-    digits = ckpt.name[len("step_") :]
-    return int(digits) if ckpt.name.startswith("step_") and digits.isdigit() else -1
-
-
 def _restore(ckpt: Path, model, optimizer, cfg: TrainConfig) -> tuple[int, int, float]:
     loaded = load_checkpoint(ckpt, expect_architecture=cfg.model)
     model.load_state_dict(loaded.model.state_dict())
     load_optimizer_state(ckpt, optimizer)
     state = load_trainer_state(ckpt)
     return int(state["step"]), int(state["tokens_seen"]), float(state.get("time", 0.0))
-
-
-def _save(out: Path, model, tok, optimizer, state: dict, keep: int) -> None:
-    ckpt_root = out / "checkpoints"
-    name = f"step_{state['step']:07d}"
-    save_checkpoint(
-        ckpt_root / name,
-        model,
-        tok,
-        optimizer,
-        state,
-        extra_manifest={"seq_len": state["seq_len"]},
-        force=True,
-    )
-    atomic_write_text(out / "latest", f"checkpoints/{name}\n")
-    old = sorted(p for p in ckpt_root.glob("step_*") if p.name != name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    # half-written directories left by a killed run (one writer per run directory: safe)
-    for tmp in ckpt_root.glob(".step_*.tmp"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _Logger:
-    """JSONL log on the main rank. On resume, drops entries newer than the checkpoint step so
-    the log reads as one uninterrupted run."""
-
-    def __init__(self, path: Path, enabled: bool, truncate_after: int | None):
-        self.path, self.enabled = path, enabled
-        if enabled and truncate_after is not None and path.is_file():
-            keep = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and _step_of(line) <= truncate_after
-            ]
-            atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, ValueError):
-        return 1 << 62  # a torn last line from a kill: drop it

@@ -1,20 +1,23 @@
-"""`fastlm bench`: a quick embedding latency/throughput table per backend, vs batch size.
+"""`python -m tools.bench`: a quick embedding latency/throughput table per backend, vs batch size.
 
-    fastlm bench                                  # eager vs compile vs onnx, both models
-    fastlm bench --batch-sizes 1 8 64 --plot docs/bench_plot.png
+    python -m tools.bench                         # eager vs compile vs onnx, both models
+    python -m tools.bench --batch-sizes 1 8 64 --plot docs/bench_plot.png
 
-The parser needs only fastlm.benchmarking's constants (stdlib imports), so `fastlm --help`
-stays fast; torch, the models and matplotlib load when the command runs. Timing, loading and
-environment facts come from fastlm.benchmarking, as in the `pytest bench/` suites.
+Run from the repository root (tools/ is development tooling, not installed with fastlm). The
+parser needs only tools.benchmarking's constants (stdlib imports), so `--help` is fast; torch,
+the models and matplotlib load when the command runs. Timing, loading and environment facts come
+from tools.benchmarking, as in the `pytest bench/` suites.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fastlm.benchmarking import (
+from tools.benchmarking import (
     ARCHS,
     BACKENDS,
     BackendUnavailable,
@@ -27,10 +30,14 @@ from fastlm.benchmarking import (
     timed,
     warm_up,
 )
+from tools.plotting import plot  # imports matplotlib only when it draws
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="quick embedding latency/throughput table per backend")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description="A quick embedding latency/throughput table per backend, vs batch size.",
+    )
     p.add_argument(
         "--models",
         nargs="+",
@@ -50,14 +57,20 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads")
     p.add_argument("--plot", metavar="FILE.png", help="draw latency and throughput vs batch size")
-    p.set_defaults(func=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or args.seq_len < 1 or args.repeats < 1:
+        parser.error("batch sizes, --seq-len and --repeats must be >= 1")
+    return run(args)
 
 
 def run(args) -> int:
-    import torch
+    import torch  # torch: not for --help
 
-    if min(args.batch_sizes) < 1 or args.seq_len < 1 or args.repeats < 1:
-        raise ValueError("batch sizes, --seq-len and --repeats must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,8 +84,6 @@ def run(args) -> int:
     )
     print(format_table(rows))
     if args.plot:
-        from fastlm.plotting import plot
-
         plot(rows, args.plot)
         print(f"plot written to {args.plot}")
     return 0
@@ -142,3 +153,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['texts_per_s']:>10.0f}{r['vs_eager']:>9.2f}"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 
-from fastlm.cli import add_backend_flags, nonneg_float, positive_int
+from fastlm.cli.common import add_backend_flags, load_model, nonneg_float, positive_int
 from fastlm.serve.requests import ServeConfig
 
 
@@ -111,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.index is not None and not os.path.isdir(args.index):  # likewise
         raise FileNotFoundError(f"index directory not found: {args.index}")
 
-    from fastlm.cli_infer import load_model
-    from fastlm.serve.app import create_app
-    from fastlm.serve.server import make_server
+    from fastlm.serve.app import create_app  # fastapi: the serve extra
+    from fastlm.serve.server import make_server  # uvicorn: the serve extra
 
     config = serve_config(args)
     model = load_model(args)
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_index(path: str, model):
     """The index at `path`, loaded with the served model (an index built by another model is
     refused by Index.load, naming both)."""
-    from fastlm.index import Index
+    from fastlm.index import Index  # numpy: only with --index
 
     return Index.load(path, model)
 

@@ -1,12 +1,13 @@
 """Charts of benchmark and training results (matplotlib: the optional extra `plot`).
 
-`plot` draws `fastlm bench`'s rows; `pyplot` is the headless matplotlib setup every chart here
-and in scripts/ starts from, with one message naming the extra when matplotlib is missing.
+`plot` draws `python -m tools.bench`'s rows; `pyplot` is the headless matplotlib setup every
+chart here and in scripts/ starts from, with one message naming the extra when matplotlib is
+missing.
 """
 
 from __future__ import annotations
 
-from fastlm.benchmarking import BACKENDS, cpu_name
+from tools.benchmarking import BACKENDS, cpu_name
 
 
 def pyplot(what: str = "--plot"):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from fastlm.cli import ONNX_DTYPES
+from fastlm.cli.common import ONNX_DTYPES
+from fastlm.ort.format import PARITY_FILE
 
 
 def add_parser(sub) -> None:
@@ -30,8 +31,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastlm.export import export
-    from fastlm.ort.format import PARITY_FILE
+    from fastlm.export import export  # torch, onnx: only for this command
 
     out = export(args.model, args.out, dtype=args.dtype, force=args.force)  # errors: fastlm.cli
     report = json.loads((out / PARITY_FILE).read_text(encoding="utf-8"))

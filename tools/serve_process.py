@@ -1,7 +1,7 @@
 """Start `fastlm serve` in a child process on a free loopback port and wait until it answers.
 
-For scripts, tests and benchmarks that need a real server: the child is this Python running
-`-m fastlm serve`, bound to 127.0.0.1 only.
+For scripts, tests and benchmarks that need a real server (development tooling, not installed):
+the child is this Python running `-m fastlm serve`, bound to 127.0.0.1 only.
 """
 
 from __future__ import annotations

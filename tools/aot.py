@@ -16,7 +16,8 @@ specialized as the runtime specializes them (pointers and multiples of 16 get
 tt.divisibility=16), so the code compiled here is the code a launch would compile.
 
 The kernel modules must be imported with the interpreter off (TRITON_INTERPRET unset):
-`compile_variant` raises a RuntimeError otherwise. scripts/aot_compile.py is the CLI.
+`compile_variant` raises a RuntimeError otherwise. scripts/aot_compile.py is the CLI. Not part
+of the installed package: development tooling (tools/), run from a checkout.
 """
 
 from __future__ import annotations

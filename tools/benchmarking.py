@@ -1,11 +1,12 @@
-"""How fastlm measures speed: the helpers `fastlm bench` and the `pytest bench/` suites share.
+"""How fastlm measures speed: the helpers `python -m tools.bench` and `pytest bench/` share.
 
 Backend keys (what a user compares) and their loading, which turns "cannot run here" into one
 exception; scratch checkpoints for packages without shipped weights; a timer that synchronises
 the device, medians and bracketed speed ratios; FLOP counts and the machine's matmul roof;
 environment facts recorded with each number; random batches, greedy decoding and warm-up.
-Sharing them keeps the CLI and the regression suites measuring the same way. Heavy imports
-(torch, numpy) happen inside functions: the CLI's parser imports this module.
+Sharing them keeps the quick table and the regression suites measuring the same way. Heavy
+imports (torch, numpy) happen inside functions: `python -m tools.bench --help` imports this
+module.
 """
 
 from __future__ import annotations
@@ -51,15 +52,28 @@ def load_model(source, key: str, device: str, threads: int | None):
     if key in CUDA_ONLY and not device.startswith("cuda"):
         raise BackendUnavailable(f"{key} runs on CUDA only; the device is {device}")
     try:
-        get_backend_class(name)
-    except (ValueError, ImportError) as err:
+        get_backend_class(name)  # an unknown name (ValueError) is a failure, never a skip
+    except ImportError as err:
+        if not missing_extra(err):
+            raise
         raise BackendUnavailable(f"backend {name!r} is not available: {err}") from None
     if key == "eager":  # the reference must always load: no error is turned into a skip
         return fastlm.load(source, backend=name, device=device, threads=threads)
     try:
         return fastlm.load(source, backend=name, device=device, threads=threads, **options)
     except ImportError as err:  # a missing optional dependency; any other error is a failure
+        if not missing_extra(err):
+            raise
         raise BackendUnavailable(f"{key} could not load: {err}") from None
+
+
+# what a backend's extra installs: only their absence turns into a skip
+OPTIONAL_MODULES = ("onnx", "onnxscript", "onnxruntime", "triton")
+
+
+def missing_extra(err: ImportError) -> bool:
+    """Whether `err` is an optional extra's module missing (not a broken import of fastlm's)."""
+    return (err.name or "").split(".")[0] in OPTIONAL_MODULES
 
 
 def dtype_of(key: str) -> str:

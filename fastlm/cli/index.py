@@ -9,7 +9,7 @@ the model loads, so a bad line is one error naming the file and line and nothing
 The index is written by `Index.save`, which replaces DIR's contents atomically: a killed build
 or add leaves the index as it was. `build` refuses a DIR that exists and is not empty unless it
 is an index and --force is given (then the new index replaces it); it never replaces anything
-else. Only the standard library is imported here; torch loads when a command runs.
+else. torch and numpy load when a command runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-from fastlm.cli import UsageError, add_backend_flags, positive_int
+from fastlm.cli.common import (
+    UsageError,
+    add_backend_flags,
+    add_verbose_flag,
+    load_model,
+    positive_int,
+    progress_bar,
+)
+from fastlm.corpus_io import read_corpus
 
 MODES = ("dense", "lexical", "hybrid")  # fastlm.index.MODES, spelled out: --help imports nothing
 ANN_CHOICES = {"auto": None, "on": True, "off": False}
@@ -50,10 +58,7 @@ def _add_corpus_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-field", help="id field/column (default: _id, else id)")
     p.add_argument("--text-field", default="text", help="text field/column (default: text)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="texts per model call")
-    # fastlm.cli adds --verbose to each command's parser; these are one level deeper
-    p.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="tracebacks"
-    )
+    add_verbose_flag(p)  # fastlm.cli adds it to `index`; these parsers are one level deeper
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -101,10 +106,10 @@ def _add_search(sub) -> None:
 def run_build(args) -> int:
     _check_target(Path(args.dir), args.force)
     total = len(_check_corpus(args))
-    from fastlm.index import Index  # after the checks: a bad line is reported at once
+    from fastlm.index import Index  # numpy: only for this command, after the corpus checks
 
     index = Index(
-        _load_model(args, args.model),
+        load_model(args),
         lexical=args.lexical,
         ann=ANN_CHOICES[args.ann],
         storage=args.storage,
@@ -117,9 +122,9 @@ def run_build(args) -> int:
 
 def run_add(args) -> int:
     ids = _check_corpus(args)
-    from fastlm.index import Index
+    from fastlm.index import Index  # numpy: only for this command
 
-    model = _load_model(args, args.model or recorded_model(args.dir))
+    model = load_model(args, args.model or recorded_model(args.dir))
     index = Index.load(args.dir, model)
     if not args.upsert:  # before anything is embedded, in the command line's words
         known = set(index.ids)
@@ -140,9 +145,9 @@ def run_add(args) -> int:
 def run_search(args) -> int:
     if not all(query.strip() for query in args.queries):
         raise UsageError("a QUERY is empty: give a text to search for")
-    from fastlm.index import Index
+    from fastlm.index import Index  # numpy: only for this command
 
-    model = _load_model(args, args.model or recorded_model(args.dir))
+    model = load_model(args, args.model or recorded_model(args.dir))
     index = Index.load(args.dir, model)
     results = index.search(list(args.queries), top_k=args.top_k, mode=args.mode)
     for query, hits in zip(args.queries, results, strict=True):
@@ -186,8 +191,6 @@ def _check_target(path: Path, force: bool) -> None:
 
 def _check_corpus(args) -> list[str]:
     """The ids of --input's documents, every line checked (exit 1 naming a bad one)."""
-    from fastlm.corpus_io import read_corpus
-
     ids = [i for batch, _, _ in read_corpus(args.input, **_corpus_options(args)) for i in batch]
     if not ids:
         raise ValueError(f"{args.input}: no documents (the file is empty or blank)")
@@ -200,8 +203,6 @@ def _corpus_options(args) -> dict:
 
 def _add_corpus(index, args, total: int, upsert: bool) -> None:
     """Add --input to `index` a batch at a time, under one progress bar for the whole file."""
-    from fastlm.corpus_io import read_corpus
-
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     bar = _progress_bar(total, show)
     try:
@@ -215,22 +216,13 @@ def _add_corpus(index, args, total: int, upsert: bool) -> None:
 
 
 def _progress_bar(total: int, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="doc", file=sys.stderr, disable=not show, desc="indexing")
-
-
-def _load_model(args, name: str):
-    from fastlm.cli_infer import load_model
-
-    args.model = name
-    return load_model(args)
+    return progress_bar(total=total, unit="doc", file=sys.stderr, disable=not show, desc="indexing")
 
 
 def recorded_model(path: str | os.PathLike) -> str:
     """The name of the model an index was built with, from its manifest (for a default --model;
     an index that does not record one needs --model)."""
-    from fastlm.index import store
+    from fastlm.index import store  # numpy: only for this command
 
     path = Path(path)
     if not path.is_dir():

@@ -1,16 +1,5 @@
-"""Embeddings into a LanceDB table, searched there (extra `fastlm[lancedb]`).
-
-    model = fastlm.load("transformer")
-    ds = embed_dataset(ray.data.read_parquet("s3://bucket/corpus/"), model="transformer")
-    write_lancedb(ds, "s3://bucket/lancedb", "docs", model=model)
-    hits = open_lancedb_search("s3://bucket/lancedb", "docs", model).search("query", top_k=5)
-
-The route past `fastlm.Index`, which holds its vectors in one process: a LanceDB table lives
-on disk or object storage, is read without loading it, and is shared by every process that
-opens it. Scoring is LanceDB's own: cosine vector search, its native full-text (BM25) index on
-the text column, and its hybrid query fused by reciprocal rank. The table's schema metadata
-records the model that embedded it; another model is refused, on append and on open.
-"""
+"""write_lancedb: embeddings (from a fastlm model, or precomputed) into a LanceDB table whose
+schema metadata records the model (fastlm/lance/table.py)."""
 
 from __future__ import annotations
 
@@ -21,40 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from fastlm.index.records import IndexModelMismatch, model_facts
-from fastlm.index.search import MODES
+from fastlm.index.records import model_facts
+from fastlm.lance.table import (
+    FORMAT,
+    METADATA_KEY,
+    check_record,
+    lancedb_modules,
+    load_model,
+    open_table,
+)
 from fastlm.validation import check_int
 
-FORMAT = "fastlm-lancedb/1"
-METADATA_KEY = b"fastlm"
 WRITE_MODES = ("create", "append", "overwrite")
 
 
-def _lancedb():
-    try:
-        import lancedb
-        import pyarrow
-    except ImportError as err:
-        raise ImportError(
-            'the LanceDB route needs LanceDB: pip install "fastlm[lancedb]"', name=err.name
-        ) from None
-    return lancedb, pyarrow
-
-
-def _load(model: Any):
-    """A model name or directory loaded with fastlm.load; a model object as given."""
-    if isinstance(model, (str, os.PathLike)):
-        from fastlm.engine import load  # torch: only when a model is named, not given
-
-        return load(model)
-    if not hasattr(model, "embedding_dim") or not hasattr(model, "embed"):
-        raise TypeError(
-            f"model must be a fastlm LanguageModel or a model name/path; got {type(model).__name__}"
-        )
-    return model
-
-
-# ------------------------------------------------------------------ writing
 def write_lancedb(
     data: Any,
     uri: str | os.PathLike,
@@ -77,20 +46,20 @@ def write_lancedb(
     mode: "create" (the table must not exist), "append" (it must, written by the same model)
     or "overwrite". A write that fails commits nothing. fts_index: (re)build the full-text
     index over the whole table afterwards (rows added later are still found, only slower)."""
-    lancedb, pa = _lancedb()
+    lancedb, pa = lancedb_modules()
     if mode not in WRITE_MODES:
         raise ValueError(f"mode must be one of {', '.join(WRITE_MODES)}; got {mode!r}")
     columns = {"id": id_column, "text": text_column, "vector": vector_column}
     if len(set(columns.values())) != 3:
         raise ValueError(f"id, text and vector columns must differ; got {columns}")
-    model = _load(model)
+    model = load_model(model)
     batch_size = check_int(batch_size, "batch_size", min=1)
     db = lancedb.connect(os.fspath(uri), storage_options=storage_options)
     existing = _target(db, table, mode, os.fspath(uri))
     stream = _Stream(_batches(data, batch_size, pa), columns, int(model.embedding_dim))
     if existing is not None and mode == "append":
         where = f"LanceDB table {table!r} at {os.fspath(uri)}"
-        _check_record(existing.schema, model, where, columns)
+        check_record(existing.schema, model, where, columns)
         stream.schema = existing.schema
         _consume(stream, existing.add)
         tbl = existing
@@ -101,7 +70,7 @@ def write_lancedb(
             lambda reader: db.create_table(table, data=reader, schema=stream.schema, mode=mode),
         )
     if fts_index:
-        from lancedb.index import FTS
+        from lancedb.index import FTS  # the lancedb extra, checked by lancedb_modules()
 
         tbl.create_index(text_column, config=FTS(), replace=True)
     return stream.rows
@@ -110,7 +79,7 @@ def write_lancedb(
 def _target(db, table: str, mode: str, uri: str):
     """The table `mode` writes into: None for a new one, the existing one to append to; a
     ValueError where the mode does not fit what is there."""
-    existing = _open(db, table)
+    existing = open_table(db, table)
     if mode == "create" and existing is not None:
         raise ValueError(
             f"LanceDB table {table!r} at {uri} already exists: pass mode='append' or "
@@ -119,15 +88,6 @@ def _target(db, table: str, mode: str, uri: str):
     if mode == "append" and existing is None:
         raise ValueError(f"there is no table {table!r} at {uri}: write it with mode='create'")
     return existing
-
-
-def _open(db, table: str):
-    """The table, or None where there is none. Not list_tables(): a create that failed leaves a
-    directory it lists but that holds no committed version (and a retry may create over it)."""
-    try:
-        return db.open_table(table)
-    except ValueError:  # lancedb: "Table '...' was not found"
-        return None
 
 
 def _batches(data: Any, batch_size: int, pa) -> Iterable:
@@ -160,7 +120,7 @@ def _schema(pa, id_type, columns: dict[str, str], dim: int, model) -> Any:
 def _consume(stream: _Stream, write):
     """write(reader)'s result; a batch's own error re-raised, not LanceDB's RuntimeError
     wrapping it (LanceDB pulls the batches from inside its writer)."""
-    _, pa = _lancedb()
+    _, pa = lancedb_modules()
     try:
         return write(pa.RecordBatchReader.from_batches(stream.schema, iter(stream)))
     except Exception:
@@ -184,11 +144,11 @@ class _Stream:
         self._first = None if first is None else self._arrays(first, 0)
 
     def first_id_type(self):
-        _, pa = _lancedb()
+        _, pa = lancedb_modules()
         return pa.string() if self._first is None else self._first[0].type
 
     def __iter__(self) -> Iterator:
-        _, pa = _lancedb()
+        _, pa = lancedb_modules()
         try:
             for i, (ids, texts, vecs) in enumerate(self._converted()):
                 ids = self._cast_ids(ids, i, pa)
@@ -219,7 +179,7 @@ class _Stream:
 
     def _arrays(self, batch: Any, i: int) -> tuple:
         """(ids, texts, vectors) pyarrow arrays of batch `i`, or a ValueError naming it."""
-        _, pa = _lancedb()
+        _, pa = lancedb_modules()
         cols = _columns(batch, i, pa)
         for name in self.columns.values():
             if name not in cols:
@@ -309,114 +269,3 @@ def _stack_rows(rows: list, where: str, dim: int) -> np.ndarray:
     if not rows:
         return np.zeros((0, dim), np.float32)
     return np.stack([np.asarray(row, np.float32).reshape(-1) for row in rows])
-
-
-# ------------------------------------------------------------------ the model record
-def _check_record(schema, model, where: str, columns: dict[str, str] | None = None) -> dict:
-    """The fastlm record in a table's schema metadata, checked against `model` (and the
-    columns a writer passes): IndexModelMismatch for another model, ValueError otherwise."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    try:
-        record = json.loads(raw) if raw is not None else None
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(
-            f"{where} has no fastlm model record ({FORMAT} in its schema metadata): "
-            "write it with fastlm.lance.write_lancedb"
-        )
-    saved, given = record.get("model") or {}, model_facts(model)
-    if any(saved.get(k) != given[k] for k in ("architecture", "dim", "embedding_digest")):
-        raise IndexModelMismatch(
-            f"{where} was built with {_describe(saved)}; the model given is {_describe(given)}: "
-            "search it with the model that built it, or write it again with mode='overwrite'"
-        )
-    if columns is not None and record.get("columns") != columns:
-        raise ValueError(
-            f"{where} was written with columns {record.get('columns')}; pass the same "
-            "id_column=, text_column=, vector_column="
-        )
-    return record
-
-
-def _describe(facts: dict) -> str:
-    digest = facts.get("embedding_digest")
-    short = digest[:16] + "..." if isinstance(digest, str) else digest
-    return f"{facts.get('name')!r} ({facts.get('architecture')}, dim {facts.get('dim')}, {short})"
-
-
-# ------------------------------------------------------------------ searching
-def open_lancedb_search(
-    uri: str | os.PathLike,
-    table: str,
-    model: Any,
-    *,
-    storage_options: dict[str, str] | None = None,
-) -> LanceSearch:
-    """A LanceSearch over table `table` at `uri`, which `model` (a LanguageModel or a name/path
-    for fastlm.load) must have embedded: IndexModelMismatch otherwise."""
-    lancedb, _ = _lancedb()
-    model = _load(model)
-    db = lancedb.connect(os.fspath(uri), storage_options=storage_options)
-    tbl = _open(db, table)
-    if tbl is None:
-        raise ValueError(f"there is no table {table!r} at {os.fspath(uri)}")
-    record = _check_record(tbl.schema, model, f"LanceDB table {table!r} at {os.fspath(uri)}")
-    return LanceSearch(tbl, model, record["columns"])
-
-
-class LanceSearch:
-    """`search(query, top_k, mode)` over a LanceDB table that write_lancedb wrote. `table` is
-    the lancedb Table, for anything else (filters, a vector index, `optimize()`)."""
-
-    def __init__(self, table, model, columns: dict[str, str]):
-        self.table, self.model, self.columns = table, model, columns
-
-    def __len__(self) -> int:
-        return self.table.count_rows()
-
-    def search(self, query: str, top_k: int = 10, mode: str = "hybrid") -> list[dict]:
-        """Best matches first: [{"id", "score", "text"}], at most top_k.
-
-        score: "dense" cosine similarity; "lexical" BM25 of LanceDB's full-text index;
-        "hybrid" (default) reciprocal-rank fusion of the two (LanceDB's RRFReranker)."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str; got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty: nothing to search")
-        top_k = check_int(top_k, "top_k", min=1)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        id_col, text_col, vec_col = (self.columns[k] for k in ("id", "text", "vector"))
-        if mode == "lexical":
-            builder = self.table.search(query, query_type="fts", fts_columns=text_col)
-            score_col = "_score"
-        else:
-            vector = np.asarray(self.model.embed([query]), np.float32)[0]
-            builder = self._vector_builder(mode, query, vector)
-            score_col = "_distance" if mode == "dense" else "_relevance_score"
-        # hybrid adds its _relevance_score after fusing; the others compute theirs in the scan
-        selected = [id_col, text_col] + ([score_col] if mode != "hybrid" else [])
-        found = builder.limit(top_k).select(selected).to_arrow()
-        scores = found[score_col].to_numpy().astype(float)
-        if mode == "dense":
-            scores = 1.0 - scores  # LanceDB's cosine distance -> cosine similarity
-        ids, texts = found[id_col].to_pylist(), found[text_col].to_pylist()
-        return [{"id": i, "score": float(s), "text": t} for i, s, t in zip(ids, scores, texts)]
-
-    def _vector_builder(self, mode: str, query: str, vector: np.ndarray):
-        vec_col, text_col = self.columns["vector"], self.columns["text"]
-        if mode == "dense":
-            return self.table.search(vector, vector_column_name=vec_col).distance_type("cosine")
-        from lancedb.rerankers import RRFReranker
-
-        return (
-            self.table.search(query_type="hybrid", vector_column_name=vec_col, fts_columns=text_col)
-            .vector(vector)
-            .text(query)
-            .distance_type("cosine")
-            .rerank(RRFReranker())
-        )
-
-
-__all__ = ["LanceSearch", "open_lancedb_search", "write_lancedb"]

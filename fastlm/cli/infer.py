@@ -6,7 +6,7 @@
     fastlm score --input test.txt --json          # one JSON object per line of text
 
 Texts come from the arguments, else from --input FILE (or "-", standard input), one per line.
-Only the standard library is imported here; torch loads when a command runs.
+torch and numpy load when a command runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ import os
 import sys
 from pathlib import Path
 
-from fastlm.cli import UsageError, add_backend_flags, nonneg_float, positive_int, read_lines
+from fastlm.cli.common import (
+    UsageError,
+    add_backend_flags,
+    load_model,
+    nonneg_float,
+    positive_int,
+    progress_bar,
+    read_lines,
+)
+from fastlm.io import atomic_write
 
 OUT_FORMATS = ("jsonl", "npy")
 
@@ -34,20 +43,6 @@ def _add_input_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("texts", nargs="*", metavar="TEXT", help=f"{what} (default: --input lines)")
     p.add_argument(
         "--input", metavar="FILE", help="read one text per line ('-' or default: standard input)"
-    )
-
-
-def load_model(args):
-    """fastlm.load from the shared flags (--model --backend --dtype --device --threads)."""
-    import fastlm
-
-    options = {}
-    if args.dtype is not None:
-        if args.backend != "onnx":
-            raise UsageError("--dtype applies to --backend onnx")
-        options["dtype"] = args.dtype
-    return fastlm.load(
-        args.model, backend=args.backend, device=args.device, threads=args.threads, **options
     )
 
 
@@ -114,8 +109,9 @@ def _open_input(args):
 
 
 def _run_embed(args) -> int:
-    from fastlm.embed_stream import JsonlWriter, NpyWriter, embed_stream, read_lines
-    from fastlm.io import atomic_write
+    # numpy: only for this command
+    from fastlm.embed_stream import JsonlWriter, NpyWriter, embed_stream
+    from fastlm.embed_stream import read_lines as read_chunks
 
     fmt = _embed_format(args)
     if fmt == "npy" and not args.out and sys.stdout.isatty():
@@ -123,7 +119,7 @@ def _run_embed(args) -> int:
     stream, name, size = _open_input(args)
     owned = stream is not None and stream is not sys.stdin.buffer
     lines = (
-        read_lines(stream, name)
+        read_chunks(stream, name)
         if stream is not None
         else ((t, len(t.encode("utf-8", "surrogatepass"))) for t in args.texts)
     )
@@ -170,9 +166,7 @@ def _run_embed(args) -> int:
 
 
 def _progress_bar(size: int | None):
-    from tqdm import tqdm
-
-    return tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="embed")
+    return progress_bar(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc="embed")
 
 
 def _advance(bar, stats, nbytes: int) -> None:
