@@ -224,3 +224,13 @@ def no_tf32():
         yield
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
+def saved_index(tmp_path) -> Path:
+    """An index saved at tmp_path/idx from index_helpers.corpus(1), with a stand-in model."""
+    from index_helpers import save_stub_index
+
+    path = tmp_path / "idx"
+    save_stub_index(path, 1)
+    return path

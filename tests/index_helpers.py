@@ -5,8 +5,13 @@ synonyms. Shared by test_index_hybrid.py, test_index_storage.py and test_index_f
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +90,65 @@ class TableModel(BagModel):
         noise = np.random.default_rng(len(texts)).standard_normal((len(texts), DIM)) * 0.01
         vecs = self.table[rows] + noise.astype(np.float32)
         return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- saved-index fault tests
+STUB_DIM = 8
+
+
+class StubModel:
+    """What Index needs of a model to save and load (no embed: nothing is embedded here)."""
+
+    name = "stub"
+    architecture = "stub"
+    embedding_dim = STUB_DIM
+
+
+def corpus(seed: int) -> tuple[np.ndarray, list[str]]:
+    """One save's (vectors (n, STUB_DIM) float32, texts), both from `seed`; n varies with it."""
+    n = 40 + seed % 37
+    vecs = np.random.default_rng(seed).standard_normal((n, STUB_DIM)).astype(np.float32)
+    return vecs, [f"{seed}:{i}" for i in range(n)]
+
+
+def seed_of(index: Index) -> int:
+    """The seed of a loaded index, after checking texts and vectors come from that one seed."""
+    seed = int(index.texts[0].split(":")[0])
+    vecs, texts = corpus(seed)
+    assert index.texts == texts and np.array_equal(index.embeddings, vecs), f"mixed save {seed}"
+    return seed
+
+
+def save_stub_index(path: Path, seed: int) -> None:
+    Index.from_embeddings(StubModel(), *corpus(seed)).save(path)
+
+
+def forge(vdir: Path, name: str, data: bytes) -> None:
+    """Replace one file of a saved version and its sha256 in that version's manifest: a
+    self-consistent but hostile index, so the checks after the sha256 one are reached."""
+    (vdir / name).write_bytes(data)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def npy_header(shape, descr="<f4", fortran=False) -> bytes:
+    """The bytes of an .npy header alone (no data)."""
+    buf = io.BytesIO()
+    header = {"descr": descr, "fortran_order": fortran, "shape": shape}
+    np.lib.format.write_array_header_1_0(buf, header)  # magic string included
+    return buf.getvalue()
+
+
+def unblock_fifo_later(fifo: Path, after: float) -> None:
+    """Open the FIFO's write end after `after` s, so a reader blocked on it gets EOF (a test of
+    the old behaviour then fails on time instead of hanging forever)."""
+
+    def run() -> None:
+        time.sleep(after)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # nobody is blocked on it (or it is gone): nothing to unblock
+            pass
+
+    threading.Thread(target=run, daemon=True).start()
