@@ -27,7 +27,8 @@ SEED_API_NEW_TOKENS = 100  # generate(start_tokens=...) without max_length or ma
 @dataclass(frozen=True)
 class Step:
     """One generated token. `text`: the text it releases (see the module docstring); `logprob`:
-    its natural-log probability under the model (temperature 1, before top_k / top_p);
+    its natural-log probability under the model (temperature 1, before top_k / top_p), None
+    unless `SamplingParams.logprobs`;
     `finish_reason`: None but on the last step, then "stop" or "length"."""
 
     token_id: int
@@ -88,7 +89,7 @@ def run(
     logits = decoder.prefill(ids)
     for i in range(new):
         token = sample_next(logits, params.temperature, params.top_k, params.top_p, rng)
-        logprob = _logprob(logits, token)
+        logprob = _logprob(logits, token) if params.logprobs else None
         if token == EOT_ID:
             yield Step(token, text.flush(), STOP, logprob)
             return

@@ -240,7 +240,8 @@ class LanguageModel:
     ) -> Iterator[Step]:
         """The generation primitive: continue `prompt` (a str, or token ids), one `Step` per
         token (fastlm/generation.py): its id, the text it releases (complete UTF-8, never part
-        of a stop string), its logprob and, on the last step, finish_reason "stop" (end of text
+        of a stop string), its logprob (with `logprobs=True`) and, on the last step,
+        finish_reason "stop" (end of text
         or a stop string) or "length" (max_new_tokens). A text prompt is preceded by
         <|endoftext|>; the end of text is a last step with token_id EOT_ID.
 
@@ -256,13 +257,18 @@ class LanguageModel:
             raise ArgumentTypeError(
                 f"params must be a SamplingParams, got {type(params).__name__}", "params"
             )
+        ids = self._request_ids(prompt, params, params.max_new_tokens)
+        return run(self.backend.new_decoder, ids, params, self.tokenizer)
+
+    def _request_ids(self, prompt, params: SamplingParams, new_tokens: int) -> list[int]:
+        """The ids `prompt` gives the model, checked with `params` against the context."""
         ids, as_text = prompt_ids(prompt, self.tokenizer, self.info.vocab_size)
         if params.stop and not as_text:
             raise ArgumentTypeError(
                 "stop strings apply to text prompts; with token ids, use EOT or max_new_tokens"
             )
-        check_context(len(ids), params.max_new_tokens, self.context_length)
-        return run(self.backend.new_decoder, ids, params, self.tokenizer)
+        check_context(len(ids), new_tokens, self.context_length)
+        return ids
 
     def generate(
         self,
@@ -298,12 +304,12 @@ class LanguageModel:
         prompt, new, keep_prompt = resolve_request(
             prompt_or_ids, max_new_tokens, start_tokens, max_length, self.info.vocab_size
         )
-        # the seed API's max_length may leave no token to make: checked as for one, none made
-        nothing = keep_prompt and new == 0
+        nothing = keep_prompt and new == 0  # the seed API's max_length leaves no token to make
         params = SamplingParams(1 if nothing else new, temperature, top_k, top_p, seed, stop)
+        if nothing:  # checked as any request, none made
+            self._request_ids(prompt, params, new_tokens=0)
+            return iter(()) if stream else list(prompt)
         steps = self.stream(prompt, params)  # checked here; the model runs as it is consumed
-        if nothing:
-            steps = iter(())
         if isinstance(prompt, str):
             pieces = (step.text for step in steps if step.text)
             return pieces if stream else "".join(pieces)

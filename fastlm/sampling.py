@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastlm.validation import (
+    ArgumentTypeError,
     ArgumentValueError,
     check_float,
     check_optional_int,
@@ -43,10 +44,16 @@ class SamplingParams:
     top_p: float | None = None  # ... and the smallest set whose probability reaches top_p
     seed: int | None = None  # None: fresh entropy
     stop: tuple[str, ...] = ()  # stop strings (text prompts): the text ends before the first
+    # each Step's logprob: a log-softmax over the vocabulary per token, so only when asked
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         checked = {"max_new_tokens": check_positive_int(self.max_new_tokens, "max_new_tokens")}
         check_sampling(self.temperature, self.top_k, self.top_p)
+        if not isinstance(self.logprobs, bool):
+            raise ArgumentTypeError(
+                f"logprobs must be a bool, got {type(self.logprobs).__name__}", "logprobs"
+            )
         checked |= {
             "temperature": float(self.temperature),
             "top_k": None if self.top_k is None else int(self.top_k),

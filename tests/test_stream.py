@@ -81,7 +81,7 @@ def test_params_and_overrides(model):
 
 
 def test_steps_end_with_length_at_max_new_tokens(model):
-    steps = list(model.stream([5, 6, 7], max_new_tokens=4))
+    steps = list(model.stream([5, 6, 7], max_new_tokens=4, logprobs=True))
     assert all(isinstance(s, Step) for s in steps)
     assert [s.finish_reason for s in steps[:-1]] == [None] * (len(steps) - 1)
     if steps[-1].token_id == EOT_ID:
@@ -91,6 +91,16 @@ def test_steps_end_with_length_at_max_new_tokens(model):
     for s in steps:
         assert type(s.token_id) is int and isinstance(s.text, str)
         assert s.logprob is not None and s.logprob <= 0 and math.isfinite(s.logprob)
+
+
+def test_logprobs_only_when_asked(model):
+    assert all(s.logprob is None for s in model.stream([5, 6, 7], max_new_tokens=3))
+    with_logprobs = list(model.stream([5, 6, 7], max_new_tokens=3, logprobs=True))
+    assert [s.token_id for s in with_logprobs] == [
+        s.token_id for s in model.stream([5, 6, 7], max_new_tokens=3)
+    ]
+    with pytest.raises(TypeError, match="logprobs must be a bool"):
+        model.stream([5, 6, 7], logprobs=1)
 
 
 def test_stop_string_ends_the_stream_with_stop(model):
