@@ -5,10 +5,11 @@
         --dev-retrieval ../shared/data/retrieval-dev/arxiv-title-abstract \
                         ../shared/data/retrieval-dev/nq-wikipedia --out runs/lexical/weights.json
 
-The tower's vectors of every dev text are computed once (the model as loaded, its lexical branch
-switched off); for each weight w the embedding is normalize(tower + w * branch) over unit rows,
-exactly `LexicalBranch.mix`. Prints one row per weight (every dev figure and their mean) and
-writes them with the weight of the best mean.
+The tower's vectors of every dev text are computed once (the model as loaded, or with --tower the
+embedder.safetensors of a training run in its place, its lexical branch switched off); for each
+weight w the embedding is normalize(tower + w * branch) over unit rows, exactly
+`LexicalBranch.mix`. Prints one row per weight (every dev figure and their mean) and writes them
+with the weight of the best mean.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import load_file
 
 import fastlm
 from fastlm.batching import l2_normalize
 from fastlm.char_ngrams import LexicalBranch
 from fastlm.embedding.evaluate import DevSets, PrecomputedEmbedder
+from fastlm.models import build_model
+from fastlm.models.embedder import tower_from_weights
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 1e6)
 
@@ -35,6 +39,7 @@ def main() -> None:
     p.add_argument("--sick", type=Path)
     p.add_argument("--dev-retrieval", type=Path, nargs="*", default=[])
     p.add_argument("--weights", type=float, nargs="*", default=list(WEIGHTS))
+    p.add_argument("--tower", type=Path, help="embedder.safetensors to use instead of the model's")
     p.add_argument("--tower-cache", type=Path, help="npz of the tower's dev vectors (reused)")
     p.add_argument("--out", type=Path)
     p.add_argument("--threads", type=int, default=None)
@@ -47,6 +52,10 @@ def main() -> None:
     else:
         model = fastlm.load(args.model, backend="eager", threads=args.threads)
         model.backend.lexical = None  # the tower alone
+        if args.tower:
+            model.backend.embedder = tower_from_weights(
+                build_model(model.config), load_file(str(args.tower))
+            )
         tower = model.embed(texts, show_progress_bar=False)
         if args.tower_cache:
             np.savez(args.tower_cache, tower=tower)

@@ -35,9 +35,8 @@ from fastlm.embedding.lexical_training import (
     TextTable,
     idf_scaled_table,
 )
-from fastlm.embedding.pairs import read_pairs_tsv
+from fastlm.embedding.pairs import mine_negatives, read_pairs_tsv
 from fastlm.embedding.teacher import cached_prefix
-from fastlm.lexical import LexicalIndex
 
 
 class LexicalEmbedder:
@@ -58,18 +57,6 @@ class LexicalEmbedder:
 
 def evaluate(table: np.ndarray, dev: DevSets) -> dict:
     return dev.figures(LexicalEmbedder(table))
-
-
-def mine_negatives(queries: list[str], positives: list[str], depth: int) -> list[str | None]:
-    """For each query, the best BM25 hit among the file's other positives (None when the top
-    `depth` hold only its own positive or copies of it): a hard negative for InfoNCE."""
-    index = LexicalIndex().fit(positives)
-    ids, _ = index.top_k(queries, depth)
-    out = []
-    for i, row in enumerate(ids):
-        hit = next((j for j in row if j != i and positives[j] != positives[i]), None)
-        out.append(None if hit is None else positives[hit])
-    return out
 
 
 def build_data(args, dev_texts: set[str]) -> tuple[LexicalData, dict]:

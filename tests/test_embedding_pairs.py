@@ -21,6 +21,14 @@ def test_reads_queries_positives_and_hard_negatives(tmp_path):
     assert pairs.negatives == ["n1", None]
 
 
+def test_nli_triples_name_the_query_anchor(tmp_path):
+    path = write(tmp_path, "t.tsv", "anchor\tpositive\tnegative\tsplit\na\tp\tn\tdev\n")
+    pairs = read_pairs_tsv(path)
+    assert (pairs.queries, pairs.positives, pairs.negatives) == (["a"], ["p"], ["n"])
+    both = write(tmp_path, "b.tsv", "anchor\tquery\tpositive\na\tq\tp\n")
+    assert read_pairs_tsv(both).queries == ["q"]  # query wins where a file has both
+
+
 def test_extra_columns_are_ignored_and_bom_is_handled(tmp_path):
     path = write(tmp_path, "t.tsv", "\ufeffquery\tpositive\ttitle\nwho\tanswer\tSome title\n")
     pairs = read_pairs_tsv(path)

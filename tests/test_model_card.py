@@ -63,3 +63,7 @@ def test_card_reports_an_embedding_tower_when_shipped():
     card = render_model_card(manifest, config, "transformer")
     assert "## Embedding tower" in card and "STS-B dev at the end of its training: 71.5" in card
     assert "Steps: 1,200." in card and "train-embedder" in card
+    assert "stsb-dev 77.0" not in card
+    manifest["embedder"]["dev"] = {"stsb-dev": 77.0, "sick-trial": 68.7}
+    card = render_model_card(manifest, config, "transformer")
+    assert "Dev figures of the shipped embedding: stsb-dev 77.0, sick-trial 68.7." in card

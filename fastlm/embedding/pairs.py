@@ -1,10 +1,11 @@
 """Weak (query, positive[, negative]) pairs for contrastive training of the embedding tower.
 
-The files are tab-separated with a header row naming at least `query` and `positive` (an optional
-`negative` column is a hard negative; other columns, e.g. `title`, are ignored), read with quoting
-off (texts contain `"`). A row with too few columns, or with a column the header does not have,
-is an error naming the file and line; a row whose query or positive is empty is skipped and
-counted, since weak pairs mined from the web have such rows and dropping them changes nothing.
+The files are tab-separated with a header row naming at least `query` (or `anchor`, as NLI triple
+files name it) and `positive` (an optional `negative` column is a hard negative; other columns,
+e.g. `title`, are ignored), read with quoting off (texts contain `"`). A row with too few
+columns, or with a column the header does not have, is an error naming the file and line; a row
+whose query or positive is empty is skipped and counted, since weak pairs mined from the web
+have such rows and dropping them changes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastlm.embedding.data import DataFileError
+from fastlm.lexical import LexicalIndex
 
 # one error type for every malformed training or evaluation file
 PairFileError = DataFileError
@@ -46,10 +48,11 @@ def read_pairs_tsv(path: str | Path) -> PairSet:
         header = next(reader, None)
         if header is None:
             raise PairFileError(path, None, "empty file (expected a header with query, positive)")
-        missing = {"query", "positive"} - set(header)
+        query_col = "query" if "query" in header or "anchor" not in header else "anchor"
+        missing = {query_col, "positive"} - set(header)
         if missing:
             raise PairFileError(path, 1, f"header {header} lacks column(s) {sorted(missing)}")
-        q, p = header.index("query"), header.index("positive")
+        q, p = header.index(query_col), header.index("positive")
         neg = header.index("negative") if "negative" in header else None
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
@@ -69,4 +72,16 @@ def read_pair_files(paths: Iterable[str | Path]) -> PairSet:
     out = PairSet()
     for path in paths:
         out.extend(read_pairs_tsv(path))
+    return out
+
+
+def mine_negatives(queries: list[str], positives: list[str], depth: int) -> list[str | None]:
+    """For each query, the best BM25 hit among the file's other positives (None when the top
+    `depth` hold only its own positive or copies of it): a hard negative for InfoNCE."""
+    index = LexicalIndex().fit(positives)
+    ids, _ = index.top_k(queries, depth)
+    out = []
+    for i, row in enumerate(ids):
+        hit = next((j for j in row if j != i and positives[j] != positives[i]), None)
+        out.append(None if hit is None else positives[hit])
     return out

@@ -96,6 +96,8 @@ def _embedder_section(manifest: dict) -> list[str]:
         lines += [f"STS-B dev at the end of its training: {emb['stsb_dev_at_end']}.", ""]
     if emb.get("steps") is not None:
         lines += [f"Steps: {emb['steps']:,}.", ""]
+    if isinstance(emb.get("dev"), dict):
+        lines += [_dev_line(emb["dev"]), ""]
     if emb.get("command"):
         lines += ["```bash", emb["command"], "```", ""]
     return lines
@@ -115,15 +117,18 @@ def _lexical_section(manifest: dict) -> list[str]:
         "",
     ]
     if isinstance(lex.get("dev"), dict):
-        lines += [
-            "Dev figures of the shipped embedding: "
-            + ", ".join(f"{k} {v}" for k, v in lex["dev"].items())
-            + ".",
-            "",
-        ]
+        lines += [_dev_line(lex["dev"]), ""]
     if lex.get("command"):
         lines += ["```bash", lex["command"], "```", ""]
     return lines
+
+
+def _dev_line(dev: dict) -> str:
+    return (
+        "Dev figures of the shipped embedding: "
+        + ", ".join(f"{k} {v}" for k, v in dev.items())
+        + "."
+    )
 
 
 def _export_section(export: dict) -> list[str]:

@@ -1,0 +1,290 @@
+"""Train the whole embedding tower (encoder and projection) for the mixed embedding.
+
+    python scripts/train_tower_mixed.py transformer --out runs/mixed-transformer \
+        --nli ../shared/data/train-corpora/nli_newprotocols_train/triples.tsv \
+              ../shared/data/pairs/snli_tok/triples.tsv \
+        --sts ../shared/data/stsb-train/sts-train.tsv --sick ../shared/data/pairs/sick/pairs.tsv \
+        --pairs ../shared/data/train-corpora/*/*.tsv \
+        --dev-sts ../shared/data/stsb-dev/sts-dev.tsv \
+        --dev-retrieval ../shared/data/retrieval-dev/arxiv-title-abstract \
+                        ../shared/data/retrieval-dev/nq-wikipedia
+
+`embed()` is normalize(unit(tower(t)) + w * unit(branch(t))). The lexical branch is the model's
+shipped one, frozen (its vectors of every training text are computed once); the tower and w
+train on that mixed vector, so the tower learns what the branch misses instead of repeating it:
+- NLI triples (anchor, entailment, contradiction): InfoNCE over the batch's positives and hard
+  negatives (the sentence-similarity ingredient that composes meaning);
+- CoSENT on STS-B train + SICK train scored pairs;
+- weak query -> document pairs (one file per step, drawn by size): InfoNCE both ways, each
+  query also against the batch's hard negatives (the file's own, or with --mine-negatives its
+  best BM25 hit among the file's other documents: where the branch alone is fooled), which
+  keeps the mixed vector ranking documents.
+Every training text that also occurs in a dev set (after the branch's normalisation) is dropped.
+Dev figures (`DevSets`, the figures of `fastlm evaluate`) are logged every --eval-every steps
+with the tower at that step; the tower and w of each evaluation are kept (`step-N/`), and
+`best/` holds the best mean. Run the same command again to resume from the last evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from fastlm.batching import embed_windowed, l2_normalize
+from fastlm.char_ngrams import LexicalBranch, normalize_text
+from fastlm.checkpoint import load_checkpoint
+from fastlm.embedding.data import read_sick, read_sts_tsv
+from fastlm.embedding.evaluate import DevSets, PrecomputedEmbedder
+from fastlm.embedding.losses import cosent_loss
+from fastlm.embedding.pairs import mine_negatives, read_pairs_tsv
+from fastlm.hub import resolve_checkpoint
+from fastlm.models import architecture_of
+from fastlm.tokenizer import pad_batch
+
+
+class Texts:
+    """Every training text once: its token ids (cut) and its branch vector."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+
+    def ids(self, texts) -> np.ndarray:
+        return np.array([self.index.setdefault(t, len(self.index)) for t in texts], np.int64)
+
+    def freeze(self, tok, branch: LexicalBranch, cut: int) -> None:
+        order = list(self.index)
+        self.tokens = [s[:cut] for s in tok.encode_many(order)]
+        self.lexical = torch.from_numpy(branch.vectors(order))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--lexical", type=Path, help="the branch (default: the model's shipped one)")
+    p.add_argument("--nli", type=Path, nargs="*", default=[])
+    p.add_argument("--sts", type=Path)
+    p.add_argument("--sick", type=Path)
+    p.add_argument("--pairs", type=Path, nargs="*", default=[])
+    p.add_argument("--dev-sts", type=Path, nargs="*", default=[])
+    p.add_argument("--dev-retrieval", type=Path, nargs="*", default=[])
+    p.add_argument("--max-tokens", type=int, default=128, help="cut training texts here")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--proj-lr", type=float, default=1e-3)
+    p.add_argument("--nli-batch", type=int, default=64)
+    p.add_argument("--scored-batch", type=int, default=64)
+    p.add_argument("--pair-batch", type=int, default=64)
+    p.add_argument("--nli-weight", type=float, default=1.0)
+    p.add_argument("--scored-weight", type=float, default=1.0)
+    p.add_argument("--pair-weight", type=float, default=1.0)
+    p.add_argument("--mine-negatives", type=int, default=0, help="BM25 depth (0: none mined)")
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--weight", type=float, help="start w here (default: the branch's)")
+    p.add_argument("--fixed-weight", action="store_true", help="keep w fixed")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    path = resolve_checkpoint(args.model)
+    ckpt = load_checkpoint(path)
+    tower, tok = ckpt.embedder, ckpt.tokenizer
+    branch = LexicalBranch.load(args.lexical or Path(path) / "lexical.safetensors")
+    window = architecture_of(ckpt.config).facts(ckpt.config, tower.dim)["embed_window"]
+
+    dev = DevSets(args.dev_sts, args.sick, args.dev_retrieval)
+    dev_texts = dev.texts()
+    dev_norm = {normalize_text(t) for t in dev_texts}
+    fresh = lambda *ts: all(normalize_text(t) not in dev_norm for t in ts)  # noqa: E731
+    texts, dropped = Texts(), 0
+
+    triples = []
+    for f in args.nli:
+        ps = read_pairs_tsv(f)
+        rows = [r for r in zip(ps.queries, ps.positives, ps.negatives) if r[2] is not None]
+        keep = [r for r in rows if fresh(*r)]
+        dropped += len(rows) - len(keep)
+        triples += keep
+    na, npos, nneg = (texts.ids(col) for col in zip(*triples)) if triples else ([],) * 3
+    sa, sb, sg = [], [], []
+    for s1, s2, g in ([read_sts_tsv(args.sts)] if args.sts else []) + (
+        [read_sick(args.sick, "train")] if args.sick else []
+    ):
+        for x, y, z in zip(s1, s2, g):
+            if fresh(x, y):
+                sa.append(x), sb.append(y), sg.append(z)
+            else:
+                dropped += 1
+    sa, sb, sg = texts.ids(sa), texts.ids(sb), torch.tensor(sg, dtype=torch.float32)
+    files, mined = [], 0
+    for f in args.pairs:
+        ps = read_pairs_tsv(f)
+        keep = [i for i in range(len(ps)) if fresh(ps.queries[i], ps.positives[i])]
+        dropped += len(ps) - len(keep)
+        queries, positives = [ps.queries[i] for i in keep], [ps.positives[i] for i in keep]
+        negatives = [ps.negatives[i] for i in keep]
+        if args.mine_negatives and all(n is None for n in negatives):
+            negatives = mine_negatives(queries, positives, args.mine_negatives)
+            mined += sum(n is not None for n in negatives)
+        has = np.array([n is not None and fresh(n) for n in negatives], dtype=bool)
+        neg = np.full(len(keep), -1, np.int64)
+        if has.any():
+            neg[has] = texts.ids([negatives[i] for i in np.flatnonzero(has)])
+        files.append((texts.ids(queries), texts.ids(positives), neg))
+    sizes = np.array([len(q) for q, _, _ in files], np.float64)
+    t0 = time.time()
+    texts.freeze(tok, branch, args.max_tokens)
+    facts = {
+        "texts": len(texts.index),
+        "nli": len(na),
+        "scored": len(sa),
+        "pairs": int(sizes.sum()),
+        "mined_negatives": mined,
+        "dropped_dev_overlap": dropped,
+        "prepare_s": round(time.time() - t0, 1),
+    }
+    print(json.dumps(facts), flush=True)
+
+    start_w = args.weight if args.weight is not None else branch.weight
+    log_w = torch.nn.Parameter(torch.tensor(math.log(max(start_w, 1e-3))))
+    groups = [
+        {"params": list(tower.encoder.parameters()), "lr": args.lr},
+        {"params": list(tower.proj.parameters()), "lr": args.proj_lr},
+    ]
+    if not args.fixed_weight:
+        groups.append({"params": [log_w], "lr": args.proj_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    step = 0
+    state_file = args.out / "state.pt"
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        tower.load_state_dict(state["tower"])
+        opt.load_state_dict(state["opt"])
+        with torch.no_grad():
+            log_w.copy_(state["log_w"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+
+    def mixed(ids: np.ndarray) -> torch.Tensor:
+        b = pad_batch([texts.tokens[i] for i in ids])
+        t = tower(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+        return F.normalize(F.normalize(t, dim=-1) + log_w.exp() * texts.lexical[ids], dim=-1)
+
+    def infonce(q: torch.Tensor, d: torch.Tensor, both: bool = True) -> torch.Tensor:
+        """q (B, D) against d (B', D), B' >= B: row i's positive is d[i]."""
+        labels = torch.arange(len(q))
+        loss = F.cross_entropy(q @ d.T / args.temperature, labels)
+        if both:
+            loss = 0.5 * (loss + F.cross_entropy(d[: len(q)] @ q.T / args.temperature, labels))
+        return loss
+
+    def run(ids_t: torch.Tensor, mask_t: torch.Tensor) -> np.ndarray:
+        return tower(ids_t, mask_t).numpy()
+
+    def evaluate() -> dict:
+        tower.eval()
+        with torch.inference_mode():
+            seqs = tok.encode_many(dev_texts)
+            vecs = embed_windowed(
+                seqs, tower.dim, lambda i, m: run(torch.from_numpy(i), torch.from_numpy(m)), window
+            )
+            w = float(log_w.exp())
+            unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            mix = l2_normalize(unit + w * dev_lexical)  # what embed() returns
+        tower.train()
+        return dev.figures(PrecomputedEmbedder(dict(zip(dev_texts, mix))))
+
+    dev_lexical = branch.vectors(dev_texts)
+    log = (args.out / "log.jsonl").open("a", encoding="utf-8")
+    if step == 0:
+        log.write(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **facts}) + "\n")
+        row = {"step": 0, "w": round(start_w, 3), **evaluate()}
+        print(json.dumps(row), flush=True)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    best_file = args.out / "best.json"
+    best = json.loads(best_file.read_text())["mean"] if best_file.exists() else -1.0
+    tower.train()
+    t_last = time.time()
+    while step < args.steps:
+        step += 1
+        frac = step / args.steps
+        scale = min(1.0, step / max(1, args.steps // 20)) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        parts = {}
+        if len(na) and args.nli_weight:
+            b = rng.choice(len(na), args.nli_batch, replace=False)
+            q = mixed(na[b])
+            d = mixed(np.concatenate([npos[b], nneg[b]]))
+            parts["nli"] = args.nli_weight * infonce(q, d, both=False)
+        if len(sa) and args.scored_weight:
+            b = rng.choice(len(sa), args.scored_batch, replace=False)
+            parts["scored"] = args.scored_weight * cosent_loss(mixed(sa[b]), mixed(sb[b]), sg[b])
+        if files and args.pair_weight:
+            q_ids, d_ids, n_ids = files[rng.choice(len(files), p=sizes / sizes.sum())]
+            b = rng.choice(len(q_ids), min(args.pair_batch, len(q_ids)), replace=False)
+            hard = n_ids[b][n_ids[b] >= 0]  # each query also meets the batch's hard negatives
+            docs = mixed(np.concatenate([d_ids[b], hard]))
+            parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b]), docs)
+        loss = sum(parts.values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0:
+            print(
+                json.dumps(
+                    {
+                        "step": step,
+                        **{k: round(float(v.detach()), 4) for k, v in parts.items()},
+                        "w": round(float(log_w.detach().exp()), 3),
+                        "s_per_step": round((time.time() - t_last) / 50, 3),
+                    }
+                ),
+                flush=True,
+            )
+            t_last = time.time()
+        if step % args.eval_every == 0 or step == args.steps:
+            row = {"step": step, "w": round(float(log_w.detach().exp()), 4), **evaluate()}
+            print(json.dumps(row), flush=True)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            keep = args.out / f"step-{step}"
+            keep.mkdir(exist_ok=True)
+            save_file(tower.weights(), str(keep / "embedder.safetensors"))
+            (keep / "figures.json").write_text(json.dumps(row))
+            if row["mean"] > best:
+                best = row["mean"]
+                best_file.write_text(json.dumps(row))
+            tmp = state_file.with_suffix(".tmp")
+            torch.save(
+                {
+                    "tower": tower.state_dict(),
+                    "opt": opt.state_dict(),
+                    "log_w": log_w.detach(),
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                },
+                tmp,
+            )
+            tmp.replace(state_file)
+
+
+if __name__ == "__main__":
+    main()
