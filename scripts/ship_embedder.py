@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a train_embedder.py run or a train_tower_mixed.py step")
     p.add_argument("name", help="shipped model name")
     p.add_argument("--command", default="", help="the training command, recorded as-is")
-    p.add_argument("--weight", type=float, help="the branch's weight (default: the step's w)")
+    p.add_argument("--weight", type=float, help="branch weight (default: the step's w, or kept)")
     p.add_argument("--extra", default="{}", help="JSON object of more facts to record")
     args = p.parse_args()
 
@@ -48,8 +48,7 @@ def main() -> None:
         figures = json.loads((args.run / "figures.json").read_text())
         if lexical is None:
             raise SystemExit(f"{args.name} has no lexical branch to mix the tower with")
-        weight = figures["w"] if args.weight is None else args.weight
-        lexical = LexicalBranch(lexical.table, weight, lexical.sizes)
+        lexical = LexicalBranch(lexical.table, figures["w"], lexical.sizes)
         dev = {k: v for k, v in figures.items() if k not in ("step", "w")}
         facts_run = {"steps": figures["step"], "trained_weight": figures["w"], "dev": dev}
     else:
@@ -64,6 +63,12 @@ def main() -> None:
             "train_seconds": round(log[-1]["seconds"], 1) if log else None,
             "stsb_dev_at_end": evals[-1]["stsb_dev"] if evals else None,
         }
+    if args.weight is not None:
+        if lexical is None:
+            raise SystemExit(f"--weight: {args.name} has no lexical branch")
+        lexical = LexicalBranch(lexical.table, args.weight, lexical.sizes)
+        if facts_run.get("trained_weight") != args.weight:
+            facts_run.pop("dev", None)  # measured at another weight: give them with --extra
     tower = tower_from_weights(build_model(ckpt.config), load_file(str(weights)))
     facts = {k: v for k, v in ckpt.manifest.items() if k not in ("format", "architecture", "files")}
     if lexical is not None and "lexical" in facts:
