@@ -21,8 +21,9 @@ train on that mixed vector, so the tower learns what the branch misses instead o
   keeps the mixed vector ranking documents.
 Every training text that also occurs in a dev set (after the branch's normalisation) is dropped.
 Dev figures (`DevSets`, the figures of `fastlm evaluate`) are logged every --eval-every steps
-with the tower at that step; the tower and w of each evaluation are kept (`step-N/`), and
-`best/` holds the best mean. Run the same command again to resume from the last evaluation.
+through the engine's own `embed()` with the tower and w at that step; the tower and w of each
+evaluation are kept (`step-N/`), and `best.json` names the best mean. Run the same command
+again to resume from the last evaluation.
 """
 
 from __future__ import annotations
@@ -38,31 +39,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from fastlm.batching import embed_windowed, l2_normalize
+import fastlm
 from fastlm.char_ngrams import LexicalBranch, normalize_text
-from fastlm.checkpoint import load_checkpoint
 from fastlm.embedding.data import read_sick, read_sts_tsv
-from fastlm.embedding.evaluate import DevSets, PrecomputedEmbedder
+from fastlm.embedding.evaluate import DevSets
+from fastlm.embedding.lexical_training import TextTable
 from fastlm.embedding.losses import cosent_loss
 from fastlm.embedding.pairs import mine_negatives, read_pairs_tsv
-from fastlm.hub import resolve_checkpoint
-from fastlm.models import architecture_of
 from fastlm.tokenizer import pad_batch
-
-
-class Texts:
-    """Every training text once: its token ids (cut) and its branch vector."""
-
-    def __init__(self):
-        self.index: dict[str, int] = {}
-
-    def ids(self, texts) -> np.ndarray:
-        return np.array([self.index.setdefault(t, len(self.index)) for t in texts], np.int64)
-
-    def freeze(self, tok, branch: LexicalBranch, cut: int) -> None:
-        order = list(self.index)
-        self.tokens = [s[:cut] for s in tok.encode_many(order)]
-        self.lexical = torch.from_numpy(branch.vectors(order))
 
 
 def main() -> None:
@@ -97,17 +81,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    path = resolve_checkpoint(args.model)
-    ckpt = load_checkpoint(path)
-    tower, tok = ckpt.embedder, ckpt.tokenizer
-    branch = LexicalBranch.load(args.lexical or Path(path) / "lexical.safetensors")
-    window = architecture_of(ckpt.config).facts(ckpt.config, tower.dim)["embed_window"]
+    # the eager engine's tower is the one trained: evaluations run the engine's own embed()
+    model = fastlm.load(args.model, backend="eager", threads=args.threads)
+    tower, tok = model.backend.embedder, model.tokenizer
+    branch = LexicalBranch.load(args.lexical) if args.lexical else model.backend.lexical
+    if branch is None:
+        raise SystemExit(f"{args.model} has no lexical branch: give --lexical")
 
     dev = DevSets(args.dev_sts, args.sick, args.dev_retrieval)
-    dev_texts = dev.texts()
-    dev_norm = {normalize_text(t) for t in dev_texts}
+    dev_norm = {normalize_text(t) for t in dev.texts()}
     fresh = lambda *ts: all(normalize_text(t) not in dev_norm for t in ts)  # noqa: E731
-    texts, dropped = Texts(), 0
+    texts, dropped = TextTable(), 0
 
     triples = []
     for f in args.nli:
@@ -144,9 +128,11 @@ def main() -> None:
         files.append((texts.ids(queries), texts.ids(positives), neg))
     sizes = np.array([len(q) for q, _, _ in files], np.float64)
     t0 = time.time()
-    texts.freeze(tok, branch, args.max_tokens)
+    order = list(texts.rows)
+    tokens = [s[: args.max_tokens] for s in tok.encode_many(order)]
+    lexical = torch.from_numpy(branch.vectors(order))  # (n, dim) unit rows, frozen
     facts = {
-        "texts": len(texts.index),
+        "texts": len(order),
         "nli": len(na),
         "scored": len(sa),
         "pairs": int(sizes.sum()),
@@ -180,9 +166,9 @@ def main() -> None:
         print(f"resumed at step {step}", flush=True)
 
     def mixed(ids: np.ndarray) -> torch.Tensor:
-        b = pad_batch([texts.tokens[i] for i in ids])
+        b = pad_batch([tokens[i] for i in ids])
         t = tower(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
-        return F.normalize(F.normalize(t, dim=-1) + log_w.exp() * texts.lexical[ids], dim=-1)
+        return F.normalize(F.normalize(t, dim=-1) + log_w.exp() * lexical[ids], dim=-1)
 
     def infonce(q: torch.Tensor, d: torch.Tensor, both: bool = True) -> torch.Tensor:
         """q (B, D) against d (B', D), B' >= B: row i's positive is d[i]."""
@@ -192,23 +178,15 @@ def main() -> None:
             loss = 0.5 * (loss + F.cross_entropy(d[: len(q)] @ q.T / args.temperature, labels))
         return loss
 
-    def run(ids_t: torch.Tensor, mask_t: torch.Tensor) -> np.ndarray:
-        return tower(ids_t, mask_t).numpy()
-
     def evaluate() -> dict:
+        """Every dev figure of `model.embed` with the tower and w as they are now."""
+        w = float(log_w.detach().exp())
+        model.backend.lexical = LexicalBranch(branch.table, w, branch.sizes)
         tower.eval()
-        with torch.inference_mode():
-            seqs = tok.encode_many(dev_texts)
-            vecs = embed_windowed(
-                seqs, tower.dim, lambda i, m: run(torch.from_numpy(i), torch.from_numpy(m)), window
-            )
-            w = float(log_w.exp())
-            unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-            mix = l2_normalize(unit + w * dev_lexical)  # what embed() returns
+        figures = dev.figures(model)
         tower.train()
-        return dev.figures(PrecomputedEmbedder(dict(zip(dev_texts, mix))))
+        return figures
 
-    dev_lexical = branch.vectors(dev_texts)
     log = (args.out / "log.jsonl").open("a", encoding="utf-8")
     if step == 0:
         log.write(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **facts}) + "\n")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fastlm.embedding.pairs import PairFileError, read_pair_files, read_pairs_tsv
+from fastlm.embedding.pairs import (
+    PairFileError,
+    mine_negatives,
+    read_pair_files,
+    read_pairs_tsv,
+)
 
 
 def write(tmp_path, name, text):
@@ -27,6 +32,21 @@ def test_nli_triples_name_the_query_anchor(tmp_path):
     assert (pairs.queries, pairs.positives, pairs.negatives) == (["a"], ["p"], ["n"])
     both = write(tmp_path, "b.tsv", "anchor\tquery\tpositive\na\tq\tp\n")
     assert read_pairs_tsv(both).queries == ["q"]  # query wins where a file has both
+
+
+def test_mined_negative_is_the_best_other_bm25_hit_never_the_own_positive():
+    positives = [
+        "volcanic eruptions of lava and ash",
+        "volcanic ash clouds ground aircraft",
+        "the history of chess openings",
+        "the history of chess openings",  # a copy of another row's positive
+    ]
+    queries = ["lava eruptions", "ash clouds and aircraft", "chess openings", "chess history"]
+    mined = mine_negatives(queries, positives, depth=2)
+    assert mined[0] == positives[1]  # shares "volcanic", "ash" with the query's own positive
+    assert mined[1] == positives[0]
+    # the top 2 hold only the own positive and its copy: no negative rather than a false one
+    assert mined[2] is None and mined[3] is None
 
 
 def test_extra_columns_are_ignored_and_bom_is_handled(tmp_path):
