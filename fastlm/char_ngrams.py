@@ -122,23 +122,35 @@ class LexicalBranchError(ValueError):
 
 
 class LexicalBranch:
-    """The learned table and its weight in the embedding: a text's embedding is
-    `normalize(normalize(tower) + weight * normalize(branch))` (`mix`).
+    """The learned table and its weights in the embedding: a text's embedding is
+    `normalize(normalize(tower) + w * normalize(branch))` (`mix`), with w = `weight` for
+    documents (the default kind, and both sides of a similarity) and `query_weight` for the
+    queries of a search (`kind="query"`): a query leans more on its words than a document does.
 
-    `table` (buckets, dim) float32; `weight` >= 0 (0 leaves the tower's vector unchanged).
+    `table` (buckets, dim) float32; weights >= 0 (0 leaves the tower's vector unchanged);
+    `query_weight` None: the same as `weight`.
     """
 
-    def __init__(self, table: np.ndarray, weight: float, sizes: Sequence[int] = NGRAM_SIZES):
+    def __init__(
+        self,
+        table: np.ndarray,
+        weight: float,
+        sizes: Sequence[int] = NGRAM_SIZES,
+        query_weight: float | None = None,
+    ):
         table = np.asarray(table)
         buckets = table.shape[0] if table.ndim == 2 else 0
         if table.ndim != 2 or buckets < 1 or buckets & (buckets - 1):
             raise LexicalBranchError(
                 f"table must be (buckets, dim) with buckets a power of two, got {table.shape}"
             )
-        if not np.isfinite(weight) or weight < 0:
-            raise LexicalBranchError(f"weight must be a finite number >= 0, got {weight}")
+        query_weight = weight if query_weight is None else query_weight
+        for name, w in (("weight", weight), ("query_weight", query_weight)):
+            if not np.isfinite(w) or w < 0:
+                raise LexicalBranchError(f"{name} must be a finite number >= 0, got {w}")
         self.table = np.ascontiguousarray(table, dtype=np.float32)
         self.weight = float(weight)
+        self.query_weight = float(query_weight)
         self.sizes = tuple(int(n) for n in sizes)
 
     @property
@@ -150,15 +162,19 @@ class LexicalBranch:
         v = project(count_ngrams(texts, self.table.shape[0], self.sizes), self.table)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
-    def mix(self, tower: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) float32, not normalised: the tower's unit rows plus `weight` times the
-        branch's. `tower` (n, dim) is the tower's output (any scale; zero rows stay zero)."""
-        return self.mix_vectors(tower, self.vectors(texts))
+    def mix(self, tower: np.ndarray, texts: Sequence[str], kind: str = "document") -> np.ndarray:
+        """(n, dim) float32, not normalised: the tower's unit rows plus w times the branch's
+        (w of `kind`, "document" or "query"). `tower` (n, dim) is the tower's output (any
+        scale; zero rows stay zero)."""
+        return self.mix_vectors(tower, self.vectors(texts), kind)
 
-    def mix_vectors(self, tower: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def mix_vectors(
+        self, tower: np.ndarray, vectors: np.ndarray, kind: str = "document"
+    ) -> np.ndarray:
         """`mix` with the branch's unit rows (n, dim) already computed (`vectors`)."""
+        w = self.query_weight if kind == "query" else self.weight
         unit = tower / np.maximum(np.linalg.norm(tower, axis=1, keepdims=True), 1e-12)
-        return (unit + self.weight * vectors).astype(np.float32)
+        return (unit + w * vectors).astype(np.float32)
 
     def save(self, path, extra: dict[str, str] | None = None) -> None:
         """Write `path` (safetensors): the table as int8 rows with one float32 scale each (a
@@ -169,6 +185,7 @@ class LexicalBranch:
         q = np.round(self.table / np.maximum(scale, 1e-30)[:, None]).astype(np.int8)
         meta = {
             "weight": repr(self.weight),
+            "query_weight": repr(self.query_weight),
             "ngram_sizes": ",".join(map(str, self.sizes)),
             **(extra or {}),
         }
@@ -187,7 +204,8 @@ class LexicalBranch:
                 raise ValueError(f"table {q.shape} and row scales {scale.shape} do not match")
             table = q.astype(np.float32) * scale.astype(np.float32)[:, None]
             weight = float(meta["weight"])
+            query_weight = float(meta.get("query_weight", weight))  # older files: one weight
             sizes = tuple(int(n) for n in meta.get("ngram_sizes", "3,4,5").split(","))
         except (SafetensorError, KeyError, ValueError, OSError) as err:
             raise LexicalBranchError(f"{path} is not a lexical branch file: {err}") from None
-        return cls(table, weight, sizes)
+        return cls(table, weight, sizes, query_weight)

@@ -60,6 +60,7 @@ from fastlm.tokenizer import EOT_ID, pad_batch
 from fastlm.validation import (
     ArgumentTypeError,
     ArgumentValueError,
+    check_kind,
     check_optional_int,
     check_positive_int,
     check_text,
@@ -85,6 +86,8 @@ class ScoreResult:
 
 class LanguageModel:
     """A trained fastlm model behind one backend: embed, generate, score, rank."""
+
+    embeds_queries = True  # embed(kind="query") is the query side of a search (embed_queries)
 
     def __init__(self, name: str, backend: Backend):
         self.name = name
@@ -134,14 +137,22 @@ class LanguageModel:
         show_progress_bar: bool | None = None,
         convert_to_tensor: bool = False,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
+        kind: str = "document",
     ) -> np.ndarray:
         """Embeddings (n, D) float32 (or (D,) for a single str), in the caller's order.
 
         Texts longer than `embed_window` tokens are embedded window by window (token-weighted
         mean of the windows, then normalised); `max_length` truncates each text first. A batch
-        holds at most `batch_size` windows and `token_budget` padded tokens."""
+        holds at most `batch_size` windows and `token_budget` padded tokens.
+
+        `kind`: "document" (the default: texts to be found, and both sides of a similarity) or
+        "query" (the queries of a search: `rank`, `Index.search` and `fastlm evaluate` embed
+        queries so). A query vector mixes the tower and the lexical branch with the branch's
+        `query_weight` instead of its document `weight`; a model without a branch embeds both
+        kinds alike."""
         single = isinstance(texts, str)
         items = check_texts([texts] if single else texts)
+        check_kind(kind)
         check_positive_int(batch_size, "batch_size")
         check_positive_int(token_budget, "token_budget")
         check_optional_int(max_length, "max_length", min=1)
@@ -174,7 +185,7 @@ class LanguageModel:
             )
             if lexical is not None:
                 vectors = branch.result() if branch is not None else lexical.vectors(cut)
-                out = lexical.mix_vectors(out, vectors)
+                out = lexical.mix_vectors(out, vectors, kind)
         if normalize:
             out = l2_normalize(out)
         result = out[0] if single else out
@@ -230,7 +241,7 @@ class LanguageModel:
         check_optional_int(top_k, "top_k", min=1)  # before embedding anything
         if not docs:
             return []
-        q = self.embed(query)
+        q = self.embed(query, kind="query")
         d = self.embed(docs, batch_size=batch_size)
         return _top_hits(d @ q, top_k, docs)
 
@@ -320,6 +331,15 @@ class LanguageModel:
 
 
 # ---------------------------------------------------------------------- helpers
+def embed_queries(model, texts, **options) -> np.ndarray:
+    """The query vectors of a search: `kind="query"` for a model that says it `embeds_queries`
+    (a LanguageModel); any other object with `embed(texts)` (a user's model, a test double)
+    embeds queries as it embeds documents."""
+    if getattr(model, "embeds_queries", False):
+        return model.embed(texts, kind="query", **options)
+    return model.embed(texts, **options)
+
+
 def _score_result(nll: float, tokens: int, n_bytes: int) -> ScoreResult:
     if tokens == 0:
         return ScoreResult(0.0, 1.0, 0.0, 0, n_bytes)

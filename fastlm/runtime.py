@@ -173,7 +173,7 @@ class OrtBackend(Backend):
         return total
 
     def new_decoder(self, max_seq: int) -> OnnxDecoder:
-        return OnnxDecoder(self.sessions["decode"], self.info.context_length)
+        return OnnxDecoder(self.sessions["decode"], self.info.context_length, max_seq)
 
     def details(self) -> dict:
         return {

@@ -169,3 +169,16 @@ __all__ = [
     "check_text",
     "check_texts",
 ]
+
+
+# what `embed(kind=...)` takes: documents (the default) and the queries that search them
+EMBED_KINDS = ("document", "query")
+
+
+def check_kind(kind: object) -> str:
+    """An embedding kind (EMBED_KINDS)."""
+    if not isinstance(kind, str):
+        raise ArgumentTypeError(f"kind must be a str, got {type(kind).__name__}", "kind")
+    if kind not in EMBED_KINDS:
+        raise ArgumentValueError(f"kind must be one of {EMBED_KINDS}, got {kind!r}", "kind")
+    return kind

@@ -33,7 +33,7 @@ def sweep(model, directory: str) -> dict:
     qids = judged_queries(queries, qrels)
     doc_ids = list(corpus)
     texts, qtexts = [corpus[d] for d in doc_ids], [queries[q] for q in qids]
-    dense = model.embed(qtexts) @ model.embed(texts).T  # (n_q, n_docs)
+    dense = model.embed(qtexts, kind="query") @ model.embed(texts).T  # (n_q, n_docs)
     lexical = LexicalIndex().fit(texts).scores(qtexts)  # (n_q, n_docs)
     out = {w: figures(fuse_weighted(dense, lexical, w), qids, doc_ids, qrels) for w in WEIGHTS}
     ranks = [top_k_scores(s, 100)[0] for s in (dense, lexical)]

@@ -10,6 +10,13 @@ embedder.safetensors of a training run in its place, its lexical branch switched
 weight w the embedding is normalize(tower + w * branch) over unit rows, exactly
 `LexicalBranch.mix`. Prints one row per weight (every dev figure and their mean) and writes them
 with the weight of the best mean.
+
+With --query-weights, every (document weight w, query weight q) pair is tried: retrieval queries
+are mixed with q (`embed(kind="query")`), everything else with w. --keep-ranking R then keeps
+only the pairs whose retrieval figures each stay within R points of --reference (a JSON object
+of figures, e.g. the shipped embedding's), and --floor only those at or above its minimums (the
+dev targets the shipped embedding met), before the best mean is taken (ties: the smaller loss
+against --reference): the rule the shipped weights were chosen by (R = 1).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ def main() -> None:
     p.add_argument("--weights", type=float, nargs="*", default=list(WEIGHTS))
     p.add_argument("--tower", type=Path, help="embedder.safetensors to use instead of the model's")
     p.add_argument("--tower-cache", type=Path, help="npz of the tower's dev vectors (reused)")
+    p.add_argument("--query-weights", type=float, nargs="*", help="also a query weight each")
+    p.add_argument("--keep-ranking", type=float, help="retrieval within this of --reference")
+    p.add_argument("--reference", type=json.loads, default={}, help='{"nq-wikipedia": 77.8, ...}')
+    p.add_argument("--floor", type=json.loads, default={}, help='minimums: {"stsb-dev": 78}')
     p.add_argument("--out", type=Path)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -63,11 +74,24 @@ def main() -> None:
     rows = []
     for w in args.weights:
         mixed = l2_normalize(tower + w * branch)
-        model = PrecomputedEmbedder(dict(zip(texts, mixed)))
-        row = {"weight": w, **dev.figures(model)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    best = max(rows, key=lambda r: r["mean"])
+        for q in args.query_weights or [None]:
+            queries = None if q is None else dict(zip(texts, l2_normalize(tower + q * branch)))
+            model = PrecomputedEmbedder(dict(zip(texts, mixed)), queries)
+            row = {"weight": w, **({} if q is None else {"query_weight": q}), **dev.figures(model)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.keep_ranking is not None:
+        rows = [
+            r
+            for r in rows
+            if all(r[k] >= v - args.keep_ranking for k, v in args.reference.items() if k in r)
+        ]
+    rows = [r for r in rows if all(r[k] >= v for k, v in args.floor.items())]
+    if not rows:
+        raise SystemExit("no weights keep --keep-ranking and --floor")
+    # ties on the mean: the smaller loss on the worst reference figure
+    worst = lambda r: min((r[k] - v for k, v in args.reference.items()), default=0)  # noqa: E731
+    best = max(rows, key=lambda r: (r["mean"], worst(r)))
     print("best:", json.dumps(best))
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "best": best}, indent=1))

@@ -7,7 +7,8 @@ RUN is the output directory of scripts/train_embedder.py (its latest step is shi
 evaluation directory of scripts/train_tower_mixed.py (`step-N/`: the tower and the lexical
 branch's weight w it was trained with, shipped with it unless --weight says otherwise, e.g. the
 choice of scripts/choose_lexical_weight.py --tower; the branch's table stays; give the dev
-figures of that weight with --extra '{"dev": {...}}').
+figures of that weight with --extra '{"dev": {...}}'). --query-weight sets the weight queries
+are embedded with (`embed(kind="query")`; default: the document weight).
 The LM's own files are rewritten unchanged (same tensors, same sha256); the manifest keeps its
 training/test facts and gains an "embedder" section (command, steps, data, time, the run's dev
 figures) and the new file's sha256.
@@ -37,6 +38,9 @@ def main() -> None:
     p.add_argument("name", help="shipped model name")
     p.add_argument("--command", default="", help="the training command, recorded as-is")
     p.add_argument("--weight", type=float, help="branch weight (default: the step's w, or kept)")
+    p.add_argument(
+        "--query-weight", type=float, help="branch weight of queries (default: --weight)"
+    )
     p.add_argument("--extra", default="{}", help="JSON object of more facts to record")
     args = p.parse_args()
 
@@ -69,10 +73,17 @@ def main() -> None:
         lexical = LexicalBranch(lexical.table, args.weight, lexical.sizes)
         if facts_run.get("trained_weight") != args.weight:
             facts_run.pop("dev", None)  # measured at another weight: give them with --extra
+    if args.query_weight is not None:
+        if lexical is None:
+            raise SystemExit(f"--query-weight: {args.name} has no lexical branch")
+        lexical = LexicalBranch(lexical.table, lexical.weight, lexical.sizes, args.query_weight)
+        if args.query_weight != lexical.weight:
+            facts_run.pop("dev", None)  # measured with queries as documents: give with --extra
     tower = tower_from_weights(build_model(ckpt.config), load_file(str(weights)))
     facts = {k: v for k, v in ckpt.manifest.items() if k not in ("format", "architecture", "files")}
     if lexical is not None and "lexical" in facts:
         facts["lexical"]["weight"] = lexical.weight
+        facts["lexical"]["query_weight"] = lexical.query_weight
         facts["lexical"].pop("dev", None)  # the figures of the embedding this one replaces
     facts["embedder"] = {
         "command": args.command,

@@ -19,6 +19,9 @@ train on that mixed vector, so the tower learns what the branch misses instead o
   query also against the batch's hard negatives (the file's own, or with --mine-negatives its
   best BM25 hit among the file's other documents: where the branch alone is fooled), which
   keeps the mixed vector ranking documents.
+With --query-weight Q the weak pairs' queries are mixed with the fixed weight Q instead of w, as
+`embed(kind="query")` mixes them, and the dev retrieval queries are embedded so; --init-tower
+starts from a trained tower (e.g. a step of an earlier run) instead of the model's own.
 Every training text that also occurs in a dev set (after the branch's normalisation) is dropped.
 Dev figures (`DevSets`, the figures of `fastlm evaluate`) are logged every --eval-every steps
 through the engine's own `embed()` with the tower and w at that step; the tower and w of each
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import fastlm
 from fastlm.char_ngrams import LexicalBranch, normalize_text
@@ -74,6 +77,12 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--weight", type=float, help="start w here (default: the branch's)")
     p.add_argument("--fixed-weight", action="store_true", help="keep w fixed")
+    p.add_argument(
+        "--query-weight",
+        type=float,
+        help="mix the weak pairs' queries with this fixed weight (embed(kind='query'))",
+    )
+    p.add_argument("--init-tower", type=Path, help="start from this embedder.safetensors")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -84,6 +93,8 @@ def main() -> None:
     # the eager engine's tower is the one trained: evaluations run the engine's own embed()
     model = fastlm.load(args.model, backend="eager", threads=args.threads)
     tower, tok = model.backend.embedder, model.tokenizer
+    if args.init_tower:
+        tower.load_state_dict(load_file(str(args.init_tower)))
     branch = LexicalBranch.load(args.lexical) if args.lexical else model.backend.lexical
     if branch is None:
         raise SystemExit(f"{args.model} has no lexical branch: give --lexical")
@@ -165,10 +176,13 @@ def main() -> None:
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
 
-    def mixed(ids: np.ndarray) -> torch.Tensor:
+    def mixed(ids: np.ndarray, w: torch.Tensor | None = None) -> torch.Tensor:
         b = pad_batch([tokens[i] for i in ids])
         t = tower(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
-        return F.normalize(F.normalize(t, dim=-1) + log_w.exp() * lexical[ids], dim=-1)
+        w = log_w.exp() if w is None else w
+        return F.normalize(F.normalize(t, dim=-1) + w * lexical[ids], dim=-1)
+
+    query_w = None if args.query_weight is None else torch.tensor(args.query_weight)
 
     def infonce(q: torch.Tensor, d: torch.Tensor, both: bool = True) -> torch.Tensor:
         """q (B, D) against d (B', D), B' >= B: row i's positive is d[i]."""
@@ -181,7 +195,7 @@ def main() -> None:
     def evaluate() -> dict:
         """Every dev figure of `model.embed` with the tower and w as they are now."""
         w = float(log_w.detach().exp())
-        model.backend.lexical = LexicalBranch(branch.table, w, branch.sizes)
+        model.backend.lexical = LexicalBranch(branch.table, w, branch.sizes, args.query_weight)
         tower.eval()
         figures = dev.figures(model)
         tower.train()
@@ -218,7 +232,7 @@ def main() -> None:
             b = rng.choice(len(q_ids), min(args.pair_batch, len(q_ids)), replace=False)
             hard = n_ids[b][n_ids[b] >= 0]  # each query also meets the batch's hard negatives
             docs = mixed(np.concatenate([d_ids[b], hard]))
-            parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b]), docs)
+            parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b], query_w), docs)
         loss = sum(parts.values())
         opt.zero_grad()
         loss.backward()

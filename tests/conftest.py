@@ -177,7 +177,7 @@ def _with_tower(ckpt_dir: Path, out: Path) -> Path:
         tower.proj.bias.add_(0.1 * torch.randn(tower.proj.bias.shape, generator=gen))
     facts = {k: v for k, v in ck.manifest.items() if k not in ("format", "architecture", "files")}
     table = np.random.default_rng(0).standard_normal((1024, tower.dim)).astype(np.float32)
-    lexical = LexicalBranch(table, weight=0.5)
+    lexical = LexicalBranch(table, weight=0.5, query_weight=2.0)  # queries lean on words
     return save_checkpoint(
         out, ck.model, ck.tokenizer, extra_manifest=facts, embedder=tower, lexical=lexical
     )

@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from fastlm import char_ngrams
 from fastlm.char_ngrams import (
@@ -149,3 +150,40 @@ def test_a_corrupt_file_is_a_typed_error(tmp_path, content):
 def test_bad_tables_and_weights_are_refused(table, weight):
     with pytest.raises(LexicalBranchError):
         LexicalBranch(table, weight)
+
+
+def test_queries_mix_with_the_query_weight():
+    table = np.random.default_rng(2).standard_normal((64, 4)).astype(np.float32)
+    tower = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    texts = ["surface codes", "a recipe for bread"]
+    unit = tower / np.linalg.norm(tower, axis=1, keepdims=True)
+    branch = LexicalBranch(table, weight=0.5, query_weight=3.0)
+    v = branch.vectors(texts)
+    np.testing.assert_allclose(branch.mix(tower, texts), unit + 0.5 * v, rtol=1e-6)
+    np.testing.assert_allclose(branch.mix(tower, texts, "query"), unit + 3.0 * v, rtol=1e-6)
+    same = LexicalBranch(table, weight=0.5)  # no query weight: queries mix as documents
+    assert same.query_weight == 0.5
+    np.testing.assert_array_equal(same.mix(tower, texts, "query"), same.mix(tower, texts))
+
+
+def test_the_query_weight_is_saved_and_older_files_default_to_the_weight(tmp_path):
+    table = np.random.default_rng(1).standard_normal((128, 8)).astype(np.float32)
+    LexicalBranch(table, 0.75, query_weight=4.0).save(tmp_path / "lex.safetensors")
+    back = LexicalBranch.load(tmp_path / "lex.safetensors")
+    assert (back.weight, back.query_weight) == (0.75, 4.0)
+    # a file written before query weights existed: one weight, for both kinds
+    scale = np.abs(table).max(axis=1) / 127.0
+    q = np.round(table / scale[:, None]).astype(np.int8)
+    save_file(
+        {"table_int8": q, "row_scale": scale.astype(np.float32)},
+        str(tmp_path / "old.safetensors"),
+        metadata={"weight": "0.75", "ngram_sizes": "3,4,5"},
+    )
+    old = LexicalBranch.load(tmp_path / "old.safetensors")
+    assert (old.weight, old.query_weight) == (0.75, 0.75)
+
+
+@pytest.mark.parametrize("query_weight", [-1.0, float("nan"), float("inf")])
+def test_bad_query_weights_are_refused(query_weight):
+    with pytest.raises(LexicalBranchError, match="query_weight"):
+        LexicalBranch(np.ones((64, 4)), 1.0, query_weight=query_weight)

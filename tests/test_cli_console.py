@@ -236,6 +236,23 @@ def test_embed_npy_and_jsonl_match_the_api(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_embed_kind_query_gives_the_query_vectors(tmp_path):
+    import fastlm
+
+    texts = ["who wrote the tempest", "surface codes"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    common = ["--input", str(tmp_path / "in.txt"), "--model", "lstm", "--threads", "1"]
+    common += ["--backend", "eager", "--out", str(tmp_path / "q.npy"), "--kind", "query"]
+    assert run_cli("embed", *common).returncode == 0
+    model = fastlm.load("lstm", backend="eager", device="cpu")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "q.npy"), model.embed(texts, kind="query"), atol=1e-6
+    )
+    assert np.abs(np.load(tmp_path / "q.npy") - model.embed(texts)).max() > 0.01
+    bad = run_cli("embed", "--model", "lstm", "--kind", "queries", "a text")
+    assert bad.returncode == 2 and "--kind" in bad.stderr
+
+
 def test_embed_streams_in_chunks_to_a_file_and_a_pipe(tmp_path):
     import fastlm
 

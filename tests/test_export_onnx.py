@@ -125,12 +125,23 @@ def test_dynamic_shapes_match_torch(
         np.testing.assert_allclose(got_logits, ref_logits, atol=logit_tol, rtol=0, err_msg=where)
 
 
-def _initial_state(arch: str, B: int) -> dict:
+def _initial_state(arch: str, B: int, cache: int) -> dict:
     if arch == "lstm":
         z = np.zeros((2, B, 256), np.float32)
         return {"h": z, "c": z.copy()}
-    z = np.zeros((3, B, 4, 0, 64), np.float32)
-    return {"past_key": z, "past_value": z.copy()}
+    z = np.zeros((B, 4, cache, 64), np.float32)  # per layer, the cache sized for the sequence
+    return {f"past_{kind}_{i}": z.copy() for i in range(3) for kind in ("key", "value")}
+
+
+def _controls(arch: str, B: int, start: int, stop: int) -> dict:
+    """The Transformer's control inputs for tokens start..stop-1 (the LSTM has none)."""
+    if arch == "lstm":
+        return {}
+    return {
+        "position_ids": np.tile(np.arange(start, stop), (B, 1)),
+        "seqlens_k": np.full(B, stop - 1, np.int32),
+        "total_sequence_length": np.array(stop, np.int32),
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -138,7 +149,10 @@ def test_decode_graph_continues_like_full_forward(
     tmp_path_factory, small_checkpoints, torch_models, arch
 ):
     """Prefill 5 tokens, then 1 token at a time and a 3-token chunk: each call's last logits
-    equal the full forward's logits at that position (batch 7, fp32)."""
+    equal the full forward's logits at that position (fp32); the Transformer's cache holds each
+    token's keys at its position and zeros after the last one. Batch 7, except the
+    Transformer's 3-token chunk after a past: ONNX Runtime's GroupQueryAttention runs those
+    at batch 1 only (the decoder's batch), so there the first row continues alone."""
     out = exported(tmp_path_factory, small_checkpoints, arch, "fp32")
     decode, model = _session(out / "decode.onnx"), torch_models[arch]
     ids = torch.randint(
@@ -146,13 +160,20 @@ def test_decode_graph_continues_like_full_forward(
     )
     with one_torch_thread():
         ref = NextTokenLogits(model)(ids).numpy()
-    state, start = _initial_state(arch, 7), 0
+    state, start, B = _initial_state(arch, 7, cache=16), 0, 7
     for stop in (5, 6, 7, 8, 9, 12):
-        logits, *new = decode.run(None, {"input_ids": ids[:, start:stop].numpy(), **state})
-        np.testing.assert_allclose(logits, ref[:, stop - 1], atol=1e-4, rtol=0)
+        if arch == "transformer" and stop - start > 1 and start > 0:
+            B, state = 1, {k: v[:1] for k, v in state.items()}
+        feed = {"input_ids": ids[:B, start:stop].numpy(), **_controls(arch, B, start, stop)}
+        logits, *new = decode.run(None, {**feed, **state})
+        np.testing.assert_allclose(logits, ref[:B, stop - 1], atol=1e-4, rtol=0)
         state, start = dict(zip(state, new)), stop
+    assert B == (1 if arch == "transformer" else 7)
     if arch == "transformer":
-        assert state["past_key"].shape == (3, 7, 4, 12, 64)
+        key = state["past_key_0"]
+        assert key.shape == (1, 4, 16, 64)
+        assert (np.abs(key[:, :, :12]).sum(axis=(1, 3)) > 0).all()  # every token's keys
+        assert not key[:, :, 12:].any()  # nothing written past the last token
 
 
 def test_fp16_graph_layout(tmp_path_factory, small_checkpoints):

@@ -97,3 +97,89 @@ def test_the_branch_is_part_of_the_embedding_digest(small_checkpoints, tmp_path)
 def test_the_onnx_backend_keeps_one_table(small_checkpoints):
     model = fastlm.load(small_checkpoints["lstm"], backend="onnx")
     assert model.backend.lexical is model.backend.checkpoint.lexical
+
+
+def _tower_and_branch(model, texts):
+    branch, model.backend.lexical = model.backend.lexical, None
+    try:
+        return model.embed(texts), branch.vectors(texts)
+    finally:
+        model.backend.lexical = branch
+
+
+def test_queries_are_embedded_with_the_query_weight(small_checkpoints, arch):
+    model = fastlm.load(small_checkpoints[arch], backend="eager")
+    assert model.backend.lexical.query_weight == 2.0  # the fixture's: not the 0.5 of documents
+    tower, branch = _tower_and_branch(model, TEXTS)
+    got = model.embed(TEXTS, kind="query")
+    np.testing.assert_allclose(got, l2_normalize(tower + 2.0 * branch), atol=1e-6)
+    np.testing.assert_allclose(
+        model.embed(TEXTS, kind="document"), l2_normalize(tower + 0.5 * branch), atol=1e-6
+    )
+    assert not got[2].any()  # "" stays the zero vector for queries too
+    np.testing.assert_allclose(model.embed(TEXTS[0], kind="query"), got[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, error", [("Query", ValueError), ("", ValueError), (1, TypeError)])
+def test_an_unknown_kind_is_a_typed_error(small_checkpoints, kind, error):
+    model = fastlm.load(small_checkpoints["lstm"], backend="eager")
+    with pytest.raises(error, match="kind") as info:
+        model.embed(["a text"], kind=kind)
+    assert info.value.param == "kind"
+
+
+def test_the_runtime_embeds_queries_as_eager_does(small_checkpoints, export_of, arch):
+    runtime = fastlm.runtime.load(export_of(arch, "fp32"))
+    eager = fastlm.load(small_checkpoints[arch], backend="eager")
+    a, b = eager.embed(TEXTS, kind="query"), runtime.embed(TEXTS, kind="query")
+    np.testing.assert_allclose(a, b, atol=2e-4)
+    assert np.abs(a - eager.embed(TEXTS)).max() > 0.01  # the two kinds do differ here
+
+
+def test_rank_index_and_evaluate_embed_their_queries_as_queries(small_checkpoints):
+    from fastlm.embedding.evaluate import retrieval_figures
+
+    model = fastlm.load(small_checkpoints["transformer"], backend="eager")
+    docs = [t for t in TEXTS if t.strip("?! ")][:3] + ["bread and salt", "error codes"]
+    query = "surface code errors"
+    want = model.embed(docs) @ model.embed(query, kind="query")
+    hits = model.rank(query, docs)
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(want)[::-1], atol=1e-6)
+    index = fastlm.Index(model, lexical=False).add(docs)
+    found = index.search(query, top_k=len(docs), mode="dense")
+    np.testing.assert_allclose([h["score"] for h in found], np.sort(want)[::-1], atol=1e-5)
+    # fastlm evaluate: documents as documents, queries as queries
+    kinds = []
+    embed = model.embed
+
+    def spy(texts, **options):
+        kinds.append((len(texts), options.get("kind", "document")))
+        return embed(texts, **options)
+
+    model.embed = spy
+    corpus = {str(i): d for i, d in enumerate(docs)}
+    retrieval_figures(model, (corpus, {"q": query}, {"q": {"0": 1}}))
+    assert kinds == [(len(docs), "document"), (1, "query")]
+
+
+def test_the_certificate_ranks_what_embed_returns(export_of, arch):
+    import json
+
+    from fastlm.export.parity import PROBE_TEXTS
+
+    path = export_of(arch, "fp32")
+    ranking = json.loads((path / "parity.json").read_text())["ranking"]
+    assert set(ranking) == {"top10_overlap", "tower_top10_overlap"}
+    assert ranking["top10_overlap"] == 1.0  # fp32: the same ranking, mixed or not
+    # a tower far off its reference: the tower-alone ranking changes; mixed with a branch that
+    # dominates (as a heavy weight makes it), the ranking embed() returns does not
+    from fastlm.export.parity import _ranking
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((len(PROBE_TEXTS), 8)).astype(np.float32)
+    off = rng.standard_normal(ref.shape).astype(np.float32)
+    table = rng.standard_normal((256, 8)).astype(np.float32)
+    heavy = _ranking(off, ref, LexicalBranch(table, 1000.0, query_weight=1000.0))
+    assert heavy["tower_top10_overlap"] < 0.9 and heavy["top10_overlap"] == 1.0
+    light = _ranking(off, ref, LexicalBranch(table, 0.0, query_weight=0.0))
+    assert light["top10_overlap"] == light["tower_top10_overlap"]

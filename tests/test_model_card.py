@@ -67,3 +67,12 @@ def test_card_reports_an_embedding_tower_when_shipped():
     manifest["embedder"]["dev"] = {"stsb-dev": 77.0, "sick-trial": 68.7}
     card = render_model_card(manifest, config, "transformer")
     assert "Dev figures of the shipped embedding: stsb-dev 77.0, sick-trial 68.7." in card
+
+
+def test_card_states_the_query_weight_when_it_differs():
+    manifest, config = _inputs("transformer")
+    manifest["lexical"] = {"buckets": 65536, "weight": 1.75, "query_weight": 1.75}
+    assert "Queries (" not in render_model_card(manifest, config, "transformer")
+    manifest["lexical"]["query_weight"] = 6.0
+    card = render_model_card(manifest, config, "transformer")
+    assert "weight 1.75" in card and "weigh the branch 6.0" in card

@@ -92,6 +92,15 @@ def test_embeddings_float_and_base64_match_the_api(server, model):
     np.testing.assert_allclose(vec, expected[0], atol=1e-6)
 
 
+def test_embeddings_of_queries_are_the_query_kind(server, model):
+    texts = ["who wrote the tempest", "surface codes"]
+    r = post(server, "/v1/embeddings", {"model": MODEL, "input": texts, "kind": "query"})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(got, model.embed(texts, kind="query"), atol=1e-6)
+    assert np.abs(got - model.embed(texts)).max() > 0.01
+
+
 def test_openai_client_speaks_to_the_server(server, model):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
@@ -211,6 +220,7 @@ BAD = {
     "lone surrogate": (b'{"model": "lstm", "input": "\\ud800"}', 400, "unicode"),
     "deeply nested": (b"[" * 100_000, 400, "nested too deeply"),
     "NaN dimensions": (b'{"model": "lstm", "input": "a", "dimensions": NaN}', 400, "dimensions"),
+    "unknown kind": ({"model": MODEL, "input": "a", "kind": "queries"}, 400, "kind"),
 }
 BAD_COMPLETIONS = {
     "negative max_tokens": ({"max_tokens": -1}, "max_tokens"),

@@ -15,12 +15,14 @@ class FakeModel:
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[list[str]] = []
+        self.kinds: list[str] = []
         self.fail_on = fail_on
 
-    def __call__(self, texts):
+    def __call__(self, texts, kind="document"):
         if self.fail_on is not None and self.fail_on in texts:
             raise RuntimeError("poisoned batch")
         self.calls.append(list(texts))
+        self.kinds.append(kind)
         return np.array([[len(t), len(self.calls)] for t in texts], dtype=np.float32)
 
 
@@ -64,6 +66,29 @@ def test_a_failing_job_fails_alone():
     out = asyncio.run(_run(EmbedBatcher(model, window_s=0.05, max_batch_tokens=100), jobs))
     assert isinstance(out[1], RuntimeError)
     assert out[0][:, 0].tolist() == [3] and out[2][:, 0].tolist() == [3, 3]
+
+
+def test_a_batch_holds_one_kind():
+    model = FakeModel()
+    kinds = ["document", "query", "query", "document", "query", "document"]
+
+    async def run():
+        batcher = EmbedBatcher(model, window_s=0.05, max_batch_tokens=100)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.embed([f"{k}{i}"], 1, k) for i, k in enumerate(kinds))
+            )
+        finally:
+            await batcher.stop()
+
+    out = asyncio.run(run())
+    for texts, kind in zip(model.calls, model.kinds):
+        assert all(t.startswith(kind) for t in texts)  # never a query among documents
+    for i, (k, res) in enumerate(zip(kinds, out)):
+        call = int(res[0, 1]) - 1  # the call that embedded this job
+        assert model.kinds[call] == k and f"{k}{i}" in model.calls[call]
+    assert sum(len(c) for c in model.calls) == len(kinds)
 
 
 def test_bad_settings_are_refused():

@@ -28,6 +28,7 @@ from fastlm.cli.common import (
     read_lines,
 )
 from fastlm.io import atomic_write
+from fastlm.validation import EMBED_KINDS
 
 OUT_FORMATS = ("jsonl", "npy")
 
@@ -69,6 +70,12 @@ def _add_embed(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens")
     p.add_argument("--no-normalize", dest="normalize", action="store_false")
+    p.add_argument(
+        "--kind",
+        choices=EMBED_KINDS,
+        default="document",
+        help="document (default) or query: the vectors of search queries",
+    )
     p.add_argument("--out", metavar="FILE", help="write here (.npy or .jsonl) instead of stdout")
     p.add_argument("--format", choices=OUT_FORMATS, help="output format (default: from --out)")
     p.add_argument(
@@ -145,6 +152,7 @@ def _run_embed(args) -> int:
                     batch_size=args.batch_size,
                     max_length=args.max_length,
                     normalize=args.normalize,
+                    kind=args.kind,
                 )
             finally:
                 if bar is not None:

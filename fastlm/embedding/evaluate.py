@@ -17,7 +17,8 @@ column count, duplicate ids or judgments, a judgment of an id that the corpus or
 not have. Blank lines are skipped, and queries without a relevant document are left out of the
 means (as trec_eval does; `queries` counts the ones scored).
 
-`model` is anything with `embed(list[str]) -> (n, D) L2-normalised numpy array`. Each task is a
+`model` is anything with `embed(list[str]) -> (n, D) L2-normalised numpy array`; a LanguageModel
+embeds retrieval queries with `kind="query"`, as `Index.search` does. Each task is a
 reader (files -> data, all checks) and a `*_figures(model, data)`, so the command can check
 every file before it loads a model.
 """
@@ -47,20 +48,27 @@ from fastlm.embedding.metrics import (
     top_k_ids,
 )
 from fastlm.index import Index
+from fastlm.language_model import embed_queries
 
 Beir = tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]  # corpus, queries, qrels
 Pairs = tuple[list[str], list[str], np.ndarray]  # sentence1s, sentence2s, (N,) scores or labels
 
 
 class PrecomputedEmbedder:
-    """`embed(texts)` from rows computed beforehand ({text: (D,) vector}), for evaluating many
-    variants of an embedding (weights, mixes) without embedding the dev texts again."""
+    """`embed(texts, kind=...)` from rows computed beforehand ({text: (D,) vector}; queries from
+    `query_rows` when given), for evaluating many variants of an embedding (weights, mixes)
+    without embedding the dev texts again."""
 
-    def __init__(self, rows: dict[str, np.ndarray]):
+    def __init__(
+        self, rows: dict[str, np.ndarray], query_rows: dict[str, np.ndarray] | None = None
+    ):
         self.rows = rows
+        self.query_rows = rows if query_rows is None else query_rows
+        self.embeds_queries = query_rows is not None
 
-    def embed(self, texts, batch_size: int = 64, **_) -> np.ndarray:
-        return np.stack([self.rows[t] for t in texts])
+    def embed(self, texts, batch_size: int = 64, kind: str = "document", **_) -> np.ndarray:
+        rows = self.query_rows if kind == "query" else self.rows
+        return np.stack([rows[t] for t in texts])
 
 
 def _cosines(model, s1: list[str], s2: list[str], batch_size: int) -> np.ndarray:
@@ -243,7 +251,7 @@ def retrieval_figures(model, data: Beir, batch_size: int = 64) -> dict:
     qids = judged_queries(queries, qrels)
     doc_ids = list(corpus)
     docs = model.embed([corpus[i] for i in doc_ids], batch_size=batch_size)
-    qs = model.embed([queries[q] for q in qids], batch_size=batch_size)
+    qs = embed_queries(model, [queries[q] for q in qids], batch_size=batch_size)
     return retrieval_metrics(lambda rows: qs[rows] @ docs.T, qids, doc_ids, qrels)
 
 

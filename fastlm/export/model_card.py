@@ -116,6 +116,12 @@ def _lexical_section(manifest: dict) -> list[str]:
         " to the tower's unit vector, then normalises.",
         "",
     ]
+    if lex.get("query_weight") not in (None, lex.get("weight")):
+        lines += [
+            f'Queries (`embed(texts, kind="query")`, as `rank`, `Index.search` and '
+            f"`fastlm evaluate` embed them) weigh the branch {lex['query_weight']}.",
+            "",
+        ]
     if isinstance(lex.get("dev"), dict):
         lines += [_dev_line(lex["dev"]), ""]
     if lex.get("command"):

@@ -7,9 +7,10 @@ Graphs (batch and sequence axes dynamic; B = batch, T = tokens, V = vocab):
 - lm.onnx      input_ids (B, T) int64 -> logits (B, T, V) float32, every position.
 - decode.onnx  input_ids (B, T), *state -> the last position's logits (B, V), *new state: the
                architecture's decode graph (`Architecture.decode_graph`: the LSTM's h, c; the
-               Transformer's growing past_key/past_value, whose length P is read from the
-               cache's shape, so one graph serves prefill and single steps). All rows of a
-               decode batch share the same length (batch-1 decoding is the common case).
+               Transformer's per-layer KV caches, written in place by ONNX Runtime's fused
+               GroupQueryAttention, fastlm/models/transformer_graphs.py; one graph serves
+               prefill chunks and single steps). All rows of a decode batch share the same
+               length (batch-1 decoding is the common case).
 
 Why the TorchScript exporter (dynamo=False): here it exports the three graphs in ~3 s with
 correct dynamic axes at every shape we check (1, 3, 300 tokens; batch 1 and 7), while the dynamo
@@ -33,8 +34,18 @@ from fastlm.ort.format import DECODE_FILE, EMBED_FILE, LM_FILE
 OPSET = 17  # first opset with LayerNormalization; ORT 1.18+ runs it on CPU and CUDA
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: dict) -> None:
-    """Trace `module` on `args`; `inputs`/`outputs` map names to their dynamic axes."""
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: dict,
+    outputs: dict,
+    opsets=None,
+    fold: bool = True,
+) -> None:
+    """Trace `module` on `args`; `inputs`/`outputs` map names to their dynamic axes; `opsets`
+    the custom op domains the graph uses ({domain: version}); fold=False keeps constant
+    subgraphs (ONNX Runtime folds them when it loads the graph)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
         warnings.simplefilter("ignore", UserWarning)
@@ -47,7 +58,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: dict, outputs: d
             output_names=list(outputs),
             dynamic_axes={**inputs, **outputs},
             opset_version=OPSET,
-            do_constant_folding=True,
+            custom_opsets=opsets,
+            do_constant_folding=fold,
             dynamo=False,
         )
 
@@ -85,4 +97,9 @@ def _export_decode(model: nn.Module, ids: torch.Tensor, path: Path) -> None:
         path,
         {"input_ids": {0: "batch", 1: "seq"}, **state_in},
         {"logits": {0: "batch"}, **state_out},
+        getattr(graph, "onnx_opsets", None),  # e.g. ONNX Runtime's fused attention op
+        # unfolded, a linear on (B, T, C) stores its weight as the checkpoint has it (a shipped
+        # pack then reads it from the checkpoint) and transposes it in the graph, which ONNX
+        # Runtime folds at load; folded here, the transposed copy was stored: +6 MB per pack
+        fold=getattr(graph, "onnx_fold", True),
     )

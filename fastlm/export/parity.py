@@ -6,7 +6,10 @@ and of a 242-token text share a batch:
   real (non-pad) positions;
 - embeddings (embed.onnx, pooled, before normalisation): max abs error, mean relative error,
   mean and min cosine similarity;
-- ranking: each probe as a query ranks all probes by cosine; mean overlap of the top-10 sets;
+- ranking: each probe as a query ranks all probes by cosine; mean overlap of the top-10 sets,
+  of the embedding `embed()` returns (the tower's vector mixed with the lexical branch, which
+  every backend computes alike, when the checkpoint has one: queries at the branch's query
+  weight, documents at its weight); `tower_top10_overlap` is the same of the tower alone;
 - greedy decoding (decode.onnx): PyTorch generates GREEDY_TOKENS tokens greedily after each of
   the GREEDY_PROMPTS; the export is fed the same tokens (teacher forcing) and `agreement` is the
   fraction of steps where its argmax is PyTorch's token. `identical_prefix` is the mean number
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastlm.char_ngrams import LexicalBranch
 from fastlm.models.embedder import EmbeddingTower
 from fastlm.runtime import OnnxModel
 from fastlm.threads import torch_threads
@@ -59,18 +63,26 @@ BOUNDS: dict[str, dict[str, float]] = {
 
 
 def certify(
-    model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str, embedder=None
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    onnx_model: OnnxModel,
+    dtype: str,
+    embedder=None,
+    lexical: LexicalBranch | None = None,
 ) -> dict:
     """Compare `onnx_model` with the fp32 torch `model`; the report written as parity.json.
+    `lexical`: the checkpoint's lexical branch (the ranking check mixes it in, as `embed()`).
 
     PyTorch runs on one thread here: the probes are small, and on a busy machine its
     multi-threaded LSTM steps measured ~1000x slower (threads waiting on each other)."""
     with torch_threads(1):
         embedder = (embedder or EmbeddingTower(model)).eval().cpu()
-        return _certify(model.eval().cpu(), embedder, tokenizer, onnx_model, dtype)
+        return _certify(model.eval().cpu(), embedder, tokenizer, onnx_model, dtype, lexical)
 
 
-def _certify(model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str) -> dict:
+def _certify(
+    model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype: str, lexical=None
+) -> dict:
     batch = pad_batch(tokenizer.encode_many(list(PROBE_TEXTS)))
     ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
     with torch.inference_mode():
@@ -86,7 +98,7 @@ def _certify(model, embedder, tokenizer: Tokenizer, onnx_model: OnnxModel, dtype
         "probe_tokens": int(real.sum()),
         "logits": _errors(logits[real], ref_logits[real]),
         "embedding": {**_errors(emb, ref_emb), **_cosines(emb, ref_emb)},
-        "ranking": {"top10_overlap": _top_overlap(emb, ref_emb)},
+        "ranking": _ranking(emb, ref_emb, lexical),
         "greedy": greedy.pop("summary"),
         "finite": bool(np.isfinite(emb).all() and np.isfinite(logits).all() and greedy["finite"]),
         "bounds": BOUNDS[dtype],
@@ -135,11 +147,25 @@ def _cosines(a: np.ndarray, ref: np.ndarray) -> dict:
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
 
 
-def _top_overlap(a: np.ndarray, ref: np.ndarray) -> float:
-    """Mean fraction of shared documents in the top-10 lists, each probe ranking all probes."""
-    k = min(TOP_K, len(a))
-    top_a = np.argsort(-(_unit(a) @ _unit(a).T), axis=1, kind="stable")[:, :k]
-    top_r = np.argsort(-(_unit(ref) @ _unit(ref).T), axis=1, kind="stable")[:, :k]
+def _ranking(emb: np.ndarray, ref: np.ndarray, lexical: LexicalBranch | None) -> dict:
+    tower = _top_overlap(emb, emb, ref, ref)
+    if lexical is None:
+        return {"top10_overlap": tower}
+    branch = lexical.vectors(list(PROBE_TEXTS))
+    mixed = {
+        kind: (lexical.mix_vectors(emb, branch, kind), lexical.mix_vectors(ref, branch, kind))
+        for kind in ("query", "document")
+    }
+    (q, q_ref), (d, d_ref) = mixed["query"], mixed["document"]
+    return {"top10_overlap": _top_overlap(q, d, q_ref, d_ref), "tower_top10_overlap": tower}
+
+
+def _top_overlap(q: np.ndarray, d: np.ndarray, q_ref: np.ndarray, d_ref: np.ndarray) -> float:
+    """Mean fraction of shared documents in the top-10 lists, each probe (as a query, `q`)
+    ranking all probes (as documents, `d`)."""
+    k = min(TOP_K, len(d))
+    top_a = np.argsort(-(_unit(q) @ _unit(d).T), axis=1, kind="stable")[:, :k]
+    top_r = np.argsort(-(_unit(q_ref) @ _unit(d_ref).T), axis=1, kind="stable")[:, :k]
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_r)]))
 
 

@@ -28,7 +28,7 @@ from fastlm.checkpoint import MODEL_FILE, load_checkpoint
 from fastlm.export.model_card import CARD_FILE, render_model_card
 from fastlm.export.onnx_export import OPSET, export_graphs
 from fastlm.export.parity import certify, check
-from fastlm.export.precision import quantize_int8, to_fp16
+from fastlm.export.precision import fold_weight_transposes, quantize_int8, to_fp16
 from fastlm.hub import resolve_checkpoint
 from fastlm.io import atomic_write_dir, sha256_file
 from fastlm.models import architecture_of
@@ -112,7 +112,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
     # The certificate is measured on the CPU provider (whatever this machine has), one thread.
     backend = OrtBackend(tmp, manifest, threads=1, providers=["CPUExecutionProvider"])
     runtime_model = OnnxModel(str(tmp), backend)
-    report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype, ckpt.embedder)
+    report = certify(ckpt.model, ckpt.tokenizer, runtime_model, dtype, ckpt.embedder, ckpt.lexical)
     check(report)
     (tmp / PARITY_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
     manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
@@ -150,7 +150,7 @@ def write_graphs(model: torch.nn.Module, out_dir: Path, dtype: str, embedder=Non
         for name in export_graphs(model, Path(tmp), embedder):
             src, dst = Path(tmp) / name, out_dir / name
             if dtype == "fp16":
-                onnx.save(to_fp16(onnx.load(str(src))), str(dst))
+                onnx.save(to_fp16(fold_weight_transposes(onnx.load(str(src)))), str(dst))
             else:
                 quantize_int8(src, dst, architecture_of(model).quantized_onnx_ops)
 

@@ -125,6 +125,28 @@ def _half(init: onnx.TensorProto, name: str) -> onnx.TensorProto:
 
 
 # ---------------------------------------------------------------------- int8
+def fold_weight_transposes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with every Transpose of an initializer replaced by the transposed initializer.
+    The fp32 decode graph keeps its linears' weights as the checkpoint stores them, transposed
+    in the graph (so a pack can read them from the checkpoint); the fp16 and int8 conversions
+    recognise a MatMul's weight only as an initializer, so they fold those first."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        array = numpy_helper.to_array(inits[node.input[0]])
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        graph.initializer.append(numpy_helper.from_array(array.transpose(perm), node.output[0]))
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    used |= {o.name for o in graph.output}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    return model
+
+
 def quantize_int8(src: Path, dst: Path, extra_ops: tuple[str, ...] = ()) -> None:
     """Dynamic int8 quantization of the ONNX file `src` into `dst` (see the module docstring).
 
@@ -137,10 +159,12 @@ def quantize_int8(src: Path, dst: Path, extra_ops: tuple[str, ...] = ()) -> None
 
     ops = ["MatMul", "Gemm", *extra_ops]
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
-        source = src
+        source = Path(tmp) / "folded.onnx"
+        onnx.save(fold_weight_transposes(onnx.load(str(src))), str(source))
         if extra_ops:  # ORT quantizes recurrent ops only after its shape inference pass
-            source = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(src), str(source), skip_optimization=False)
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(source), str(pre), skip_optimization=False)
+            source = pre
         quantize_dynamic(
             str(source),
             str(dst),

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from fastlm import lexical as lexical_mod
 from fastlm.index import records, search, store
 from fastlm.index.loading import ANN_FILE, EMBEDDINGS_FILE, META_FILE, read_version
 from fastlm.index.vectors import as_float32, as_matrix, check_storage, write_npy
+from fastlm.language_model import embed_queries
 from fastlm.validation import ArgumentTypeError, ArgumentValueError, check_int, check_texts
 
 
@@ -253,13 +255,18 @@ class Index:
             if 0 <= r < len(self)
         ]
 
-    def _embed(self, texts: list[str], batch_size: int, progress: bool | None) -> np.ndarray:
+    def _embed(
+        self, texts: list[str], batch_size: int, progress: bool | None, queries: bool = False
+    ) -> np.ndarray:
+        """(n, D) vectors of documents, or of `queries` (a LanguageModel embeds those with
+        kind="query")."""
         check_int(batch_size, "batch_size", min=1)
         if progress is not None and not isinstance(progress, bool):
             raise ArgumentTypeError(
                 f"progress must be None or a bool, got {progress!r}", "progress"
             )
-        vecs = self.model.embed(texts, batch_size=batch_size, show_progress_bar=progress)
+        embed = partial(embed_queries, self.model) if queries else self.model.embed
+        vecs = embed(texts, batch_size=batch_size, show_progress_bar=progress)
         return as_matrix(vecs, len(texts), self.model.embedding_dim, np.dtype(np.float32))
 
     def _lexical_index(self) -> lexical_mod.LexicalIndex | None:

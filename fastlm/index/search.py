@@ -55,7 +55,8 @@ def rank(index, queries: list[str], top_k: int, mode: str, fusion: str, weight: 
     """(rows, scores) of `queries` on `index` (an Index with at least one document)."""
     if mode == "lexical":
         return index._lexical_index().top_k(queries, top_k)
-    vecs = index._embed(queries, batch_size=max(1, min(len(queries), 64)), progress=False)
+    batch = max(1, min(len(queries), 64))
+    vecs = index._embed(queries, batch_size=batch, progress=False, queries=True)
     ann = index._ann_index()
     parts = []
     for start in range(0, len(queries), QUERIES_PER_CHUNK):

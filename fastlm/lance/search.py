@@ -10,6 +10,7 @@ import numpy as np
 
 from fastlm.index.search import MODES
 from fastlm.lance.table import check_record, lancedb_modules, load_model, open_table
+from fastlm.language_model import embed_queries
 from fastlm.validation import check_int
 
 
@@ -59,7 +60,7 @@ class LanceSearch:
             builder = self.table.search(query, query_type="fts", fts_columns=text_col)
             score_col = "_score"
         else:
-            vector = np.asarray(self.model.embed([query]), np.float32)[0]
+            vector = np.asarray(embed_queries(self.model, [query]), np.float32)[0]
             builder = self._vector_builder(mode, query, vector)
             score_col = "_distance" if mode == "dense" else "_relevance_score"
         # hybrid adds its _relevance_score after fusing; the others compute theirs in the scan

@@ -109,14 +109,23 @@ class EncoderLayer(nn.Module):
         return block(self, x, attend)
 
 
-def block(layer: EncoderLayer, x: torch.Tensor, attend: Attend, linears=None) -> torch.Tensor:
+def block(
+    layer: EncoderLayer, x: torch.Tensor, attend: Attend, linears=None, packed: bool = False
+) -> torch.Tensor:
     """One encoder layer, x (B, T, C) -> (B, T, C). linears: callables (rows, in) -> (rows, out)
     for (qkv, out, ff1, ff2), default the layer's own nn.Linear modules (the decode step passes
-    addmm on pre-transposed weights). The linears see 2-D rows, what addmm takes."""
+    addmm on pre-transposed weights). The linears see 2-D rows, what addmm takes. `attend` takes
+    q, k, v as (B, NH, T, D) heads and returns the same shape; with packed=True it takes and
+    returns (B, T, C), the heads side by side as fused attention ops take them, and the linears
+    (nn.Linear here) see (B, T, C) too."""
     qkv, out, ff1, ff2 = linears or layer.linears()
     drop = layer.drop if layer.training else _identity  # a module call per use costs ~us/token
     B, T, C = x.shape
     nh = layer.attn.nhead
+    if packed:  # (B, T, C) throughout: no reshape, whose target shape a graph would compute
+        q, k, v = qkv(x).split(C, dim=2)
+        x = layer.norm1(x + drop(out(attend(q, k, v))))
+        return layer.norm2(x + drop(ff2(drop(F.relu(ff1(x))))))
     rows = x.reshape(B * T, C)
     # (B*T, 3C) -> 3 x (B, NH, T, D) views; the head dimension stays contiguous
     q, k, v = qkv(rows).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
@@ -294,39 +303,6 @@ class TransformerStep(nn.Module):
         return torch.addmm(self.fc_b, x[0], self.fc_w), state._replace(length=pos + 1)
 
 
-class TransformerDecodeGraph(nn.Module):
-    """decode.onnx: (input_ids (B, T), past_key, past_value (L, B, NH, P, Dh)) -> (last logits
-    (B, V), present_key, present_value (L, B, NH, P + T, Dh)). A growing cache with an explicit
-    additive mask, so the past length P stays dynamic in the traced graph."""
-
-    def __init__(self, model: SimpleTransformer_LM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, past_key, past_value):
-        m = self.model
-        P, T = past_key.shape[3], input_ids.shape[1]
-        x = m.embed_tokens(input_ids, slice(P, P + T))  # (B, T, C)
-        q_pos = torch.arange(T, device=x.device) + P  # (T,)
-        k_pos = torch.arange(P + T, device=x.device)  # (P + T,)
-        bias = torch.zeros(T, P + T, device=x.device).masked_fill(
-            k_pos.unsqueeze(0) > q_pos.unsqueeze(1), float("-inf")
-        )  # (T, P + T): a query sees keys at or before its own position
-        keys, values = [], []
-        for i, layer in enumerate(m.layers):
-
-            def attend(q, k, v, i=i):
-                k = torch.cat([past_key[i], k], dim=2)  # (B, NH, P + T, D)
-                v = torch.cat([past_value[i], v], dim=2)
-                keys.append(k)
-                values.append(v)
-                att = (q @ k.transpose(2, 3)) * (1.0 / math.sqrt(q.shape[-1])) + bias
-                return att.softmax(dim=-1) @ v
-
-            x = layer(x, attend)
-        return m.fc(x[:, -1]), torch.stack(keys), torch.stack(values)
-
-
 class KernelTransformer(nn.Module):
     """SimpleTransformer_LM with fastlm's Triton causal attention in place of SDPA, the linears
     and attention under autocast in `dtype` (LayerNorm and residuals stay fp32). Decoding keeps
@@ -382,15 +358,9 @@ class TransformerArchitecture(Architecture):
         return min(EMBED_WINDOW, config.max_len)
 
     def decode_graph(self, model, batch):
-        cfg = model.config
-        # Traced with a non-empty past (3 slots) so the graph keeps P symbolic.
-        past = torch.zeros(cfg.num_layers, batch, cfg.nhead, 3, cfg.d_model // cfg.nhead)
-        inputs = {"past_key": {1: "batch", 3: "past"}, "past_value": {1: "batch", 3: "past"}}
-        outputs = {
-            "present_key": {1: "batch", 3: "total"},
-            "present_value": {1: "batch", 3: "total"},
-        }
-        return TransformerDecodeGraph(model), (past, past.clone()), inputs, outputs
+        from fastlm.models.transformer_graphs import decode_graph  # export only: ONNX ops
+
+        return decode_graph(model, batch)
 
     def state_facts(self, config) -> dict:
         return {"nhead": config.nhead, "head_dim": config.d_model // config.nhead}

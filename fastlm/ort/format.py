@@ -3,10 +3,14 @@ fastlm/export/pipeline.py, read by the torch-free runtime (fastlm/runtime.py).
 
     embed.onnx    input_ids, attention_mask (B, T) int64 -> embedding (B, D) float32
     lm.onnx       input_ids (B, T) int64 -> logits (B, T, V) float32
-    decode.onnx   input_ids (B, T) int64, *state -> logits (B, V), *new state: the state
-                  inputs are whatever the architecture carries (the LSTM's h, c; the
-                  Transformer's growing past_key, past_value), zero-sized or zero at the start,
-                  and the outputs after the logits are fed back to them in order
+    decode.onnx   input_ids (B, T) int64, [controls], *state -> logits (B, V), *new state:
+                  the state inputs are whatever the architecture carries, zero at the start,
+                  and the outputs after the logits are fed back to them in order: the LSTM's
+                  h, c (L, B, hidden); the Transformer's per-layer KV caches (B, heads, S,
+                  head_dim), S chosen by the decoder, written in place when its outputs are
+                  bound to its inputs' buffers. The controls (CONTROL_INPUTS, the Transformer's)
+                  are filled from the decoder's length: position_ids (B, T) int64, seqlens_k
+                  (B,) int32 (position of the last token), total_sequence_length () int32
     tokenizer.json, config.json, parity.json (the certificate), README.md (the model card)
     lexical.safetensors  optional: the embedding's lexical branch (fastlm/char_ngrams.py), used
                   only when the manifest lists it
@@ -32,7 +36,9 @@ from fastlm.io import sha256_file
 from fastlm.limits import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH
 from fastlm.validation import check_int, check_manifest_files
 
-# /3: every graph carries the exporter's stamp (a /2 directory has none: export it again)
+# /3: every graph carries the exporter's stamp (a /2 directory has none: export it again). The
+# Transformer's decode graph is read in either layout: per-layer caches written in place (this
+# exporter's) or the stacked, growing past of earlier exports; the decoder reads which from it.
 FORMAT = "fastlm-onnx/3"
 DTYPES = ("fp32", "fp16", "int8")
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
@@ -41,6 +47,12 @@ GRAPHS = {"embed": EMBED_FILE, "lm": LM_FILE, "decode": DECODE_FILE}
 STAMP_GRAPH, STAMP_MODEL, STAMP_WEIGHTS = "fastlm.graph", "fastlm.model", "fastlm.weights_sha256"
 TOKENIZER_FILE, CONFIG_FILE = "tokenizer.json", "config.json"
 MANIFEST_FILE, PARITY_FILE = "manifest.json", "parity.json"
+# decode.onnx inputs a decoder fills from its own length (not fed back from the outputs)
+CONTROL_INPUTS = {
+    "position_ids": ("tensor(int64)", ["batch", "seq"]),
+    "seqlens_k": ("tensor(int32)", ["batch"]),
+    "total_sequence_length": ("tensor(int32)", []),
+}
 # What a reader may know without torch: sizes, the embedding window, whether full-sequence
 # graphs materialise attention scores, and the decode state's sizes.
 MODEL_FACTS = (
@@ -174,7 +186,9 @@ def check_graph(session, path: Path, role: str, manifest: dict) -> None:
     ins, outs = list(session.get_inputs()), list(session.get_outputs())
     want_in, want_out = _expected_io(role, facts)
     if role == "decode":  # the state: the outputs after the logits feed the inputs after the ids
-        _check_state(ins[1:], outs[1:], path, facts)
+        controls = [i for i in ins[1:] if i.name in CONTROL_INPUTS]
+        _check_controls(controls, path)
+        _check_state([i for i in ins[1:] if i.name not in CONTROL_INPUTS], outs[1:], path, facts)
         ins, outs = ins[:1], outs[:1]
     for kind, got, want in (("input", ins, want_in), ("output", outs, want_out)):
         if [v.name for v in got] != [name for name, _, _ in want]:
@@ -231,25 +245,50 @@ def _expected_io(role: str, facts: dict) -> tuple[list, list]:
     return [ids], [("logits", "tensor(float)", ["batch", vocab])]
 
 
+def _check_controls(controls: list, path: Path) -> None:
+    """None, or every control input with its type and dims (CONTROL_INPUTS)."""
+    if controls and len(controls) != len(CONTROL_INPUTS):
+        raise ExportDirError(
+            f"{path}: control inputs {[c.name for c in controls]}, expected all of "
+            f"{list(CONTROL_INPUTS)} or none"
+        )
+    for c in controls:
+        elem, dims = CONTROL_INPUTS[c.name]
+        if c.type != elem or not _dims_fit(c.shape, dims):
+            raise ExportDirError(
+                f"{path}: input {c.name!r} is {c.type}{_dims_text(c.shape)}, expected "
+                f"{elem}{_dims_text(dims)}"
+            )
+
+
 def _check_state(ins: list, outs: list, path: Path, facts: dict) -> None:
-    """Each state input (L, batch, *sizes) with L = num_layers and its static sizes the manifest's
-    `state` facts in order (LSTM h, c: (L, B, hidden); Transformer past: (L, B, heads, P, head));
-    the state outputs, in the same order, of the same type and static dims."""
-    static = [facts["num_layers"], *facts["state"].values()]
+    """The state inputs: all stacked over layers, (L, batch, *sizes) with L = num_layers (the
+    LSTM's h, c: (L, B, hidden)), or one or more per layer, (batch, *sizes) with the sizes'
+    axes static and one more symbolic (the Transformer's caches: (B, heads, S, head)); the
+    static sizes the manifest's `state` facts in order. The state outputs, in the same order,
+    of the same type and static dims."""
+    sizes = list(facts["state"].values())
+    layers = facts["num_layers"]
     if not ins or len(ins) != len(outs):
         raise ExportDirError(
             f"{path}: {len(ins)} state inputs and {len(outs)} state outputs; expected the same "
             "number, at least one"
         )
-    for i, o in zip(ins, outs):
-        dims = [d for d in _static(i.shape) if d is not None]
-        ok = i.type in ("tensor(float)", "tensor(float16)") and dims == static
-        ok = ok and len(i.shape) > 1 and not isinstance(i.shape[1], int)  # the batch axis
-        if not ok:
+    per_layer = 0
+    for i in ins:
+        dims, shape = [d for d in _static(i.shape) if d is not None], list(i.shape)
+        stacked = dims == [layers, *sizes] and len(shape) > 1 and not isinstance(shape[1], int)
+        one = dims == sizes and bool(shape) and not isinstance(shape[0], int)
+        per_layer += one
+        if i.type not in ("tensor(float)", "tensor(float16)") or not (stacked or one):
             raise ExportDirError(
                 f"{path}: state input {i.name!r} is {i.type}{_dims_text(i.shape)}, expected float "
-                f"with static dims {static} (num_layers, then state {facts['state']})"
+                f"with static dims {[layers, *sizes]} (num_layers, then state "
+                f"{facts['state']}), or {sizes} per layer"
             )
+    if per_layer % layers:
+        raise ExportDirError(f"{path}: {per_layer} per-layer state inputs for {layers} layers")
+    for i, o in zip(ins, outs):
         if o.type != i.type or _static(o.shape) != _static(i.shape):
             raise ExportDirError(
                 f"{path}: state output {o.name!r} is {o.type}{_dims_text(o.shape)}, but it "

@@ -198,7 +198,9 @@ class _State:
 
     async def lifespan(self, _app):
         self.batcher = EmbedBatcher(
-            lambda texts: self.model.embed(texts, batch_size=self.config.embed_batch_size),
+            lambda texts, kind: self.model.embed(
+                texts, batch_size=self.config.embed_batch_size, kind=kind
+            ),
             self.config.batch_window_ms / 1000,
             self.config.max_batch_tokens,
         )
@@ -246,7 +248,7 @@ class _State:
         # off the event loop: 256 texts of 20k characters take a while to tokenise
         encoded = await asyncio.to_thread(self.tokenizer.encode_many, body.input)
         tokens = sum(len(ids) for ids in encoded)
-        vecs = await self.batcher.embed(body.input, max(tokens, 1))
+        vecs = await self.batcher.embed(body.input, max(tokens, 1), body.kind)
         fmt = body.encoding_format
         data = [
             {"object": "embedding", "index": i, "embedding": _encode_vector(v, fmt)}

@@ -30,18 +30,20 @@ class _Job:
     texts: list[str]
     tokens: int
     future: asyncio.Future
+    kind: str = "document"  # a batch holds one kind: documents or queries
     arrived: float = field(default_factory=time.monotonic)
 
 
 class EmbedBatcher:
-    """`await batcher.embed(texts, tokens)` -> (len(texts), D) float32, batched with others.
+    """`await batcher.embed(texts, tokens, kind)` -> (len(texts), D) float32, batched with
+    others of the same kind ("document" or "query").
 
-    embed_fn(texts) -> (n, D) float32 runs in the batcher's worker thread.
+    embed_fn(texts, kind) -> (n, D) float32 runs in the batcher's worker thread.
     """
 
     def __init__(
         self,
-        embed_fn: Callable[[Sequence[str]], np.ndarray],
+        embed_fn: Callable[[Sequence[str], str], np.ndarray],
         window_s: float = 0.005,
         max_batch_tokens: int = 16384,
     ):
@@ -77,9 +79,9 @@ class EmbedBatcher:
     def queued(self) -> int:
         return self._queue.qsize() + (self._carry is not None)
 
-    async def embed(self, texts: list[str], tokens: int) -> np.ndarray:
+    async def embed(self, texts: list[str], tokens: int, kind: str = "document") -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(texts, tokens, future))
+        await self._queue.put(_Job(texts, tokens, future, kind))
         return await future
 
     # ------------------------------------------------------------------ the loop
@@ -111,7 +113,7 @@ class EmbedBatcher:
             job = await self._next_job(deadline - time.monotonic())
             if job is None:
                 break
-            if tokens + job.tokens > self.max_batch_tokens:
+            if tokens + job.tokens > self.max_batch_tokens or job.kind != first.kind:
                 self._carry = job  # first in the next batch
                 break
             batch.append(job)
@@ -125,7 +127,7 @@ class EmbedBatcher:
         texts = [t for job in batch for t in job.texts]
         start = time.perf_counter()
         try:
-            vecs = await loop.run_in_executor(self.executor, self.embed_fn, texts)
+            vecs = await loop.run_in_executor(self.executor, self.embed_fn, texts, batch[0].kind)
         except Exception:  # one job may be at fault: retry each alone, keep the others
             if len(batch) > 1:
                 for job in batch:

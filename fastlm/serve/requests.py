@@ -229,6 +229,8 @@ def request_models(config: ServeConfig) -> RequestModels:
         input: texts
         encoding_format: Literal["float", "base64"] = "float"
         dimensions: Annotated[int, Field(strict=True)] | None = None  # the model's, if given
+        # fastlm's extension: the vectors of search queries (LanguageModel.embed's `kind`)
+        kind: Literal["document", "query"] = "document"
 
     class StreamOptions(BaseModel, extra="forbid"):
         include_usage: StrictBool = False
