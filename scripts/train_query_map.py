@@ -32,7 +32,7 @@ import fastlm
 from fastlm.char_ngrams import count_ngrams, normalize_text
 from fastlm.embedding.evaluate import DevSets, judged_queries, retrieval_metrics
 from fastlm.embedding.lexical_training import TextTable, take
-from fastlm.embedding.pairs import mine_negatives, read_pairs_tsv
+from fastlm.embedding.pairs import training_pairs
 
 
 class QuerySide(torch.nn.Module):
@@ -92,18 +92,13 @@ def main() -> None:
 
     texts, queries, files, dropped = TextTable(), TextTable(), [], 0
     for f in args.pairs:
-        ps = read_pairs_tsv(f)
-        keep = [i for i in range(len(ps)) if fresh(ps.queries[i], ps.positives[i])]
-        dropped += len(ps) - len(keep)
-        qs, pos = [ps.queries[i] for i in keep], [ps.positives[i] for i in keep]
-        negs = [ps.negatives[i] for i in keep]
-        if args.mine_negatives and all(n is None for n in negs):
-            negs = mine_negatives(qs, pos, args.mine_negatives)
-        has = np.array([n is not None and fresh(n) for n in negs], dtype=bool)
-        neg = np.full(len(keep), -1, np.int64)
+        ps, n_dropped, _ = training_pairs(f, fresh, args.mine_negatives)
+        dropped += n_dropped
+        has = np.array([n is not None for n in ps.negatives], dtype=bool)
+        neg = np.full(len(ps), -1, np.int64)
         if has.any():
-            neg[has] = texts.ids([negs[i] for i in np.flatnonzero(has)])
-        files.append((queries.ids(qs), texts.ids(pos), neg, f.parent.name))
+            neg[has] = texts.ids([ps.negatives[i] for i in np.flatnonzero(has)])
+        files.append((queries.ids(ps.queries), texts.ids(ps.positives), neg, f.parent.name))
     sizes = np.array([len(q) for q, *_ in files], np.float64)
 
     t0 = time.time()

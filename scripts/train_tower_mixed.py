@@ -48,7 +48,7 @@ from fastlm.embedding.data import read_sick, read_sts_tsv
 from fastlm.embedding.evaluate import DevSets
 from fastlm.embedding.lexical_training import TextTable
 from fastlm.embedding.losses import cosent_loss
-from fastlm.embedding.pairs import mine_negatives, read_pairs_tsv
+from fastlm.embedding.pairs import read_pairs_tsv, training_pairs
 from fastlm.tokenizer import pad_batch
 
 
@@ -124,19 +124,13 @@ def main() -> None:
     sa, sb, sg = texts.ids(sa), texts.ids(sb), torch.tensor(sg, dtype=torch.float32)
     files, mined = [], 0
     for f in args.pairs:
-        ps = read_pairs_tsv(f)
-        keep = [i for i in range(len(ps)) if fresh(ps.queries[i], ps.positives[i])]
-        dropped += len(ps) - len(keep)
-        queries, positives = [ps.queries[i] for i in keep], [ps.positives[i] for i in keep]
-        negatives = [ps.negatives[i] for i in keep]
-        if args.mine_negatives and all(n is None for n in negatives):
-            negatives = mine_negatives(queries, positives, args.mine_negatives)
-            mined += sum(n is not None for n in negatives)
-        has = np.array([n is not None and fresh(n) for n in negatives], dtype=bool)
-        neg = np.full(len(keep), -1, np.int64)
+        ps, n_dropped, n_mined = training_pairs(f, fresh, args.mine_negatives)
+        dropped, mined = dropped + n_dropped, mined + n_mined
+        has = np.array([n is not None for n in ps.negatives], dtype=bool)
+        neg = np.full(len(ps), -1, np.int64)
         if has.any():
-            neg[has] = texts.ids([negatives[i] for i in np.flatnonzero(has)])
-        files.append((texts.ids(queries), texts.ids(positives), neg))
+            neg[has] = texts.ids([ps.negatives[i] for i in np.flatnonzero(has)])
+        files.append((texts.ids(ps.queries), texts.ids(ps.positives), neg))
     sizes = np.array([len(q) for q, _, _ in files], np.float64)
     t0 = time.time()
     order = list(texts.rows)

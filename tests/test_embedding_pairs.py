@@ -9,6 +9,7 @@ from fastlm.embedding.pairs import (
     mine_negatives,
     read_pair_files,
     read_pairs_tsv,
+    training_pairs,
 )
 
 
@@ -47,6 +48,42 @@ def test_mined_negative_is_the_best_other_bm25_hit_never_the_own_positive():
     assert mined[1] == positives[0]
     # the top 2 hold only the own positive and its copy: no negative rather than a false one
     assert mined[2] is None and mined[3] is None
+
+
+def test_training_pairs_drop_dev_rows_and_dev_negatives(tmp_path):
+    dev = {"dev query", "dev passage"}
+    fresh = lambda *texts: not dev.intersection(texts)  # noqa: E731
+    path = write(
+        tmp_path,
+        "t.tsv",
+        "query\tpositive\tnegative\n"
+        "q1\tp1\tn1\n"
+        "dev query\tp2\tn2\n"  # the query is a dev text: the row goes
+        "q3\tdev passage\tn3\n"  # the positive is: the row goes
+        "q4\tp4\tdev passage\n",  # only the negative is: the row stays, without it
+    )
+    pairs, dropped, mined = training_pairs(path, fresh, mine_depth=5)
+    assert (pairs.queries, pairs.positives, pairs.negatives) == (
+        ["q1", "q4"],
+        ["p1", "p4"],
+        ["n1", None],
+    )
+    assert (dropped, mined) == (2, 0)  # the file has negatives: none mined
+
+
+def test_training_pairs_mine_negatives_only_where_a_file_has_none(tmp_path):
+    rows = [
+        ("lava eruptions", "volcanic eruptions of lava and ash"),
+        ("ash clouds and aircraft", "volcanic ash clouds ground aircraft"),
+        ("chess openings", "the history of chess openings"),
+    ]
+    text = "query\tpositive\n" + "".join(f"{q}\t{p}\n" for q, p in rows)
+    path = write(tmp_path, "t.tsv", text)
+    pairs, dropped, mined = training_pairs(path, lambda *t: True, mine_depth=2)
+    assert pairs.negatives[0] == rows[1][1] and pairs.negatives[1] == rows[0][1]
+    assert (dropped, mined) == (0, sum(n is not None for n in pairs.negatives))
+    unmined, _, none = training_pairs(path, lambda *t: True)
+    assert unmined.negatives == [None, None, None] and none == 0
 
 
 def test_extra_columns_are_ignored_and_bom_is_handled(tmp_path):

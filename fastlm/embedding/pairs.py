@@ -11,7 +11,7 @@ have such rows and dropping them changes nothing.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,3 +85,22 @@ def mine_negatives(queries: list[str], positives: list[str], depth: int) -> list
         hit = next((j for j in row if j != i and positives[j] != positives[i]), None)
         out.append(None if hit is None else positives[hit])
     return out
+
+
+def training_pairs(
+    path: str | Path, fresh: Callable[..., bool], mine_depth: int = 0
+) -> tuple[PairSet, int, int]:
+    """(pairs, rows dropped, negatives mined) of one file for training: the rows whose query and
+    positive pass `fresh` (e.g. share no text with a dev set); their negatives the file's own,
+    or with mine_depth > 0 and none in the file, mined by BM25 (`mine_negatives`); a negative
+    that fails `fresh` becomes None."""
+    ps = read_pairs_tsv(path)
+    keep = [i for i in range(len(ps)) if fresh(ps.queries[i], ps.positives[i])]
+    queries, positives = [ps.queries[i] for i in keep], [ps.positives[i] for i in keep]
+    negatives = [ps.negatives[i] for i in keep]
+    mined = 0
+    if mine_depth and all(n is None for n in negatives):
+        negatives = mine_negatives(queries, positives, mine_depth)
+        mined = sum(n is not None for n in negatives)
+    negatives = [n if n is not None and fresh(n) else None for n in negatives]
+    return PairSet(queries, positives, negatives), len(ps) - len(keep), mined
