@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import fastlm
+from fastlm.batching import l2_normalize
 from fastlm.char_ngrams import count_ngrams, normalize_text
 from fastlm.embedding.evaluate import DevSets, judged_queries, retrieval_metrics
 from fastlm.embedding.lexical_training import TextTable, take
@@ -57,10 +58,6 @@ class QuerySide(torch.nn.Module):
         )
         x = torch.cat([tower, F.normalize(b, dim=-1)], dim=1)
         return F.normalize(x @ self.mix.T, dim=-1)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def main() -> None:
@@ -114,7 +111,7 @@ def main() -> None:
         model.backend.lexical = lexical
         seqs = model.tokenizer.encode_many(d_texts)
         cut = [model.tokenizer.decode(s[: args.max_tokens]) for s in seqs]  # what the tower read
-        docs = unit(branch.mix_vectors(d_tower, branch.vectors(cut)))
+        docs = l2_normalize(branch.mix_vectors(d_tower, branch.vectors(cut)))
         np.savez(cache, q_tower=q_tower, docs=docs)
     q_counts = count_ngrams(q_texts, branch.table.shape[0], branch.sizes)
     facts = {

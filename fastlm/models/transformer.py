@@ -121,11 +121,11 @@ def block(
     qkv, out, ff1, ff2 = linears or layer.linears()
     drop = layer.drop if layer.training else _identity  # a module call per use costs ~us/token
     B, T, C = x.shape
-    nh = layer.attn.nhead
     if packed:  # (B, T, C) throughout: no reshape, whose target shape a graph would compute
         q, k, v = qkv(x).split(C, dim=2)
         x = layer.norm1(x + drop(out(attend(q, k, v))))
         return layer.norm2(x + drop(ff2(drop(F.relu(ff1(x))))))
+    nh = layer.attn.nhead
     rows = x.reshape(B * T, C)
     # (B*T, 3C) -> 3 x (B, NH, T, D) views; the head dimension stays contiguous
     q, k, v = qkv(rows).view(B, T, 3, nh, C // nh).permute(2, 0, 3, 1, 4).unbind(0)
@@ -358,7 +358,8 @@ class TransformerArchitecture(Architecture):
         return min(EMBED_WINDOW, config.max_len)
 
     def decode_graph(self, model, batch):
-        from fastlm.models.transformer_graphs import decode_graph  # export only: ONNX ops
+        # imported here: transformer_graphs builds on this module (block, the model class)
+        from fastlm.models.transformer_graphs import decode_graph
 
         return decode_graph(model, batch)
 
