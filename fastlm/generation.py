@@ -17,6 +17,7 @@ import numpy as np
 
 from fastlm.backend import Decoder
 from fastlm.sampling import DEFAULT_MAX_NEW_TOKENS, SamplingParams, make_rng, sample_next
+from fastlm.speculative import with_lookup
 from fastlm.tokenizer import EOT_ID, Tokenizer
 from fastlm.validation import ArgumentTypeError, ArgumentValueError, check_int, check_optional_int
 
@@ -84,6 +85,8 @@ def run(
     the first step is asked for). Arguments are checked by the caller."""
     new = params.max_new_tokens
     decoder = new_decoder(len(ids) + new)
+    if params.temperature == 0:  # greedy: guessed tokens pay off (exact either way)
+        decoder = with_lookup(decoder)
     rng = make_rng(params.seed)
     text = _IncrementalText(tokenizer, params.stop)
     logits = decoder.prefill(ids)

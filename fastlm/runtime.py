@@ -133,7 +133,8 @@ class OrtBackend(Backend):
         return run_session(self.sessions["embed"], feed, "an embedding batch")[0]
 
     _outsize_lm = None  # the lm session without arena, built on the first outsize run
-    _outsize_lock = threading.Lock()
+    _step_decode = None  # decode.onnx on one thread, built for the first decoder
+    _lazy_lock = threading.Lock()  # guards the sessions built on first use
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         """(B, T) int64 ids -> (B, T, V) float32 logits at every position."""
@@ -154,7 +155,7 @@ class OrtBackend(Backend):
         """lm.onnx on a session without CPU arena: an outsize run's memory goes back to the
         system when the run ends, where the arena would keep its peak for the process's life
         (and shrinking it left a third of it). Built once, on first use."""
-        with self._outsize_lock:
+        with self._lazy_lock:
             if self._outsize_lm is None:
                 providers = self.sessions["lm"].get_providers()
                 file, graph = self._graphs["lm"]
@@ -173,7 +174,21 @@ class OrtBackend(Backend):
         return total
 
     def new_decoder(self, max_seq: int) -> OnnxDecoder:
-        return OnnxDecoder(self.sessions["decode"], self.info.context_length, max_seq)
+        decode = self.sessions["decode"]
+        return OnnxDecoder(decode, self.info.context_length, max_seq, self._step_session())
+
+    def _step_session(self):
+        """decode.onnx on one thread for the decoder's steps (OnnxDecoder: step_session); the
+        decode session itself when that is one thread already or not on a CPU. Built once, on
+        first use."""
+        decode = self.sessions["decode"]
+        if self.threads == 1 or decode.get_providers()[0] != "CPUExecutionProvider":
+            return decode
+        with self._lazy_lock:
+            if self._step_decode is None:
+                file, graph = self._graphs["decode"]
+                self._step_decode = make_session(file, 1, ["CPUExecutionProvider"], packed=graph)
+            return self._step_decode
 
     def details(self) -> dict:
         return {

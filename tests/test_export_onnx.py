@@ -134,13 +134,15 @@ def _initial_state(arch: str, B: int, cache: int) -> dict:
 
 
 def _controls(arch: str, B: int, start: int, stop: int) -> dict:
-    """The Transformer's control inputs for tokens start..stop-1 (the LSTM has none)."""
+    """The Transformer's control inputs for tokens start..stop-1, logits for the last (the LSTM
+    has none)."""
     if arch == "lstm":
         return {}
     return {
         "position_ids": np.tile(np.arange(start, stop), (B, 1)),
         "seqlens_k": np.full(B, stop - 1, np.int32),
         "total_sequence_length": np.array(stop, np.int32),
+        "logits_index": np.array([stop - start - 1]),
     }
 
 
@@ -166,6 +168,8 @@ def test_decode_graph_continues_like_full_forward(
             B, state = 1, {k: v[:1] for k, v in state.items()}
         feed = {"input_ids": ids[:B, start:stop].numpy(), **_controls(arch, B, start, stop)}
         logits, *new = decode.run(None, {**feed, **state})
+        if arch == "transformer":  # (B, K, V): the positions of logits_index
+            logits = logits[:, -1]
         np.testing.assert_allclose(logits, ref[:B, stop - 1], atol=1e-4, rtol=0)
         state, start = dict(zip(state, new)), stop
     assert B == (1 if arch == "transformer" else 7)

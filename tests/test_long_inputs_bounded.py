@@ -116,13 +116,14 @@ def _record_torch_chunks(model, monkeypatch) -> list[int]:
 
 
 def _record_onnx_chunks(monkeypatch) -> list[int]:
-    """Lengths of the input_ids every decode.onnx run gets from now on."""
+    """Lengths of the input_ids every decode.onnx run but a single-token step gets from now on
+    (prompt chunks, and the guesses greedy generation checks)."""
     seen: list[int] = []
     inner = OnnxDecoder._run
 
-    def run(self, ids):
+    def run(self, ids, **options):
         seen.append(len(ids))
-        return inner(self, ids)
+        return inner(self, ids, **options)
 
     monkeypatch.setattr(OnnxDecoder, "_run", run)
     return seen

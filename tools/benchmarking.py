@@ -204,6 +204,28 @@ def decode_flops(model, prompt: int, new: int) -> float:
     return per_token * (prompt + new) + mixing
 
 
+def weights_floor(model, rounds: int = 200) -> float:
+    """Seconds per token that reading the weights costs on this CPU: one matrix-vector product
+    (numpy, fp32) with every matrix a decode step multiplies by (`matmul_params(head=True)`),
+    best of `rounds`. A one-token step can only beat it by reading fewer bytes (int8) or by
+    checking several tokens per read (fastlm/speculative.py)."""
+    import numpy as np
+
+    mats = [
+        p.detach().float().numpy().T.copy()  # (in, out): x @ W, as the graphs lay them out
+        for name, p in model.named_parameters()
+        if p.dim() == 2 and not name.startswith("embedding")
+    ]
+    xs = {m.shape[0]: np.ones((1, m.shape[0]), np.float32) for m in mats}
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for m in mats:
+            xs[m.shape[0]] @ m
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 # ----------------------------------------------------------------------------- environment
 def cpu_name() -> str:
     try:
@@ -249,9 +271,12 @@ def random_batch(batch: int, tokens: int, vocab: int, seed: int = 0):
 
 
 def greedy_decode(backend, prompt: list[int], new: int) -> list[int]:
-    """`new` greedy tokens through the backend's decoder (1 prefill + new - 1 steps). Never
-    stops at <|endoftext|>, so every call does the same work whatever the weights."""
-    decoder = backend.new_decoder(len(prompt) + new)
+    """`new` greedy tokens through the backend's decoder (1 prefill + new - 1 steps), with the
+    guessed tokens generate() checks when the decoder can (fastlm/speculative.py). Never stops
+    at <|endoftext|>, so every call does the same work whatever the weights."""
+    from fastlm.speculative import with_lookup
+
+    decoder = with_lookup(backend.new_decoder(len(prompt) + new))  # as generate()'s greedy
     logits = decoder.prefill(prompt)
     out = []
     for i in range(new):

@@ -22,7 +22,7 @@ import torch
 from fastlm.checkpoint import Checkpoint
 from fastlm.engine.eager import chunked_nll
 from fastlm.models import architecture_of
-from fastlm.ort.format import DTYPES, ExportDirError, verify_export_dir
+from fastlm.ort.format import DTYPES, GRAPHS_REVISION, ExportDirError, verify_export_dir
 from fastlm.ort.packs import PackedGraphs
 from fastlm.ort.sessions import default_providers
 from fastlm.runtime import OrtBackend
@@ -112,7 +112,9 @@ def _load_or_export(ckpt_path: Path, path: Path, want: tuple) -> dict:
         try:
             manifest = verify_export_dir(path)
             _check_source(manifest, weights_sha, arch, dtype, path)
-            return manifest
+            if manifest["versions"].get("graphs") == GRAPHS_REVISION:
+                return manifest
+            log.info("%s was exported by an older fastlm: exporting it again", path)
         except ExportDirError:
             pass  # corrupt or half-edited cache entry: export again over it
         except ValueError:

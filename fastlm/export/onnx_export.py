@@ -8,9 +8,10 @@ Graphs (batch and sequence axes dynamic; B = batch, T = tokens, V = vocab):
 - decode.onnx  input_ids (B, T), *state -> the last position's logits (B, V), *new state: the
                architecture's decode graph (`Architecture.decode_graph`: the LSTM's h, c; the
                Transformer's per-layer KV caches, written in place by ONNX Runtime's fused
-               GroupQueryAttention, fastlm/models/transformer_graphs.py; one graph serves
-               prefill chunks and single steps). All rows of a decode batch share the same
-               length (batch-1 decoding is the common case).
+               GroupQueryAttention, with the positions whose logits it returns (B, K, V) as an
+               input, fastlm/models/transformer_graphs.py; one graph serves prefill chunks,
+               single steps and the verification of drafted tokens). All rows of a decode
+               batch share the same length (batch-1 decoding is the common case).
 
 Why the TorchScript exporter (dynamo=False): here it exports the three graphs in ~3 s with
 correct dynamic axes at every shape we check (1, 3, 300 tokens; batch 1 and 7), while the dynamo
@@ -103,3 +104,8 @@ def _export_decode(model: nn.Module, ids: torch.Tensor, path: Path) -> None:
         # Runtime folds at load; folded here, the transposed copy was stored: +6 MB per pack
         fold=getattr(graph, "onnx_fold", True),
     )
+    finish = getattr(graph, "onnx_finish", None)  # a last edit of the traced graph, if any
+    if finish is not None:
+        import onnx
+
+        onnx.save(finish(onnx.load(str(path))), str(path))

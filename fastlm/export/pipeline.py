@@ -38,6 +38,7 @@ from fastlm.ort.format import (
     DTYPES,
     FORMAT,
     GRAPHS,
+    GRAPHS_REVISION,
     MANIFEST_FILE,
     PARITY_FILE,
     TOKENIZER_FILE,
@@ -107,6 +108,7 @@ def _fill(tmp: Path, ckpt, dtype: str) -> None:
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "opset": OPSET,
+            "graphs": GRAPHS_REVISION,
         },
     }
     # The certificate is measured on the CPU provider (whatever this machine has), one thread.

@@ -115,15 +115,15 @@ def block(
     """One encoder layer, x (B, T, C) -> (B, T, C). linears: callables (rows, in) -> (rows, out)
     for (qkv, out, ff1, ff2), default the layer's own nn.Linear modules (the decode step passes
     addmm on pre-transposed weights). The linears see 2-D rows, what addmm takes. `attend` takes
-    q, k, v as (B, NH, T, D) heads and returns the same shape; with packed=True it takes and
-    returns (B, T, C), the heads side by side as fused attention ops take them, and the linears
-    (nn.Linear here) see (B, T, C) too."""
+    q, k, v as (B, NH, T, D) heads and returns the same shape; with packed=True it takes the
+    qkv projection whole, (B, T, 3C) = [q | k | v] with the heads side by side as fused
+    attention ops take it, and returns (B, T, C); the linears (nn.Linear here) see (B, T, C)
+    too."""
     qkv, out, ff1, ff2 = linears or layer.linears()
     drop = layer.drop if layer.training else _identity  # a module call per use costs ~us/token
     B, T, C = x.shape
     if packed:  # (B, T, C) throughout: no reshape, whose target shape a graph would compute
-        q, k, v = qkv(x).split(C, dim=2)
-        x = layer.norm1(x + drop(out(attend(q, k, v))))
+        x = layer.norm1(x + drop(out(attend(qkv(x)))))
         return layer.norm2(x + drop(ff2(drop(F.relu(ff1(x))))))
     nh = layer.attn.nhead
     rows = x.reshape(B * T, C)

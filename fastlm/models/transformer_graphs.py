@@ -4,15 +4,19 @@ decode.onnx takes
 
     input_ids (B, T) int64, position_ids (B, T) int64 (the tokens' positions),
     seqlens_k (B,) int32 (position of the last token), total_sequence_length () int32
-    (tokens in the cache after this run), past_key_<i>, past_value_<i> (B, NH, S, Dh) per layer
+    (tokens in the cache after this run), logits_index (K,) int64 (the positions among the T
+    whose logits are wanted: the last for a step or a prompt chunk, all T to verify a draft),
+    past_key_<i>, past_value_<i> (B, NH, S, Dh) per layer
 
-and returns the last position's logits (B, V) and present_key_<i>, present_value_<i>, the same
-(B, NH, S, Dh) caches with the T new keys and values written at their positions. Attention is
-ONNX Runtime's fused `com.microsoft::GroupQueryAttention` (as many key/value heads as query
-heads): when a decoder binds present_* to the very buffers it feeds as past_* (IO binding), the
-cache is written in place and nothing of the past is copied per token. S is the decoder's
-choice (the generation's length), fixed for one generation. The layers are the model's own
-`block`; only attention is the fused op. Used by the export only (fastlm/export).
+and returns those positions' logits (B, K, V) and present_key_<i>, present_value_<i>, the same
+(B, NH, S, Dh) caches with the T new keys and values written at their positions. A decoder
+rewinds by feeding smaller positions: entries past a query's own position are never read.
+Attention is ONNX Runtime's fused `com.microsoft::GroupQueryAttention` (as many key/value heads
+as query heads, q, k, v packed): when a decoder binds present_* to the very buffers it feeds as
+past_* (IO binding), the cache is written in place and nothing of the past is copied per token.
+S is the decoder's choice (the generation's length), fixed for one generation. The layers are
+the model's own `block`; only attention is the fused op. Used by the export only
+(fastlm/export).
 """
 
 from __future__ import annotations
@@ -30,18 +34,21 @@ class GroupQueryAttention(torch.autograd.Function):
     """ONNX Runtime's GroupQueryAttention with kv_num_heads = num_heads, on a shared cache.
 
     forward is its reference in PyTorch (what tracing runs; every row of the batch at the same
-    length): q, k, v (B, T, C) with heads side by side, the caches (B, NH, S, D), the new keys
-    written at positions total - T .. total - 1, each query attending causally over the cache
-    up to its own position. Returns (out (B, T, C), present_key, present_value)."""
+    length): qkv (B, T, 3C) packed as [q | k | v] with heads side by side (the op's packed
+    form: no Split node), the caches (B, NH, S, D), the new keys written at positions
+    total - T .. total - 1, each query attending causally over the cache up to its own
+    position. Returns (out (B, T, C), present_key, present_value)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, past_key, past_value, seqlens_k, total, num_heads: int):
-        B, T, C = q.shape
+    def forward(ctx, qkv, past_key, past_value, seqlens_k, total, num_heads: int):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
         D = C // num_heads
         start = int(total) - T
+        q, k, v = qkv.split(C, dim=2)
 
         def heads(x):
-            return x.view(B, T, num_heads, D).transpose(1, 2)  # (B, NH, T, D)
+            return x.reshape(B, T, num_heads, D).transpose(1, 2)  # (B, NH, T, D)
 
         present_key, present_value = past_key.clone(), past_value.clone()
         present_key[:, :, start : start + T] = heads(k)
@@ -54,12 +61,15 @@ class GroupQueryAttention(torch.autograd.Function):
         return out, present_key, present_value
 
     @staticmethod
-    def symbolic(g, q, k, v, past_key, past_value, seqlens_k, total, num_heads: int):
+    def symbolic(g, qkv, past_key, past_value, seqlens_k, total, num_heads: int):
+        # key and value are the op's optional inputs, left empty when the query is packed
+        missing = g.op("prim::Constant")
+        missing.setType(torch._C.OptionalType.ofTensor())
         out, key, value = g.op(
             "com.microsoft::GroupQueryAttention",
-            q,
-            k,
-            v,
+            qkv,
+            missing,
+            missing,
             past_key,
             past_value,
             seqlens_k,
@@ -69,7 +79,8 @@ class GroupQueryAttention(torch.autograd.Function):
             outputs=3,
         )
         # ONNX has no shape inference for the contrib op: the outputs are shaped as their inputs
-        out.setType(q.type())
+        _, heads, _, head_dim = past_key.type().varyingSizes()  # (B, NH, S, D) -> (B, T, NH*D)
+        out.setType(past_key.type().with_sizes([None, None, heads * head_dim]))
         key.setType(past_key.type())
         value.setType(past_value.type())
         return out, key, value
@@ -77,8 +88,8 @@ class GroupQueryAttention(torch.autograd.Function):
 
 class TransformerDecodeGraph(nn.Module):
     """decode.onnx (module docstring): forward(input_ids, position_ids, seqlens_k,
-    total_sequence_length, past_key_0, past_value_0, past_key_1, ...) -> (logits (B, V),
-    present_key_0, present_value_0, ...)."""
+    total_sequence_length, logits_index, past_key_0, past_value_0, past_key_1, ...) ->
+    (logits (B, K, V), present_key_0, present_value_0, ...)."""
 
     onnx_opsets = {"com.microsoft": 1}  # the custom op domain its export declares
     onnx_fold = False  # keep W (not W^T) in the graph: fastlm/export/onnx_export.py
@@ -87,21 +98,35 @@ class TransformerDecodeGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, seqlens_k, total, *past):
+    @staticmethod
+    def onnx_finish(graph):
+        """Name the attention outputs' batch and sequence axes as the ids' ("batch", "seq"):
+        the exporter names them afresh, and ONNX Runtime then cannot tell that the residual
+        sums' two sides match, so it fused no SkipLayerNormalization (49 nodes after its
+        optimisations, 37 named so)."""
+        attention = {n.output[0] for n in graph.graph.node if n.op_type == "GroupQueryAttention"}
+        for value in graph.graph.value_info:
+            if value.name in attention:
+                batch, seq, _ = value.type.tensor_type.shape.dim
+                batch.dim_param, seq.dim_param = "batch", "seq"
+        return graph
+
+    def forward(self, input_ids, position_ids, seqlens_k, total, logits_index, *past):
         m = self.model
         x = m.embed_tokens(input_ids, position_ids)  # (B, T, C)
         presents = []
         for i, layer in enumerate(m.layers):
 
-            def attend(q, k, v, i=i, nhead=layer.attn.nhead):
+            def attend(qkv, i=i, nhead=layer.attn.nhead):
                 out, key, value = GroupQueryAttention.apply(
-                    q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total, nhead
+                    qkv, past[2 * i], past[2 * i + 1], seqlens_k, total, nhead
                 )
                 presents.extend((key, value))
                 return out
 
             x = block(layer, x, attend, packed=True)
-        return (m.fc(x[:, -1]), *presents)
+        # the head (V x C, the largest matmul) only on the positions asked for
+        return (m.fc(x.index_select(1, logits_index)), *presents)
 
 
 def decode_graph(model: SimpleTransformer_LM, batch: int):
@@ -113,6 +138,7 @@ def decode_graph(model: SimpleTransformer_LM, batch: int):
     positions = (torch.arange(T) + start).expand(batch, T)
     seqlens_k = torch.full((batch,), start + T - 1, dtype=torch.int32)
     total = torch.tensor(start + T, dtype=torch.int32)
+    logits_index = torch.arange(T)
     cache = torch.zeros(batch, cfg.nhead, S, cfg.d_model // cfg.nhead)
     past = [cache.clone() for _ in range(2 * cfg.num_layers)]
     names = [f"{kind}_{i}" for i in range(cfg.num_layers) for kind in ("key", "value")]
@@ -121,8 +147,10 @@ def decode_graph(model: SimpleTransformer_LM, batch: int):
     inputs = {
         **controls,
         "total_sequence_length": {},
+        "logits_index": {0: "keep"},
         **{f"past_{n}": cache_axes for n in names},
     }
-    assert list(inputs)[:3] == list(CONTROL_INPUTS)  # the names the decoder fills
-    outputs = {f"present_{n}": cache_axes for n in names}
-    return TransformerDecodeGraph(model), (positions, seqlens_k, total, *past), inputs, outputs
+    assert list(inputs)[:4] == list(CONTROL_INPUTS)  # the names the decoder fills
+    outputs = {"logits": {0: "batch", 1: "keep"}, **{f"present_{n}": cache_axes for n in names}}
+    example = (positions, seqlens_k, total, logits_index, *past)
+    return TransformerDecodeGraph(model), example, inputs, outputs

@@ -3,14 +3,17 @@ fastlm/export/pipeline.py, read by the torch-free runtime (fastlm/runtime.py).
 
     embed.onnx    input_ids, attention_mask (B, T) int64 -> embedding (B, D) float32
     lm.onnx       input_ids (B, T) int64 -> logits (B, T, V) float32
-    decode.onnx   input_ids (B, T) int64, [controls], *state -> logits (B, V), *new state:
+    decode.onnx   input_ids (B, T) int64, [controls], *state -> logits (B, V) (or (B, K, V),
+                  the positions of logits_index), *new state:
                   the state inputs are whatever the architecture carries, zero at the start,
                   and the outputs after the logits are fed back to them in order: the LSTM's
                   h, c (L, B, hidden); the Transformer's per-layer KV caches (B, heads, S,
                   head_dim), S chosen by the decoder, written in place when its outputs are
                   bound to its inputs' buffers. The controls (CONTROL_INPUTS, the Transformer's)
                   are filled from the decoder's length: position_ids (B, T) int64, seqlens_k
-                  (B,) int32 (position of the last token), total_sequence_length () int32
+                  (B,) int32 (position of the last token), total_sequence_length () int32,
+                  and optionally logits_index (K,) int64, the positions among the T whose
+                  logits are returned (an older in-place export has none: logits (B, V))
     tokenizer.json, config.json, parity.json (the certificate), README.md (the model card)
     lexical.safetensors  optional: the embedding's lexical branch (fastlm/char_ngrams.py), used
                   only when the manifest lists it
@@ -40,6 +43,10 @@ from fastlm.validation import check_int, check_manifest_files
 # Transformer's decode graph is read in either layout: per-layer caches written in place (this
 # exporter's) or the stacked, growing past of earlier exports; the decoder reads which from it.
 FORMAT = "fastlm-onnx/3"
+# The exporter's graph layout, recorded in a manifest's versions: 2 = the Transformer's decode
+# graph picks the positions it returns logits for (logits_index) and packs q, k, v into its
+# fused attention. An older export still runs; a cached one is exported again (onnx backend).
+GRAPHS_REVISION = 2
 DTYPES = ("fp32", "fp16", "int8")
 EMBED_FILE, LM_FILE, DECODE_FILE = "embed.onnx", "lm.onnx", "decode.onnx"
 GRAPHS = {"embed": EMBED_FILE, "lm": LM_FILE, "decode": DECODE_FILE}
@@ -52,7 +59,9 @@ CONTROL_INPUTS = {
     "position_ids": ("tensor(int64)", ["batch", "seq"]),
     "seqlens_k": ("tensor(int32)", ["batch"]),
     "total_sequence_length": ("tensor(int32)", []),
+    "logits_index": ("tensor(int64)", ["keep"]),
 }
+OPTIONAL_CONTROLS = ("logits_index",)
 # What a reader may know without torch: sizes, the embedding window, whether full-sequence
 # graphs materialise attention scores, and the decode state's sizes.
 MODEL_FACTS = (
@@ -190,6 +199,8 @@ def check_graph(session, path: Path, role: str, manifest: dict) -> None:
         _check_controls(controls, path)
         _check_state([i for i in ins[1:] if i.name not in CONTROL_INPUTS], outs[1:], path, facts)
         ins, outs = ins[:1], outs[:1]
+        if any(c.name == "logits_index" for c in controls):
+            want_out = [("logits", "tensor(float)", ["batch", "keep", facts["vocab_size"]])]
     for kind, got, want in (("input", ins, want_in), ("output", outs, want_out)):
         if [v.name for v in got] != [name for name, _, _ in want]:
             raise ExportDirError(
@@ -246,11 +257,14 @@ def _expected_io(role: str, facts: dict) -> tuple[list, list]:
 
 
 def _check_controls(controls: list, path: Path) -> None:
-    """None, or every control input with its type and dims (CONTROL_INPUTS)."""
-    if controls and len(controls) != len(CONTROL_INPUTS):
+    """None, or every control input (OPTIONAL_CONTROLS may be missing) with its type and
+    dims (CONTROL_INPUTS)."""
+    names = {c.name for c in controls}
+    required = set(CONTROL_INPUTS) - set(OPTIONAL_CONTROLS)
+    if controls and not required <= names:
         raise ExportDirError(
             f"{path}: control inputs {[c.name for c in controls]}, expected all of "
-            f"{list(CONTROL_INPUTS)} or none"
+            f"{list(CONTROL_INPUTS)} ({', '.join(OPTIONAL_CONTROLS)} optional) or none"
         )
     for c in controls:
         elem, dims = CONTROL_INPUTS[c.name]
