@@ -73,6 +73,11 @@ def main() -> None:
     p.add_argument("--corpora", type=Path, help="also every text of these training corpora")
     p.add_argument("--sick", type=Path, default=DATA / "pairs" / "sick" / "pairs.tsv")
     p.add_argument("--teacher", default="all-MiniLM-L6-v2")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="the teacher reads at most this many word pieces (default: its own 256)",
+    )
     args = p.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,8 @@ def main() -> None:
         tmp = texts_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
         tmp.replace(texts_path)
-    vecs = teacher_vectors(texts, args.out / f"teacher-{args.teacher}", args.teacher)
+    cache = args.out / f"teacher-{args.teacher}"
+    vecs = teacher_vectors(texts, cache, args.teacher, max_tokens=args.max_tokens)
     print(f"{len(texts)} texts, teacher vectors {vecs.shape}")
 
 

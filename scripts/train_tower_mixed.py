@@ -18,7 +18,10 @@ train on that mixed vector, so the tower learns what the branch misses instead o
 - weak query -> document pairs (one file per step, drawn by size): InfoNCE both ways, each
   query also against the batch's hard negatives (the file's own, or with --mine-negatives its
   best BM25 hit among the file's other documents: where the branch alone is fooled), which
-  keeps the mixed vector ranking documents.
+  keeps the mixed vector ranking documents;
+- with --distill DIR (scripts/distill_texts.py's output: texts.jsonl and the teacher's cached
+  vectors), distillation: the in-batch cosine matrix of --distill-batch texts' mixed vectors
+  matched to the teacher's (MSE), over every text whose teacher vector is cached.
 With --query-weight Q the weak pairs' queries are mixed with the fixed weight Q instead of w, as
 `embed(kind="query")` mixes them, and the dev retrieval queries are embedded so; --init-tower
 starts from a trained tower (e.g. a step of an earlier run) instead of the model's own.
@@ -47,8 +50,9 @@ from fastlm.char_ngrams import LexicalBranch, normalize_text
 from fastlm.embedding.data import read_sick, read_sts_tsv
 from fastlm.embedding.evaluate import DevSets
 from fastlm.embedding.lexical_training import TextTable
-from fastlm.embedding.losses import cosent_loss
+from fastlm.embedding.losses import cosent_loss, similarity_mse
 from fastlm.embedding.pairs import read_pairs_tsv, training_pairs
+from fastlm.embedding.teacher import cached_prefix
 from fastlm.tokenizer import pad_batch
 
 
@@ -83,6 +87,11 @@ def main() -> None:
         help="mix the weak pairs' queries with this fixed weight (embed(kind='query'))",
     )
     p.add_argument("--init-tower", type=Path, help="start from this embedder.safetensors")
+    p.add_argument("--distill", type=Path, help="texts.jsonl + teacher-<name>/ (distill_texts.py)")
+    p.add_argument("--teacher", default="all-MiniLM-L6-v2")
+    p.add_argument("--teacher-max-tokens", type=int, help="the cache's --max-tokens")
+    p.add_argument("--distill-batch", type=int, default=128)
+    p.add_argument("--distill-weight", type=float, default=10.0, help="the MSE is ~1e-2 in size")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -132,6 +141,16 @@ def main() -> None:
             neg[has] = texts.ids([ps.negatives[i] for i in np.flatnonzero(has)])
         files.append((texts.ids(ps.queries), texts.ids(ps.positives), neg))
     sizes = np.array([len(q) for q, _, _ in files], np.float64)
+    distilled, teacher = np.zeros(0, np.int64), None
+    if args.distill:
+        with open(args.distill / "texts.jsonl", encoding="utf-8") as f:
+            all_texts = [json.loads(line) for line in f]
+        cache = args.distill / f"teacher-{args.teacher}"
+        vecs = cached_prefix(all_texts, cache, args.teacher, args.teacher_max_tokens)
+        keep = [i for i in range(len(vecs)) if fresh(all_texts[i])]
+        dropped += len(vecs) - len(keep)
+        distilled = texts.ids([all_texts[i] for i in keep])
+        teacher = torch.from_numpy(vecs[keep].astype(np.float32))
     t0 = time.time()
     order = list(texts.rows)
     tokens = [s[: args.max_tokens] for s in tok.encode_many(order)]
@@ -141,6 +160,7 @@ def main() -> None:
         "nli": len(na),
         "scored": len(sa),
         "pairs": int(sizes.sum()),
+        "distilled": len(distilled),
         "mined_negatives": mined,
         "dropped_dev_overlap": dropped,
         "prepare_s": round(time.time() - t0, 1),
@@ -227,6 +247,9 @@ def main() -> None:
             hard = n_ids[b][n_ids[b] >= 0]  # each query also meets the batch's hard negatives
             docs = mixed(np.concatenate([d_ids[b], hard]))
             parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b], query_w), docs)
+        if len(distilled) and args.distill_weight:
+            b = rng.choice(len(distilled), args.distill_batch, replace=False)
+            parts["distill"] = args.distill_weight * similarity_mse(mixed(distilled[b]), teacher[b])
         loss = sum(parts.values())
         opt.zero_grad()
         loss.backward()

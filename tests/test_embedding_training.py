@@ -96,6 +96,19 @@ def test_cached_prefix_reads_finished_shards_of_these_texts_only(tmp_path, monke
         cached_prefix(texts, tmp_path / "empty")
 
 
+def test_the_teachers_token_limit_is_part_of_the_key(tmp_path, monkeypatch):
+    monkeypatch.setattr("fastlm.embedding.teacher.SHARD", 4)
+    texts = [f"text number {i}" for i in range(6)]
+    cut = teacher_vectors(texts, tmp_path, encode=CountingEncoder(), progress=False, max_tokens=128)
+    assert np.array_equal(cached_prefix(texts, tmp_path, max_tokens=128), cut)
+    with pytest.raises(TeacherCacheError, match="written by"):
+        teacher_vectors(texts, tmp_path, encode=CountingEncoder(), progress=False)
+    with pytest.raises(TeacherCacheError, match="max_tokens None"):
+        cached_prefix(texts, tmp_path)
+    with pytest.raises(TeacherCacheError, match="max_tokens 64"):
+        cached_prefix(texts, tmp_path, max_tokens=64)
+
+
 def test_teacher_missing_or_unknown(monkeypatch):
     with pytest.raises(ValueError, match="unknown teacher"):
         load_teacher("no-such-teacher")

@@ -47,8 +47,18 @@ def text_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _teacher_encoder(name: str, batch_size: int) -> Callable[[list[str]], np.ndarray]:
+def _meta(teacher: str, max_tokens: int | None) -> dict:
+    """What a cache is keyed by besides its texts."""
+    meta = {"teacher": teacher, "dim": TEACHERS.get(teacher, (None, None))[1], "shard": SHARD}
+    return meta if max_tokens is None else {**meta, "max_tokens": max_tokens}
+
+
+def _teacher_encoder(
+    name: str, batch_size: int, max_tokens: int | None = None
+) -> Callable[[list[str]], np.ndarray]:
     model = load_teacher(name)
+    if max_tokens is not None:
+        model.max_seq_length = max_tokens
 
     def encode(texts: list[str]) -> np.ndarray:
         return model.encode(
@@ -74,17 +84,20 @@ def teacher_vectors(
     encode: Callable[[list[str]], np.ndarray] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """(n, dim) float16 teacher embeddings (L2-normalised) of `texts`, cached in `cache_dir`.
 
     `encode` defaults to the named teacher's `encode(..., normalize_embeddings=True)`; tests pass
-    a stand-in. Shard i covers texts[i*SHARD:(i+1)*SHARD] and records their digest.
+    a stand-in. Shard i covers texts[i*SHARD:(i+1)*SHARD] and records their digest. max_tokens:
+    the teacher reads at most this many of its word pieces per text (default: its own limit);
+    part of the cache's key.
     """
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     meta_path = cache / "meta.json"
-    meta = {"teacher": teacher, "dim": TEACHERS.get(teacher, (None, None))[1], "shard": SHARD}
+    meta = _meta(teacher, max_tokens)
     if meta_path.exists():
         found = json.loads(meta_path.read_text())
         if found != meta:
@@ -103,7 +116,7 @@ def teacher_vectors(
             parts.append(np.load(path))
             continue
         if encode is None:
-            encode = _teacher_encoder(teacher, batch_size)
+            encode = _teacher_encoder(teacher, batch_size, max_tokens)
         vecs = np.asarray(encode(chunk), dtype=np.float16)
         if vecs.shape != (len(chunk), meta["dim"] or vecs.shape[1]):
             raise TeacherCacheError(f"teacher returned shape {vecs.shape} for {len(chunk)} texts")
@@ -115,18 +128,24 @@ def teacher_vectors(
 
 
 def cached_prefix(
-    texts: Sequence[str], cache_dir: str | Path, teacher: str = "all-MiniLM-L6-v2"
+    texts: Sequence[str],
+    cache_dir: str | Path,
+    teacher: str = "all-MiniLM-L6-v2",
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """(m, dim) float16 teacher vectors of texts[:m], the longest prefix whose shards are all
     finished in `cache_dir` (a cache still being written is usable). A cache written by another
-    teacher, or a shard whose texts differ from `texts`, raises TeacherCacheError."""
+    teacher or with another max_tokens, or a shard whose texts differ from `texts`, raises
+    TeacherCacheError."""
     cache = Path(cache_dir)
     meta_path = cache / "meta.json"
     if not meta_path.exists():
         raise TeacherCacheError(f"{cache} is not a teacher cache (no meta.json)")
-    found = json.loads(meta_path.read_text())
-    if found.get("teacher") != teacher or found.get("shard") != SHARD:
-        raise TeacherCacheError(f"{cache} was written by {found}, not teacher {teacher!r}")
+    found, want = json.loads(meta_path.read_text()), _meta(teacher, max_tokens)
+    if any(found.get(k) != v for k, v in want.items()) or len(found) != len(want):
+        raise TeacherCacheError(
+            f"{cache} was written by {found}, not teacher {teacher!r} (max_tokens {max_tokens})"
+        )
     parts = []
     for i in range((len(texts) + SHARD - 1) // SHARD):
         shards = sorted(cache.glob(f"shard-{i:05d}-*.npy"))
