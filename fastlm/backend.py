@@ -65,7 +65,10 @@ def embedding_digest(weights_sha256: str, tokenizer: Tokenizer) -> str:
 
 
 class Decoder(Protocol):
-    """Incremental decoding of one sequence: logits (V,) float32 numpy after each call."""
+    """Incremental decoding of one sequence: logits (V,) float32 numpy after each call. A
+    decoder whose `verifies` is true also has `verify(ids)` (logits after each id, (T, V)),
+    `rewind(length)` and `room()`, and greedy generation checks guessed tokens with them
+    (fastlm/speculative.py)."""
 
     def prefill(self, ids: list[int]) -> np.ndarray: ...
 

@@ -85,7 +85,7 @@ def run(
     the first step is asked for). Arguments are checked by the caller."""
     new = params.max_new_tokens
     decoder = new_decoder(len(ids) + new)
-    if params.temperature == 0:  # greedy: guessed tokens pay off (exact either way)
+    if params.temperature == 0:  # greedy: guessed tokens pay off (fastlm/speculative.py)
         decoder = with_lookup(decoder)
     rng = make_rng(params.seed)
     text = _IncrementalText(tokenizer, params.stop)

@@ -174,8 +174,13 @@ class OrtBackend(Backend):
         return total
 
     def new_decoder(self, max_seq: int) -> OnnxDecoder:
-        decode = self.sessions["decode"]
-        return OnnxDecoder(decode, self.info.context_length, max_seq, self._step_session())
+        return OnnxDecoder(
+            self.sessions["decode"],
+            self.info.context_length,
+            max_seq,
+            self._step_session(),
+            rows_independent=self.dtypes["decode"] != "int8",
+        )
 
     def _step_session(self):
         """decode.onnx on one thread for the decoder's steps (OnnxDecoder: step_session); the

@@ -1,18 +1,22 @@
-"""Prompt-lookup decoding: the same tokens as stepping one at a time, several checked per run.
+"""Prompt-lookup decoding: the tokens of stepping one at a time, several checked per run.
 
 One token of a 2-3M-parameter model on a CPU costs about as much as reading its weights once
-(the Transformer's 13 matrices, 11.5 MB in fp32: 127 us as numpy matrix-vector products here,
-its whole ONNX decode step 120 us), and a run over 4 tokens reads them once too (152 us). So
-a decoder that can `verify` (fastlm/ort/decoder.py: the in-place KV cache) is given guessed
-tokens to check along with the real one. The guesses are copied from the text itself: what
-followed the last earlier occurrence of the current 1-3 token n-gram (prompt lookup decoding,
-as `prompt_lookup_num_tokens` in Hugging Face transformers and vLLM's n-gram speculator).
-Small models' greedy continuations repeat their prompt and themselves often, which is where
-the guesses land.
+(the Transformer's step multiplies by 2.1M fp32 weights, 8.3 MB: 79 us as numpy matrix-vector
+products here, its whole ONNX decode step 120 us), and a run over 4 tokens reads them once too
+(152 us). So a decoder that can `verify` (fastlm/ort/decoder.py: the in-place KV cache) is
+given guessed tokens to check along with the real one. The guesses are copied from the text
+itself: what followed the last earlier occurrence of the current 1-3 token n-gram (prompt
+lookup decoding, as `prompt_lookup_num_tokens` in Hugging Face transformers and vLLM's n-gram
+speculator). Small models' greedy continuations repeat their prompt and themselves often,
+which is where the guesses land.
 
-Nothing about the output changes: the caller still chooses every token from the logits the
-model computed after the true prefix. A guess the caller does not pick is dropped (the decoder
-`rewind`s) and only costs the extra width of that one run. numpy only.
+The caller still chooses every token from the logits the model computed after the true
+prefix: a run computes each of its rows as that token's own step would, up to the order of
+float additions (logits within 1e-4 of stepping's, tested; the parity certificate's greedy
+check decodes through this path). A guess the caller does not pick is dropped (the decoder
+`rewind`s) and only costs the extra width of that one run. Decoders whose rows depend on
+each other (int8 graphs quantise a run's activations with one scale) do not verify. numpy
+only.
 """
 
 from __future__ import annotations

@@ -236,6 +236,26 @@ def test_without_onnxruntime_auto_is_eager_and_says_so(packed_copy, monkeypatch,
     assert any("onnxruntime is not installed" in r.getMessage() for r in caplog.records)
 
 
+def test_an_onnxruntime_older_than_1_20_is_not_used(packed_copy, monkeypatch, caplog):
+    """Its GroupQueryAttention ignores the cache for several tokens after a past (wrong logits):
+    auto runs eager with a WARNING, and an explicit ONNX session is refused."""
+    import onnxruntime
+
+    from fastlm.ort.sessions import make_session, onnxruntime_too_old
+
+    assert onnxruntime_too_old("1.20.1") is None and onnxruntime_too_old("1.32.0") is None
+    assert "older than 1.20" in onnxruntime_too_old("1.19.2+cu118")
+    _, ckpt = packed_copy
+    monkeypatch.setattr(onnxruntime, "__version__", "1.19.2")
+    with caplog.at_level(logging.INFO, logger="fastlm"):
+        model = fastlm.load(ckpt, threads=1)
+    assert model.backend.describe()["backend"] == "eager"
+    assert "1.19.2 is older than 1.20" in model.backend.describe()["auto"]["why"]
+    assert any(r.levelname == "WARNING" and "1.20" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="older than 1.20"):
+        make_session(ckpt / "model.safetensors", 1, ["CPUExecutionProvider"])
+
+
 def test_a_checkpoint_without_a_pack_is_eager(small_checkpoints):
     name, options, why = choose_auto(
         __import__("torch").device("cpu"), load_checkpoint(small_checkpoints["lstm"])

@@ -220,3 +220,27 @@ def test_stop_strings_and_sampling_see_the_same_steps(transformer, monkeypatch):
     monkeypatch.setattr(generation, "with_lookup", lambda d: wrapped.append(d) or d)
     transformer.generate(prompt, max_new_tokens=5, temperature=0.8, seed=1)
     assert not wrapped
+
+
+def test_an_int8_decoder_steps_one_token_at_a_time(export_of):
+    """int8 quantises a run's activations with one scale: checking guesses would change the
+    real token's logits, so its decoder does not verify."""
+    dec = fastlm.runtime.load(export_of("transformer", "int8"), threads=1).backend.new_decoder(9)
+    assert dec.in_place and dec.picks and not dec.verifies
+    assert with_lookup(dec) is dec
+
+
+def test_two_threads_long_prompt_then_steps_and_guesses(export_of, small_checkpoints):
+    """With more than one thread the decoder runs a one-thread copy of the session for steps
+    and guesses, and the model's for prompt chunks over SMALL_RUN tokens: both write the same
+    cache."""
+    runtime = fastlm.runtime.load(export_of("transformer", "fp32"), threads=2)
+    dec = runtime.backend.new_decoder(400)
+    assert dec.step_session is not dec.session
+    eager = fastlm.load(small_checkpoints["transformer"], backend="eager", threads=1)
+    prompt = ([5, 6, 7, 8, 9] * 60)[:300]  # one chunk of 300 > SMALL_RUN, then guesses
+    assert runtime.generate(prompt, max_new_tokens=40) == eager.generate(prompt, max_new_tokens=40)
+    stepped = eager.backend.new_decoder(400)
+    np.testing.assert_allclose(dec.prefill(prompt), stepped.prefill(prompt), atol=1e-4, rtol=0)
+    rows = dec.verify([10, 11])
+    np.testing.assert_allclose(rows, np.stack([stepped.step(10), stepped.step(11)]), atol=1e-4)

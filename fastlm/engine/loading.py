@@ -56,6 +56,12 @@ def choose_auto(device: torch.device, checkpoint) -> tuple[str, dict, str]:
         why = 'onnxruntime is not installed (pip install "fastlm[cpu]" for the faster backend)'
         log.info("backend auto: eager, %s", why)
         return fallback, {}, why
+    from fastlm.ort.sessions import onnxruntime_too_old
+
+    old = onnxruntime_too_old()
+    if old:
+        log.warning("backend auto: eager, %s", old)
+        return fallback, {}, old
     try:
         packed = read_pack(checkpoint.path, checkpoint.weights_digest)
     except FileNotFoundError:

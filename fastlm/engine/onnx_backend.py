@@ -112,7 +112,7 @@ def _load_or_export(ckpt_path: Path, path: Path, want: tuple) -> dict:
         try:
             manifest = verify_export_dir(path)
             _check_source(manifest, weights_sha, arch, dtype, path)
-            if manifest["versions"].get("graphs") == GRAPHS_REVISION:
+            if manifest.get("versions", {}).get("graphs") == GRAPHS_REVISION:
                 return manifest
             log.info("%s was exported by an older fastlm: exporting it again", path)
         except ExportDirError:

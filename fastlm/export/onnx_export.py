@@ -5,7 +5,7 @@ Graphs (batch and sequence axes dynamic; B = batch, T = tokens, V = vocab):
                checkpoint's embedding tower (fastlm/models/embedder.py: masked mean of its
                encoder's top-layer states, projected), not normalised.
 - lm.onnx      input_ids (B, T) int64 -> logits (B, T, V) float32, every position.
-- decode.onnx  input_ids (B, T), *state -> the last position's logits (B, V), *new state: the
+- decode.onnx  input_ids (B, T), *state -> logits, *new state: the
                architecture's decode graph (`Architecture.decode_graph`: the LSTM's h, c; the
                Transformer's per-layer KV caches, written in place by ONNX Runtime's fused
                GroupQueryAttention, with the positions whose logits it returns (B, K, V) as an

@@ -27,6 +27,7 @@ from torch import nn
 from fastlm.char_ngrams import LexicalBranch
 from fastlm.models.embedder import EmbeddingTower
 from fastlm.runtime import OnnxModel
+from fastlm.speculative import with_lookup
 from fastlm.threads import torch_threads
 from fastlm.tokenizer import EOT_ID, Tokenizer, pad_batch
 
@@ -191,7 +192,8 @@ def _greedy(model: nn.Module, tokenizer: Tokenizer, onnx_model: OnnxModel) -> di
     for prompt in GREEDY_PROMPTS:
         ids = [EOT_ID] + tokenizer.encode(prompt)
         ref_tokens, ref_logits = _torch_greedy(model, ids)
-        forced = onnx_model.backend.new_decoder(len(ids) + GREEDY_TOKENS)  # teacher-forced
+        # teacher-forced, through the guesses greedy generation checks (fastlm/speculative.py)
+        forced = with_lookup(onnx_model.backend.new_decoder(len(ids) + GREEDY_TOKENS))
         logits = [forced.prefill(ids)] + [forced.step(t) for t in ref_tokens[:-1]]
         logits = np.stack(logits)
         finite &= bool(np.isfinite(logits).all())

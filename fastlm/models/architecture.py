@@ -97,8 +97,10 @@ class Architecture:
     # ------------------------------------------------------------------ ONNX
     def decode_graph(self, model: nn.Module, batch: int) -> tuple[nn.Module, tuple, dict, dict]:
         """(module, example state tensors, state input axes, state output axes) for decode.onnx:
-        module(input_ids (B, T), *state) -> (last logits (B, V), *new state). The axes dicts map
-        names to their dynamic axes; the runtime feeds outputs back as inputs, in order."""
+        module(input_ids (B, T), *state) -> (logits, *new state): the last position's (B, V),
+        or with control inputs the positions they pick (B, K, V) (fastlm/ort/format.py). The
+        axes dicts map names to their dynamic axes; the runtime feeds outputs back as inputs, in
+        order."""
         raise NotImplementedError
 
     def state_facts(self, config) -> dict[str, Any]:

@@ -39,14 +39,25 @@ class OnnxDecoder:
     # (fp32; +9.6 GB for 4M characters on int8) and a 4,900-token Transformer one 1.75 GB
     prefill_chunk = SCORE_CHUNK
 
-    def __init__(self, session, max_len: int | None, max_seq: int | None = None, step_session=None):
+    def __init__(
+        self,
+        session,
+        max_len: int | None,
+        max_seq: int | None = None,
+        step_session=None,
+        rows_independent: bool = True,
+    ):
         """max_seq: tokens the generation may reach (prompt + new), the size of an in-place
         cache (default: max_len). step_session: the same graph on one thread, for runs of up
         to SMALL_RUN tokens (steps, verifications, short prompts) when state stays bound: a
         token's ~40 small ops gain nothing from a thread pool, and a spinning pool steals the
-        core from whatever runs next (default: `session` for every run)."""
+        core from whatever runs next (default: `session` for every run). rows_independent:
+        whether a run computes each token's row as a run of that token alone would (fp32,
+        fp16); False for an int8 graph, which quantises a run's activations with one scale, so
+        checking guessed tokens would change the logits of the real one (no `verify`)."""
         self.session, self.max_len = session, max_len
         self.step_session = step_session or session
+        self.rows_independent = rows_independent
         names = [i.name for i in session.get_inputs()]
         # an in-place cache: its axis holds the whole generation, allocated once
         self.in_place = "total_sequence_length" in names
@@ -62,7 +73,7 @@ class OnnxDecoder:
         }
         self.outputs = [o.name for o in session.get_outputs()]
         # On CPU the state stays in ONNX Runtime's own buffers between runs (IO binding), never
-        # copied out to numpy and back: an in-place cache is bound once as input and output; a
+        # copied out to numpy and back: an in-place cache is its own input and output; a
         # fixed-size state (the LSTM's h, c) alternates between two sets of buffers; a growing
         # past is bound anew each run. Kept bindings (one per session) take prompt chunks and
         # verifications; single-token steps run on bindings that bind nothing per step.
@@ -126,8 +137,9 @@ class OnnxDecoder:
 
     @property
     def verifies(self) -> bool:
-        """Whether `verify` and `rewind` work: an in-place cache whose graph picks positions."""
-        return self.in_place and self.picks
+        """Whether `verify` and `rewind` work: an in-place cache whose graph picks positions,
+        with rows computed independently."""
+        return self.in_place and self.picks and self.rows_independent
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         """Consume `ids` in one run and return the logits after each of them (len(ids), V):
@@ -247,11 +259,14 @@ class OnnxDecoder:
                 )
             binding.bind_ortvalue_output(self.outputs[0], wide)
         shrink = feed["input_ids"].size > SHRINK_ABOVE_TOKENS
-        with allocation_errors(f"a decode step {feed['input_ids'].shape}"):
-            session.run_with_iobinding(binding, RUN_OPTIONS if shrink else None)
+        try:
+            with allocation_errors(f"a decode step {feed['input_ids'].shape}"):
+                session.run_with_iobinding(binding, RUN_OPTIONS if shrink else None)
+        finally:
+            if picked > 1:  # the binding's next one-position run writes the usual buffer
+                binding.bind_ortvalue_output(self.outputs[0], self.logits)
         if picked > 1:
             logits = wide.numpy().copy()  # the buffer takes the next verification's logits
-            binding.bind_ortvalue_output(self.outputs[0], self.logits)
         else:
             logits = self.logits.numpy().copy()  # the buffer takes the next run's logits
         if self.spare is not None:

@@ -5,6 +5,7 @@ decoder (fastlm/ort/decoder.py); onnxruntime and numpy only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,22 @@ from fastlm.ort.format import ExportDirError
 # token budget reuse the arena; a larger one (an outsize text, a bigger budget) gives its
 # memory back.
 SHRINK_ABOVE_TOKENS = DEFAULT_TOKEN_BUDGET
+
+
+# Before 1.20, ONNX Runtime's CPU GroupQueryAttention ignored the cache for a run of several
+# tokens after a past (measured on the Transformer's decode graph: 1.18.1 and 1.19.2 off by 5.8
+# in the logits, 1.20.1 within 1e-5), which prompt chunks and checked guesses are.
+MIN_ONNXRUNTIME = (1, 20)
+
+
+def onnxruntime_too_old(version: str | None = None) -> str | None:
+    """Why this onnxruntime (or `version`) cannot run fastlm's graphs, or None."""
+    version = version or ort.__version__
+    found = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if found >= MIN_ONNXRUNTIME:
+        return None
+    need = ".".join(map(str, MIN_ONNXRUNTIME))
+    return f"onnxruntime {version} is older than {need} (pip install 'onnxruntime>={need}')"
 
 
 def default_providers() -> list[str]:
@@ -76,6 +93,9 @@ def make_session(
     run instead of pooled (for outsize runs; pooling is 15-35% faster on planned batches).
     packed: (graph bytes, {initializer name: array}) to open instead of the file at `path`
     (a packed graph, fastlm/ort/packs.py; the arrays must outlive the session)."""
+    old = onnxruntime_too_old()
+    if old:
+        raise RuntimeError(f"cannot open {path}: {old}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or 0
