@@ -104,8 +104,3 @@ def _export_decode(model: nn.Module, ids: torch.Tensor, path: Path) -> None:
         # Runtime folds at load; folded here, the transposed copy was stored: +6 MB per pack
         fold=getattr(graph, "onnx_fold", True),
     )
-    finish = getattr(graph, "onnx_finish", None)  # a last edit of the traced graph, if any
-    if finish is not None:
-        import onnx
-
-        onnx.save(finish(onnx.load(str(path))), str(path))

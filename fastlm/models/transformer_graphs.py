@@ -98,19 +98,6 @@ class TransformerDecodeGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    @staticmethod
-    def onnx_finish(graph):
-        """Name the attention outputs' batch and sequence axes as the ids' ("batch", "seq"):
-        the exporter names them afresh, and ONNX Runtime then cannot tell that the residual
-        sums' two sides match, so it fused no SkipLayerNormalization (49 nodes after its
-        optimisations, 37 named so)."""
-        attention = {n.output[0] for n in graph.graph.node if n.op_type == "GroupQueryAttention"}
-        for value in graph.graph.value_info:
-            if value.name in attention:
-                batch, seq, _ = value.type.tensor_type.shape.dim
-                batch.dim_param, seq.dim_param = "batch", "seq"
-        return graph
-
     def forward(self, input_ids, position_ids, seqlens_k, total, logits_index, *past):
         m = self.model
         x = m.embed_tokens(input_ids, position_ids)  # (B, T, C)
