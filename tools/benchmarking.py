@@ -173,16 +173,21 @@ def matmul_gflops(device: str = "cpu", n: int = 1024, repeats: int = 5) -> float
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def matmul_params(model, head: bool = False) -> int:
-    """Weights used in matmuls per token: 2-D parameters except the embedding table (a lookup)
-    and, unless `head`, the output projection (embed() does not compute logits)."""
-    return sum(
-        p.numel()
+def matmul_weights(model, head: bool = False) -> list:
+    """The weights a token is multiplied by: 2-D parameters except the embedding table (a
+    lookup) and, unless `head`, the output projection (embed() does not compute logits)."""
+    return [
+        p
         for name, p in model.named_parameters()
         if p.dim() == 2
         and not name.startswith("embedding")
         and (head or not name.startswith("fc."))
-    )
+    ]
+
+
+def matmul_params(model, head: bool = False) -> int:
+    """How many weights a token is multiplied by (`matmul_weights`)."""
+    return sum(p.numel() for p in matmul_weights(model, head))
 
 
 def embed_flops(model, batch: int, tokens: int) -> float:
@@ -206,16 +211,13 @@ def decode_flops(model, prompt: int, new: int) -> float:
 
 def weights_floor(model, rounds: int = 200) -> float:
     """Seconds per token that reading the weights costs on this CPU: one matrix-vector product
-    (numpy, fp32) with every matrix a decode step multiplies by (`matmul_params(head=True)`),
+    (numpy, fp32) with every matrix a decode step multiplies by (`matmul_weights(head=True)`),
     best of `rounds`. A one-token step can only beat it by reading fewer bytes (int8) or by
     checking several tokens per read (fastlm/speculative.py)."""
     import numpy as np
 
-    mats = [
-        p.detach().float().numpy().T.copy()  # (in, out): x @ W, as the graphs lay them out
-        for name, p in model.named_parameters()
-        if p.dim() == 2 and not name.startswith("embedding")
-    ]
+    # (in, out): x @ W, as the graphs lay them out
+    mats = [p.detach().float().numpy().T.copy() for p in matmul_weights(model, head=True)]
     xs = {m.shape[0]: np.ones((1, m.shape[0]), np.float32) for m in mats}
     best = float("inf")
     for _ in range(rounds):

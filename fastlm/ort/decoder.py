@@ -101,9 +101,9 @@ class OnnxDecoder:
             )
             self.wide: dict[int, ort.OrtValue] = {}  # a verification's logits, by positions
             # one kept binding per session: large runs on `session`, small on `step_session`
-            self.kept = {id(s): s.io_binding() for s in (session, self.step_session)}
-            self.binding = self.kept[id(session)]
-            self.state_bound: set[int] = set()  # the kept bindings whose state is bound
+            self.kept = {s: s.io_binding() for s in (session, self.step_session)}
+            self.binding = self.kept[session]
+            self.state_bound: set = set()  # the sessions whose kept binding has the state
             for binding in self.kept.values():
                 binding.bind_ortvalue_output(self.outputs[0], self.logits)
             self.first_set = self.state
@@ -244,10 +244,10 @@ class OnnxDecoder:
         verification) go to a buffer of their own."""
         small = feed["input_ids"].size <= SMALL_RUN
         session = self.step_session if small else self.session
-        binding = self.kept[id(session)]
-        if self.spare is not None or id(session) not in self.state_bound:
+        binding = self.kept[session]
+        if self.spare is not None or session not in self.state_bound:
             self._bind_state(binding)  # a fixed-size state: steps may have swapped the sets
-            self.state_bound.add(id(session))
+            self.state_bound.add(session)
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
         if picked > 1:
