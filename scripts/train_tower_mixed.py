@@ -18,7 +18,8 @@ train on that mixed vector, so the tower learns what the branch misses instead o
 - weak query -> document pairs (one file per step, drawn by size): InfoNCE both ways, each
   query also against the batch's hard negatives (the file's own, or with --mine-negatives its
   best BM25 hit among the file's other documents: where the branch alone is fooled), which
-  keeps the mixed vector ranking documents;
+  keeps the mixed vector ranking documents; with --pair-chunk C the batch is embedded C texts at
+  a time (GradCache, fastlm/embedding/contrastive.py), so --pair-batch 1024 fits;
 - with --distill DIR (scripts/distill_texts.py's output: texts.jsonl and the teacher's cached
   vectors), distillation: the in-batch cosine matrix of --distill-batch texts' mixed vectors
   matched to the teacher's (MSE), over every text whose teacher vector is cached.
@@ -47,6 +48,7 @@ from safetensors.torch import load_file, save_file
 
 import fastlm
 from fastlm.char_ngrams import LexicalBranch, normalize_text
+from fastlm.embedding.contrastive import cached_pair_infonce
 from fastlm.embedding.data import read_sick, read_sts_tsv
 from fastlm.embedding.evaluate import DevSets
 from fastlm.embedding.lexical_training import TextTable
@@ -74,6 +76,12 @@ def main() -> None:
     p.add_argument("--nli-batch", type=int, default=64)
     p.add_argument("--scored-batch", type=int, default=64)
     p.add_argument("--pair-batch", type=int, default=64)
+    p.add_argument(
+        "--pair-chunk",
+        type=int,
+        default=0,
+        help="embed the pairs' batch this many texts at a time (GradCache; 0: all at once)",
+    )
     p.add_argument("--nli-weight", type=float, default=1.0)
     p.add_argument("--scored-weight", type=float, default=1.0)
     p.add_argument("--pair-weight", type=float, default=1.0)
@@ -241,18 +249,32 @@ def main() -> None:
         if len(sa) and args.scored_weight:
             b = rng.choice(len(sa), args.scored_batch, replace=False)
             parts["scored"] = args.scored_weight * cosent_loss(mixed(sa[b]), mixed(sb[b]), sg[b])
+        pair_batch = None
         if files and args.pair_weight:
             q_ids, d_ids, n_ids = files[rng.choice(len(files), p=sizes / sizes.sum())]
             b = rng.choice(len(q_ids), min(args.pair_batch, len(q_ids)), replace=False)
             hard = n_ids[b][n_ids[b] >= 0]  # each query also meets the batch's hard negatives
-            docs = mixed(np.concatenate([d_ids[b], hard]))
-            parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b], query_w), docs)
+            if args.pair_chunk:  # back-propagated below, chunk by chunk
+                pair_batch = (q_ids[b], d_ids[b], hard)
+            else:
+                docs = mixed(np.concatenate([d_ids[b], hard]))
+                parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b], query_w), docs)
         if len(distilled) and args.distill_weight:
             b = rng.choice(len(distilled), args.distill_batch, replace=False)
             parts["distill"] = args.distill_weight * similarity_mse(mixed(distilled[b]), teacher[b])
-        loss = sum(parts.values())
         opt.zero_grad()
-        loss.backward()
+        if parts:
+            sum(parts.values()).backward()
+        if pair_batch is not None:
+            value = cached_pair_infonce(
+                lambda ids: mixed(ids),
+                *pair_batch,
+                temperature=args.temperature,
+                chunk=args.pair_chunk,
+                weight=args.pair_weight,
+                embed_queries=lambda ids: mixed(ids, query_w),
+            )
+            parts["pairs"] = torch.tensor(args.pair_weight * value)
         torch.nn.utils.clip_grad_norm_(tower.parameters(), 1.0)
         opt.step()
         if step % 50 == 0:

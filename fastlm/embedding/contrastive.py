@@ -6,8 +6,11 @@ the tower at once holds every activation of 2,048 texts. GradCache splits the st
 2. compute the loss on those representations (a leaf tensor) and its gradient with respect to
    each representation;
 3. embed each chunk again with a graph and back-propagate that chunk's representation gradient.
-The parameter gradients equal those of the one-shot batch (the tower must be deterministic: no
-dropout) at ~1.3x the compute, with activations of one chunk at a time.
+The parameter gradients equal those of the one-shot batch at ~1.3x the compute, with activations
+of one chunk at a time. A tower with dropout draws its masks from torch's generator: each chunk's
+generator state is kept in step 1 and put back for that chunk in step 3, so both passes drop the
+same units (the gradients are those of the loss on step 1's representations), and the generator
+ends where one pass over the batch leaves it.
 """
 
 from __future__ import annotations
@@ -33,29 +36,43 @@ def pair_infonce(
     return 0.5 * (q_to_d + d_to_q)
 
 
-def _embed_chunks(embed: Embed, seqs: Sequence[Sequence[int]], chunk: int) -> torch.Tensor:
+def _embed_chunks(
+    embed: Embed, seqs: Sequence, chunk: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Representations (n, D) without a graph, and the generator state each chunk started from."""
+    reps, states = [], []
     with torch.no_grad():
-        return torch.cat([embed(seqs[i : i + chunk]) for i in range(0, len(seqs), chunk)])
+        for i in range(0, len(seqs), chunk):
+            states.append(torch.get_rng_state())
+            reps.append(embed(seqs[i : i + chunk]))
+    return torch.cat(reps), states
 
 
 def cached_pair_infonce(
     embed: Embed,
-    queries: Sequence[Sequence[int]],
-    docs: Sequence[Sequence[int]],
-    negatives: Sequence[Sequence[int]] = (),
+    queries: Sequence,
+    docs: Sequence,
+    negatives: Sequence = (),
     temperature: float = 0.05,
     chunk: int = 128,
     weight: float = 1.0,
+    embed_queries: Embed | None = None,
 ) -> float:
     """Accumulate into the parameters' .grad the gradient of `weight * pair_infonce` over the
-    whole batch, `chunk` texts at a time; returns the loss value. Call zero_grad before."""
-    groups = [list(queries), list(docs), list(negatives)]
-    reps = [_embed_chunks(embed, g, chunk) if g else None for g in groups]
-    leaves = [r.requires_grad_() if r is not None else None for r in reps]
+    whole batch, `chunk` texts at a time; returns the loss value. Call zero_grad before.
+    `embed` maps a slice of docs or negatives (and of queries, unless `embed_queries` is given)
+    to (n, D) with a graph: the items may be token lists or anything `embed` understands."""
+    groups = [queries, docs, negatives]
+    embeds = [embed_queries or embed, embed, embed]
+    passes = [_embed_chunks(f, g, chunk) if len(g) else (None, []) for f, g in zip(embeds, groups)]
+    after = torch.get_rng_state()
+    leaves = [r.requires_grad_() if r is not None else None for r, _ in passes]
     loss = pair_infonce(leaves[0], leaves[1], temperature, leaves[2])
     (weight * loss).backward()
-    for seqs, leaf in zip(groups, leaves):
-        for i in range(0, len(seqs), chunk):
-            out = embed(seqs[i : i + chunk])
+    for f, seqs, leaf, (_, states) in zip(embeds, groups, leaves, passes):
+        for i, state in zip(range(0, len(seqs), chunk), states):
+            torch.set_rng_state(state)
+            out = f(seqs[i : i + chunk])
             out.backward(leaf.grad[i : i + chunk])
+    torch.set_rng_state(after)
     return loss.item()
