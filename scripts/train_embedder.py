@@ -31,6 +31,7 @@ from fastlm.embedding.data import StsPairs, load_sts_pairs, read_sts_tsv
 from fastlm.embedding.evaluate import evaluate_retrieval, evaluate_sts
 from fastlm.embedding.pairs import read_pair_files
 from fastlm.embedding.teacher import SHARD
+from fastlm.embedding.token_init import init_tower_tokens
 from fastlm.embedding.trainer import (
     ClozeSet,
     DistillSet,
@@ -102,19 +103,6 @@ def merged(a: StsPairs | None, b: StsPairs) -> StsPairs:
     return StsPairs(a.left + b.left, a.right + b.right, np.concatenate([a.gold, b.gold]))
 
 
-def init_tokens_from_teacher(tower, tokenizer, teacher: str) -> None:
-    from fastlm.embedding.teacher import load_teacher
-    from fastlm.embedding.token_init import teacher_token_table
-
-    model = load_teacher(teacher)
-    encode = lambda texts: model.encode(texts, batch_size=256, normalize_embeddings=True)  # noqa: E731
-    table = tower.encoder.embedding.weight
-    new, replaced = teacher_token_table(tokenizer, encode, table)
-    with torch.no_grad():
-        table.copy_(new)
-    print(f"token table: {replaced} of {len(new)} rows from the teacher")
-
-
 def branch_scales(lm, token_weight: float, n: int = 512) -> tuple[float, float]:
     """Initial projection scales (1/|states mean|, w/|token mean|), norms averaged over the first
     n STS-B train sentences, so the tower starts as a balanced mix of the two branches."""
@@ -167,7 +155,8 @@ def main() -> None:
     tok = lm.tokenizer
     tower = new_tower(lm.backend.model, scales=branch_scales(lm, args.token_weight))
     if args.init_tokens == "teacher":
-        init_tokens_from_teacher(tower, tok, args.teacher)
+        replaced = init_tower_tokens(tower, tok, args.teacher)
+        print(f"token table: {replaced} rows from the teacher")
     pairs = load_sts_pairs(args.sts, tok, MAX_TOKENS) if args.sts else None
     sts_sets = {"stsb_dev": args.dev} if args.dev.exists() else {}
     if args.sick:

@@ -25,7 +25,8 @@ train on that mixed vector, so the tower learns what the branch misses instead o
   matched to the teacher's (MSE), over every text whose teacher vector is cached.
 With --query-weight Q the weak pairs' queries are mixed with the fixed weight Q instead of w, as
 `embed(kind="query")` mixes them, and the dev retrieval queries are embedded so; --init-tower
-starts from a trained tower (e.g. a step of an earlier run) instead of the model's own.
+starts from a trained tower (e.g. a step of an earlier run) instead of the model's own, and
+--init-tokens teacher replaces its token table by the teacher's (fastlm/embedding/token_init.py).
 Every training text that also occurs in a dev set (after the branch's normalisation) is dropped.
 Dev figures (`DevSets`, the figures of `fastlm evaluate`) are logged every --eval-every steps
 through the engine's own `embed()` with the tower and w at that step; the tower and w of each
@@ -55,6 +56,7 @@ from fastlm.embedding.lexical_training import TextTable
 from fastlm.embedding.losses import cosent_loss, similarity_mse
 from fastlm.embedding.pairs import read_pairs_tsv, training_pairs
 from fastlm.embedding.teacher import cached_prefix
+from fastlm.embedding.token_init import init_tower_tokens
 from fastlm.tokenizer import pad_batch
 
 
@@ -95,6 +97,12 @@ def main() -> None:
         help="mix the weak pairs' queries with this fixed weight (embed(kind='query'))",
     )
     p.add_argument("--init-tower", type=Path, help="start from this embedder.safetensors")
+    p.add_argument(
+        "--init-tokens",
+        choices=["tower", "teacher"],
+        default="tower",
+        help="the token table: the starting tower's, or the teacher's (model2vec-style)",
+    )
     p.add_argument("--distill", type=Path, help="texts.jsonl + teacher-<name>/ (distill_texts.py)")
     p.add_argument("--teacher", default="all-MiniLM-L6-v2")
     p.add_argument("--teacher-max-tokens", type=int, help="the cache's --max-tokens")
@@ -112,6 +120,8 @@ def main() -> None:
     tower, tok = model.backend.embedder, model.tokenizer
     if args.init_tower:
         tower.load_state_dict(load_file(str(args.init_tower)))
+    if args.init_tokens == "teacher" and not (args.out / "state.pt").exists():
+        print(f"token table: {init_tower_tokens(tower, tok, args.teacher)} rows from the teacher")
     branch = LexicalBranch.load(args.lexical) if args.lexical else model.backend.lexical
     if branch is None:
         raise SystemExit(f"{args.model} has no lexical branch: give --lexical")

@@ -44,3 +44,17 @@ def teacher_token_table(
     table = old.detach().clone()
     table[seen] = torch.from_numpy(projected).to(table.dtype)
     return table, len(seen)
+
+
+def init_tower_tokens(tower, tokenizer, teacher: str) -> int:
+    """Replace the tower's token table (in place) by the teacher's, as above; returns the number
+    of rows replaced. `teacher` names a sentence-transformers model (a training-time extra)."""
+    from fastlm.embedding.teacher import load_teacher
+
+    model = load_teacher(teacher)
+    encode = lambda texts: model.encode(texts, batch_size=256, normalize_embeddings=True)  # noqa: E731
+    table = tower.encoder.embedding.weight
+    new, replaced = teacher_token_table(tokenizer, encode, table)
+    with torch.no_grad():
+        table.copy_(new)
+    return replaced
