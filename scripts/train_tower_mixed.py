@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 
 import fastlm
 from fastlm.char_ngrams import LexicalBranch, normalize_text
-from fastlm.embedding.contrastive import cached_pair_infonce
+from fastlm.embedding.contrastive import cached_pair_infonce, pair_infonce
 from fastlm.embedding.data import read_sick, read_sts_tsv
 from fastlm.embedding.evaluate import DevSets
 from fastlm.embedding.lexical_training import TextTable
@@ -216,13 +216,9 @@ def main() -> None:
 
     query_w = None if args.query_weight is None else torch.tensor(args.query_weight)
 
-    def infonce(q: torch.Tensor, d: torch.Tensor, both: bool = True) -> torch.Tensor:
-        """q (B, D) against d (B', D), B' >= B: row i's positive is d[i]."""
-        labels = torch.arange(len(q))
-        loss = F.cross_entropy(q @ d.T / args.temperature, labels)
-        if both:
-            loss = 0.5 * (loss + F.cross_entropy(d[: len(q)] @ q.T / args.temperature, labels))
-        return loss
+    def nli_infonce(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Anchors q (B, D) against d (B', D), B' >= B: row i's positive is d[i]."""
+        return F.cross_entropy(q @ d.T / args.temperature, torch.arange(len(q)))
 
     def evaluate() -> dict:
         """Every dev figure of `model.embed` with the tower and w as they are now."""
@@ -255,7 +251,7 @@ def main() -> None:
             b = rng.choice(len(na), args.nli_batch, replace=False)
             q = mixed(na[b])
             d = mixed(np.concatenate([npos[b], nneg[b]]))
-            parts["nli"] = args.nli_weight * infonce(q, d, both=False)
+            parts["nli"] = args.nli_weight * nli_infonce(q, d)
         if len(sa) and args.scored_weight:
             b = rng.choice(len(sa), args.scored_batch, replace=False)
             parts["scored"] = args.scored_weight * cosent_loss(mixed(sa[b]), mixed(sb[b]), sg[b])
@@ -267,8 +263,13 @@ def main() -> None:
             if args.pair_chunk:  # back-propagated below, chunk by chunk
                 pair_batch = (q_ids[b], d_ids[b], hard)
             else:
-                docs = mixed(np.concatenate([d_ids[b], hard]))
-                parts["pairs"] = args.pair_weight * infonce(mixed(q_ids[b], query_w), docs)
+                docs = mixed(np.concatenate([d_ids[b], hard]))  # one padded batch
+                parts["pairs"] = args.pair_weight * pair_infonce(
+                    mixed(q_ids[b], query_w),
+                    docs[: len(b)],
+                    args.temperature,
+                    docs[len(b) :] if len(hard) else None,
+                )
         if len(distilled) and args.distill_weight:
             b = rng.choice(len(distilled), args.distill_batch, replace=False)
             parts["distill"] = args.distill_weight * similarity_mse(mixed(distilled[b]), teacher[b])
@@ -277,7 +278,7 @@ def main() -> None:
             sum(parts.values()).backward()
         if pair_batch is not None:
             value = cached_pair_infonce(
-                lambda ids: mixed(ids),
+                mixed,
                 *pair_batch,
                 temperature=args.temperature,
                 chunk=args.pair_chunk,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-Embed = Callable[[Sequence[Sequence[int]]], torch.Tensor]  # token lists -> (n, D) with grad
+Embed = Callable[[Sequence], torch.Tensor]  # a slice of texts (token lists, ids) -> (n, D)
 
 
 def pair_infonce(
